@@ -1,0 +1,1 @@
+"""Datasets: ACDC, BHSD, custom folders, demo phantoms, augmentation."""

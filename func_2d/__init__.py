@@ -1,0 +1,1 @@
+"""2D (slice) training step and volume evaluation."""

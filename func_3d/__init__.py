@@ -1,0 +1,1 @@
+"""3D (slice-sequence) training step and volume evaluation."""
