@@ -1,0 +1,125 @@
+"""``build_datasets(args, script) -> Splits``: the one entry point of the training scripts."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .base import (LabeledClipDataset, LabeledSliceDataset, UnlabeledClipDataset, UnlabeledSlabDataset,
+                   VolumeDataset)
+from .errors import DatasetError
+
+
+@dataclass
+class Splits:
+    labeled: object
+    unlabeled: Optional[object]
+    val: object
+    test: Optional[object]
+    class_names: tuple
+    num_classes: int
+    dataset: str = ""
+    root: str = ""
+    test_missing: Optional[str] = None     # why ``test`` is None
+    unlabeled_missing: Optional[str] = None
+    info: dict = field(default_factory=dict)
+
+    def require_test(self):
+        """The test split, or DatasetError saying why it is unavailable."""
+        if self.test is None:
+            raise DatasetError(self.test_missing or f"{self.root}: no test split")
+        return self.test
+
+    def train_datasets(self):
+        return [d for d in (self.labeled, self.unlabeled) if d is not None]
+
+    def set_epoch(self, epoch: int):
+        for d in self.train_datasets():
+            d.set_epoch(epoch)
+
+    def summary(self) -> str:
+        def n(d):
+            return "none" if d is None else str(len(d))
+        return (f"{self.dataset} at {self.root}: labeled {n(self.labeled)}, unlabeled {n(self.unlabeled)}, "
+                f"val {n(self.val)} volumes, test {n(self.test)} volumes; classes {', '.join(self.class_names)}")
+
+
+def _get(args, name, default=None):
+    v = getattr(args, name, default)
+    return default if v is None else v
+
+
+def assemble(src: dict, args, script: str, dataset: str, root: str) -> Splits:
+    """Turn volume references into the datasets the script needs."""
+    if script not in ("2d", "3d"):
+        raise ValueError(f"script must be '2d' or '3d', got {script!r}")
+    size = int(_get(args, "image_size", 1024))
+    seed = int(_get(args, "seed", 0))
+    method = _get(args, "method", "sss")
+    class_names = tuple(src["class_names"])
+    if script == "2d":
+        items = src.get("labeled_slices")
+        if items is None:
+            items = [(r, z) for r in src["labeled_refs"] for z in range(r.num_slices())]
+        labeled = LabeledSliceDataset(items, size, seed)
+    else:
+        labeled = LabeledClipDataset(src["labeled_refs"], int(_get(args, "video_length", 8)), size, seed)
+    unl_refs = src.get("unlabeled_refs") or []
+    unlabeled, unl_missing = None, None
+    if unl_refs:
+        if script == "2d":
+            unlabeled = UnlabeledSlabDataset(unl_refs, int(_get(args, "slab_len", 4)), size, seed)
+        else:
+            unlabeled = UnlabeledClipDataset(unl_refs, int(_get(args, "video_length", 8)), size, seed)
+    else:
+        unl_missing = src.get("unlabeled_missing") or f"{root}: no unlabeled data (all training volumes are labeled)"
+        if method != "supervised":
+            raise DatasetError(f"{unl_missing}; -method {method} needs unlabeled data "
+                               f"(lower -labeled_num, add unlabeled volumes, or use -method supervised)")
+    val = VolumeDataset(src["val_refs"], "validation")
+    test = None if src.get("test_refs") is None else VolumeDataset(src["test_refs"], "test")
+    return Splits(labeled=labeled, unlabeled=unlabeled, val=val, test=test, class_names=class_names,
+                  num_classes=len(class_names), dataset=dataset, root=root,
+                  test_missing=src.get("test_missing"), unlabeled_missing=unl_missing,
+                  info=src.get("info", {}))
+
+
+def build_datasets(args, script: str) -> Splits:
+    """Build the datasets for ``args.dataset`` (acdc, bhsd, custom, demo) and ``script`` ("2d"/"3d").
+
+    ``args`` is the cfg namespace (``data_path``, ``labeled_num``, ``labeled_ratio``, ``image_size``,
+    ``video_length``, ``slab_len``, ``hu_window``, ``class_names``, ``seed``, ``method``).
+    Raises :class:`DatasetError` with a one-line message on bad input."""
+    dataset = _get(args, "dataset", "demo")
+    root = _get(args, "data_path", None)
+    labeled_num = _get(args, "labeled_num", None)
+    ratio = getattr(args, "labeled_ratio", None)
+    hu = tuple(_get(args, "hu_window", (0.0, 80.0)))
+    if dataset == "demo":
+        from .demo import ensure_demo
+        kind = "acdc" if script == "2d" else "bhsd"
+        if root is None:
+            root = os.path.join("data", f"demo_{kind}")
+        if os.path.isdir(root):
+            if os.path.isfile(os.path.join(root, "train_slices.list")):
+                kind = "acdc"
+            elif os.path.isdir(os.path.join(root, "label_192")):
+                kind = "bhsd"
+        ensure_demo(root, kind)
+        dataset_kind = kind
+    else:
+        dataset_kind = dataset
+    if root is None:
+        raise DatasetError("no -data_path given")
+    if dataset_kind == "acdc":
+        from .acdc import acdc_sources
+        src = acdc_sources(root, labeled_num if labeled_num is not None else (2 if dataset == "demo" else 3), ratio)
+    elif dataset_kind == "bhsd":
+        from .bhsd import bhsd_sources
+        src = bhsd_sources(root, labeled_num, ratio, hu)
+    elif dataset_kind == "custom":
+        from .custom import custom_sources
+        src = custom_sources(root, labeled_num, ratio, hu, _get(args, "class_names", None))
+    else:
+        raise DatasetError(f"unknown dataset {dataset!r}")
+    return assemble(src, args, script, dataset, root)

@@ -1,0 +1,180 @@
+"""Readers for the on-disk formats (HDF5, NIfTI, PNG) with uniform, file-naming errors.
+
+All readers return numpy arrays in (D, H, W) slice-first order. Intensities are mapped to [0, 1]
+by :func:`normalise` (CT window or per-volume min-max).
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from .errors import DatasetError
+
+# ---------------------------------------------------------------------------------------------
+# intensity
+
+
+def window(hu: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """CT window: clip HU to [lo, hi] and map linearly to [0, 1] (float32)."""
+    out = (np.asarray(hu, dtype=np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def minmax(x: np.ndarray) -> np.ndarray:
+    """Per-volume min-max to [0, 1] (float32); a constant volume maps to 0."""
+    x = np.asarray(x, dtype=np.float32)
+    lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        return np.zeros_like(x)
+    return (x - np.float32(lo)) / np.float32(hi - lo)
+
+
+def normalise(x: np.ndarray, intensity) -> np.ndarray:
+    """``intensity``: ("window", lo, hi) | ("minmax",) | ("unit",) (already in [0, 1], clipped)."""
+    kind = intensity[0]
+    if kind == "window":
+        return window(x, intensity[1], intensity[2])
+    if kind == "minmax":
+        return minmax(x)
+    if kind == "unit":
+        return np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0)
+    raise ValueError(f"unknown intensity mode {intensity!r}")
+
+
+def check_label(label: np.ndarray, num_classes: int, path: str) -> np.ndarray:
+    """Integer label map with values in 0..num_classes (K foreground classes), as int64."""
+    label = np.asarray(label)
+    if label.dtype.kind == "f":
+        if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
+            raise DatasetError(f"{path}: label map has non-integer values (expected integers 0..{num_classes})")
+    if label.dtype.kind == "b":
+        label = label.astype(np.uint8)
+    if label.size:
+        lo, hi = label.min(), label.max()
+        if lo < 0 or hi > num_classes:
+            bad = sorted(int(v) for v in np.unique(label) if v < 0 or v > num_classes)[:5]
+            raise DatasetError(f"{path}: label values {bad} outside the class range 0..{num_classes}")
+    return label.astype(np.int64)
+
+
+def require_file(path: str, what: str) -> None:
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: {what} not found")
+
+
+# ---------------------------------------------------------------------------------------------
+# HDF5 (ACDC, SSL4MIS layout)
+
+
+def read_h5(path: str, keys: Sequence[str] = ("image", "label")) -> list[np.ndarray]:
+    """Read datasets ``keys`` of an h5 file; DatasetError on a missing/corrupt file or key."""
+    import h5py
+
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: HDF5 file not found")
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in keys if k not in f]
+            if missing:
+                raise DatasetError(f"{path}: missing key(s) {', '.join(missing)} "
+                                   f"(expected datasets {', '.join(keys)}; found {', '.join(sorted(f.keys())) or 'none'})")
+            return [np.asarray(f[k][()]) for k in keys]
+    except DatasetError:
+        raise
+    except Exception as e:  # OSError from a truncated/corrupt file, KeyError ...
+        raise DatasetError(f"{path}: cannot read HDF5 file ({type(e).__name__}: {e})") from None
+
+
+def h5_shape(path: str, key: str = "image") -> tuple[int, ...]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if key not in f:
+                raise DatasetError(f"{path}: missing key {key!r}")
+            return tuple(f[key].shape)
+    except DatasetError:
+        raise
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot read HDF5 file ({type(e).__name__}: {e})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# NIfTI
+
+
+def _nib_load(path: str):
+    import nibabel as nib
+
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: NIfTI file not found")
+    try:
+        img = nib.load(path)
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot read NIfTI file ({type(e).__name__}: {e})") from None
+    if len(img.shape) < 3 or any(s != 1 for s in img.shape[3:]):
+        raise DatasetError(f"{path}: expected a 3-D volume, got shape {tuple(img.shape)}")
+    return img
+
+
+def nifti_num_slices(path: str) -> int:
+    """Number of axial slices after reorientation to RAS (reads the header only)."""
+    import nibabel as nib
+
+    img = _nib_load(path)
+    ornt = nib.orientations.io_orientation(img.affine)
+    z_axis = int(np.argmax(ornt[:, 0] == 2))
+    return int(img.shape[z_axis])
+
+
+def read_nifti(path: str, is_label: bool = False):
+    """Load a NIfTI volume, reorient to the closest canonical (RAS) orientation and return
+    ``(array (D=z, H=y, W=x), spacing (sz, sy, sx) mm, affine 4x4 of the RAS voxel grid)``.
+
+    Images come as float32 (scaling applied), labels as the stored integers (rounded if float)."""
+    import nibabel as nib
+
+    img = _nib_load(path)
+    try:
+        if img.ndim > 3:
+            img = img.slicer[..., 0] if img.ndim == 4 else nib.funcs.squeeze_image(img)
+        canon = nib.as_closest_canonical(img)
+        if is_label:
+            data = np.asanyarray(canon.dataobj)
+            if data.dtype.kind == "f":
+                data = np.asarray(data)
+        else:
+            data = canon.get_fdata(dtype=np.float32)
+    except DatasetError:
+        raise
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot read NIfTI data ({type(e).__name__}: {e})") from None
+    if data.ndim != 3:
+        raise DatasetError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+    zooms = canon.header.get_zooms()[:3]
+    spacing = (float(zooms[2]), float(zooms[1]), float(zooms[0]))
+    arr = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
+    return arr, spacing, np.asarray(canon.affine, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# PNG slices
+
+
+def read_png(path: str) -> np.ndarray:
+    from PIL import Image
+
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: PNG file not found")
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("RGB", "RGBA", "P", "LA"):
+                im = im.convert("L")
+            arr = np.asarray(im)
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+    if arr.ndim != 2:
+        raise DatasetError(f"{path}: expected a grey-level 2-D image, got shape {arr.shape}")
+    return arr
