@@ -1,0 +1,374 @@
+"""Checkpoints of this project: atomic save, safe (``weights_only``) load with clear errors, RNG state
+capture/restore, config compatibility checks.
+
+Format (``CHECKPOINT_VERSION`` = 1), a dict holding only tensors and plain containers/primitives so that
+``torch.load(path, weights_only=True)`` reads it::
+
+    {"model": state_dict,              # like an official SAM-2 checkpoint ({"model": state_dict})
+     "config": dict,                   # the full resolved args (vars(args), tuples kept), for evaluation
+     "optimizer": dict | None, "scheduler": dict | None, "ema": dict | None,
+     "rng": {"per_rank": [rng_state_rank0, ...]} | None,
+     "iteration": int,                 # optimiser steps done
+     "epoch": int,
+     "best": {...},                    # e.g. {"metric": "dice", "value": 0.87, "iteration": 1200}
+     "version": 1}
+
+An rng state is ``{"python": [version, [625 ints], gauss_next], "numpy": [name, int64 tensor, pos,
+has_gauss, cached_gaussian], "torch": uint8 tensor, "cuda": [uint8 tensor per device]}``.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import pickle
+import random
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import torch
+
+from .runtime import get_rank, get_world_size, is_dist, unwrap_model
+
+__all__ = [
+    "CHECKPOINT_VERSION", "ARCH_KEYS", "CheckpointError", "CheckpointNotFoundError", "ConfigMismatchError",
+    "save_checkpoint", "load_checkpoint", "to_plain", "config_to_dict", "capture_rng_state",
+    "gather_rng_states", "restore_rng_state", "model_state_dict", "load_model_state", "make_checkpoint",
+    "restore_training_state", "config_differences", "check_config_compatible", "apply_saved_config",
+]
+
+CHECKPOINT_VERSION = 1
+
+# Args that change the network's parameters (shapes or presence) or the meaning of its outputs.
+ARCH_KEYS = ("net", "sam_config", "image_size", "dataset", "class_names", "script", "method",
+             "dfe", "dfe_sim", "dfe_levels")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used (corrupt, truncated, not ours, wrong version)."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    pass
+
+
+class ConfigMismatchError(ValueError):
+    """The flags of this run differ from the checkpoint's in keys that change the architecture."""
+
+
+# ----------------------------------------------------------------------------------------------
+# plain data
+# ----------------------------------------------------------------------------------------------
+_PRIMITIVES = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
+
+
+def to_plain(obj: Any, _where: str = "state") -> Any:
+    """Convert ``obj`` into what ``torch.load(weights_only=True)`` accepts: tensors, primitives, and
+    dict/list/tuple of them. Numpy scalars become Python numbers, numpy arrays tensors, paths strings,
+    ``argparse.Namespace`` dicts. Anything else raises ``TypeError`` naming where it is."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, _PRIMITIVES):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, argparse.Namespace):
+        obj = vars(obj)
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, (str, int, float, bool, type(None))):
+                raise TypeError(f"{_where}: dict key {k!r} of type {type(k).__name__} is not allowed in a checkpoint")
+            out[k] = to_plain(v, f"{_where}[{k!r}]")
+        return out
+    if isinstance(obj, list):
+        return [to_plain(v, f"{_where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, tuple):
+        return tuple(to_plain(v, f"{_where}[{i}]") for i, v in enumerate(obj))
+    if isinstance(obj, (set, frozenset)):
+        return sorted(to_plain(v, _where) for v in obj)
+    raise TypeError(f"{_where}: object of type {type(obj).__module__}.{type(obj).__name__} cannot be stored in a "
+                    "checkpoint loadable with weights_only=True (store tensors, numbers, strings, lists, dicts)")
+
+
+def config_to_dict(args: Any) -> dict:
+    """The resolved args as a plain dict (for the checkpoint's ``config`` and ``config.json``)."""
+    d = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    return to_plain(dict(d), "config")
+
+
+# ----------------------------------------------------------------------------------------------
+# save / load
+# ----------------------------------------------------------------------------------------------
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> str:
+    """Write ``state`` to ``path`` atomically: ``torch.save`` to ``<path>.tmp`` in the same folder, flush,
+    fsync, ``os.replace``. On any failure the temporary file is removed and an existing ``path`` is left
+    untouched. ``state`` is converted by :func:`to_plain` first (non-plain objects raise ``TypeError``
+    before anything is written). Call it on the main rank only. Returns the path."""
+    path = os.fspath(path)
+    state = to_plain(state)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *, ours: bool = True,
+                    weights_only: bool = True) -> dict:
+    """Load a checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises :class:`CheckpointNotFoundError` when the file is missing, :class:`CheckpointError` naming the
+    file when it is truncated/corrupt (e.g. half-written), holds objects ``weights_only`` refuses, is not a
+    dict with ``"model"``, or (``ours=True``) is not a checkpoint of this project (no ``version``: e.g. an
+    official SAM-2 file, which belongs to ``-sam_ckpt``) or has a newer version."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted write?")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except pickle.UnpicklingError as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(f"checkpoint {path} holds objects that torch.load(weights_only=True) refuses "
+                                  f"({msg}); it was not written by this project. Load it with "
+                                  "weights_only=False only if you trust its source") from e
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({size} bytes): {msg}") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError,
+            AttributeError, TypeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({size} bytes), "
+                              f"torch.load failed: {type(e).__name__}: {msg}") from e
+    if not isinstance(state, dict) or "model" not in state:
+        kind = f"dict with keys {sorted(map(str, state))[:8]}" if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a model checkpoint: expected a dict with a 'model' state dict, "
+                              f"got a {kind}")
+    if ours:
+        version = state.get("version")
+        if version is None:
+            raise CheckpointError(f"{path} is not a checkpoint of this project (no 'version'; keys "
+                                  f"{sorted(map(str, state))[:8]}); an official SAM-2 checkpoint goes to -sam_ckpt")
+        if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+            raise CheckpointError(f"{path} has checkpoint version {version!r}; this code reads versions "
+                                  f"<= {CHECKPOINT_VERSION}")
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG state
+# ----------------------------------------------------------------------------------------------
+def capture_rng_state() -> dict:
+    """This process's RNG states (python ``random``, numpy global, torch CPU, every CUDA device) as
+    tensors/lists/numbers only."""
+    v, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [int(v), [int(x) for x in internal], gauss],
+        "numpy": [str(name), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                  float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def gather_rng_states() -> dict:
+    """``{"per_rank": [state of rank 0, rank 1, ...]}`` (a collective under DDP: every rank calls it; the
+    main rank then saves the result)."""
+    local = capture_rng_state()
+    if not is_dist():
+        return {"per_rank": [local]}
+    out = [None] * get_world_size()
+    torch.distributed.all_gather_object(out, local)
+    return {"per_rank": out}
+
+
+def restore_rng_state(state: dict, rank: Optional[int] = None) -> bool:
+    """Restore a state from :func:`capture_rng_state` or :func:`gather_rng_states` (then the entry of
+    ``rank``, default this process's rank). Returns False (and warns, leaving the RNGs as seeded) when the
+    checkpoint has no state for this rank, e.g. after changing the number of processes."""
+    if "per_rank" in state:
+        rank = get_rank() if rank is None else rank
+        states = state["per_rank"]
+        if rank >= len(states) or (is_dist() and len(states) != get_world_size()):
+            warnings.warn(f"the checkpoint holds RNG states of {len(states)} process(es), this run has "
+                          f"{get_world_size()}: RNGs keep their fresh seeds (resumed randomness differs)")
+            return False
+        state = states[rank]
+    v, internal, gauss = state["python"]
+    random.setstate((int(v), tuple(int(x) for x in internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((name, keys.astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        if len(cuda) != n:
+            warnings.warn(f"the checkpoint holds CUDA RNG states of {len(cuda)} device(s), {n} are visible: "
+                          "restoring the common ones")
+        for i, s in enumerate(cuda[:n]):
+            torch.cuda.set_rng_state(s.cpu().to(torch.uint8), i)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# model / training state
+# ----------------------------------------------------------------------------------------------
+def model_state_dict(model: torch.nn.Module) -> dict:
+    """The model's state dict without DDP ``module.`` / ``torch.compile`` ``_orig_mod.`` prefixes (so it
+    loads into a plain model, like an official SAM-2 checkpoint)."""
+    sd = unwrap_model(model).state_dict()
+    return {k.replace("_orig_mod.", ""): v for k, v in sd.items()}
+
+
+def load_model_state(model: torch.nn.Module, state_dict: dict, strict: bool = True):
+    """Load a (prefix-free) state dict into ``model``, which may be DDP-wrapped or hold compiled
+    submodules. Returns ``load_state_dict``'s result."""
+    target = unwrap_model(model)
+    own = target.state_dict().keys()
+    if any("_orig_mod." in k for k in own):
+        rename = {k.replace("_orig_mod.", ""): k for k in own}
+        state_dict = {rename.get(k, k): v for k, v in state_dict.items()}
+    return target.load_state_dict(state_dict, strict=strict)
+
+
+def make_checkpoint(model: torch.nn.Module, config: Any, *, optimizer=None, scheduler=None, ema=None,
+                    rng: Optional[dict] = None, iteration: int = 0, epoch: int = 0,
+                    best: Optional[dict] = None, **extra) -> dict:
+    """Assemble the checkpoint dict (see the module docstring). ``config``: args or dict. ``rng``: the
+    result of :func:`gather_rng_states` (collective, so the caller gathers on every rank first); defaults
+    to this process's state. ``extra`` keys are stored as well (they must be plain)."""
+    state = {
+        "model": model_state_dict(model),
+        "config": config_to_dict(config),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "ema": ema.state_dict() if ema is not None else None,
+        "rng": rng if rng is not None else {"per_rank": [capture_rng_state()]},
+        "iteration": int(iteration),
+        "epoch": int(epoch),
+        "best": dict(best or {}),
+        "version": CHECKPOINT_VERSION,
+    }
+    state.update(extra)
+    return state
+
+
+def restore_training_state(state: dict, model: torch.nn.Module, *, optimizer=None, scheduler=None, ema=None,
+                           restore_rng: bool = True) -> dict:
+    """Load model (strict), optimiser, scheduler, EMA and RNG states from a checkpoint dict for resuming.
+    Returns ``{"iteration", "epoch", "best"}``. A missing optimiser/scheduler/EMA state for an object that
+    was passed raises :class:`CheckpointError`."""
+    load_model_state(model, state["model"], strict=True)
+    for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("ema", ema)):
+        if obj is None:
+            continue
+        if state.get(name) is None:
+            raise CheckpointError(f"the checkpoint has no {name} state to resume from")
+        obj.load_state_dict(state[name])
+    if restore_rng and state.get("rng"):
+        restore_rng_state(state["rng"])
+    return {"iteration": int(state.get("iteration", 0)), "epoch": int(state.get("epoch", 0)),
+            "best": dict(state.get("best") or {})}
+
+
+# ----------------------------------------------------------------------------------------------
+# config compatibility
+# ----------------------------------------------------------------------------------------------
+def _norm(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, (int, float)) and float(v).is_integer():
+        return int(v)
+    if isinstance(v, str):
+        return v.strip().lower()
+    return v
+
+
+def _get(cfg: Any, key: str, missing: Any) -> Any:
+    if isinstance(cfg, dict):
+        return cfg.get(key, missing)
+    return getattr(cfg, key, missing)
+
+
+def config_differences(saved_config: dict, args: Any, keys: Iterable[str] = ARCH_KEYS) -> list[tuple]:
+    """``[(key, saved value, current value)]`` for ``keys`` that differ. Keys absent on either side are not
+    compared; tuples equal lists, 3 equals 3.0, strings compare case-insensitively."""
+    missing = object()
+    out = []
+    for k in keys:
+        a, b = _get(saved_config, k, missing), _get(args, k, missing)
+        if a is missing or b is missing:
+            continue
+        if _norm(a) != _norm(b):
+            out.append((k, a, b))
+    return out
+
+
+def check_config_compatible(saved_config: dict, args: Any, keys: Iterable[str] = ARCH_KEYS, *,
+                            source: str = "the checkpoint") -> None:
+    """Raise :class:`ConfigMismatchError` listing every architecture key whose value differs between the
+    checkpoint's config and the current flags (when resuming or evaluating)."""
+    diffs = config_differences(saved_config, args, keys)
+    if diffs:
+        lines = "; ".join(f"-{k}: {source} has {a!r}, this run has {b!r}" for k, a, b in diffs)
+        raise ConfigMismatchError(f"flags incompatible with {source}: {lines}. Use the checkpoint's values "
+                                  "(or drop these flags to take them from its config)")
+
+
+def apply_saved_config(args: Any, saved_config: dict, keys: Iterable[str] = ARCH_KEYS) -> dict:
+    """Set ``keys`` of ``args`` from the checkpoint's config (evaluation without repeating flags).
+    Returns ``{key: (old, new)}`` for the values that changed."""
+    changed = {}
+    for k in keys:
+        if k in saved_config:
+            new = saved_config[k]
+            if isinstance(getattr(args, k, None), tuple) and isinstance(new, list):
+                new = tuple(new)
+            old = getattr(args, k, None)
+            if _norm(old) != _norm(new):
+                changed[k] = (old, new)
+            setattr(args, k, new)
+    return changed

@@ -1,0 +1,85 @@
+"""Exponential moving average (EMA) teacher of a model.
+
+``ModelEMA(model, decay)`` keeps a frozen copy (``requires_grad=False``, eval mode: dropout off) and after
+each optimiser step ``update(model)`` does ``ema = d * ema + (1 - d) * student`` on the floating-point
+parameters with two ``torch._foreach_*`` calls, and copies the buffers (BatchNorm statistics etc.).
+With ``warmup=True`` the decay of update ``k`` (0-based) is ``min(decay, 1 - 1/(k + 1))``: the first update
+copies the student, later ones average over the ~k updates seen so far until ``decay`` takes over.
+DDP / ``torch.compile`` wrappers of the student are stripped (``.module`` / ``._orig_mod``).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .runtime import unwrap_model
+
+__all__ = ["ModelEMA"]
+
+
+class ModelEMA:
+    def __init__(self, model: torch.nn.Module, decay: float = 0.99, warmup: bool = True):
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+        self.decay = float(decay)
+        self.warmup = bool(warmup)
+        self.step = 0  # number of updates done
+        self.module = copy.deepcopy(unwrap_model(model))
+        self.module.eval()
+        self.module.requires_grad_(False)
+        self._param_names = [n for n, p in self.module.named_parameters() if p.is_floating_point()]
+        self._ema_params = [p for n, p in self.module.named_parameters() if p.is_floating_point()]
+        self._buffer_names = [n for n, _ in self.module.named_buffers()]
+        self._ema_buffers = [b for _, b in self.module.named_buffers()]
+
+    def current_decay(self) -> float:
+        """The decay the next :meth:`update` will use."""
+        if self.warmup:
+            return min(self.decay, 1.0 - 1.0 / (self.step + 1))
+        return self.decay
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> float:
+        """One EMA step towards ``model`` (the student; wrappers allowed). Returns the decay used."""
+        src = unwrap_model(model)
+        src_params = [p for p in src.parameters() if p.is_floating_point()]
+        if len(src_params) != len(self._ema_params):
+            raise ValueError(f"ModelEMA.update: the student has {len(src_params)} floating-point parameters, "
+                             f"the EMA copy {len(self._ema_params)}: not the same architecture")
+        d = self.current_decay()
+        if src_params:
+            src_data = [p.detach() for p in src_params]
+            torch._foreach_mul_(self._ema_params, d)
+            torch._foreach_add_(self._ema_params, src_data, alpha=1.0 - d)
+        src_buffers = list(src.buffers())
+        if len(src_buffers) != len(self._ema_buffers):
+            raise ValueError("ModelEMA.update: the student's buffers do not match the EMA copy's")
+        if src_buffers:
+            torch._foreach_copy_(self._ema_buffers, src_buffers)
+        self.step += 1
+        return d
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> "ModelEMA":
+        """The teacher always stays in eval mode; this is a no-op kept for loop code that toggles modes."""
+        return self
+
+    def to(self, *args, **kwargs) -> "ModelEMA":
+        self.module.to(*args, **kwargs)
+        # .to() on a module keeps Parameter objects but may replace their data: refresh the lists
+        self._ema_params = [p for p in self.module.parameters() if p.is_floating_point()]
+        self._ema_buffers = list(self.module.buffers())
+        return self
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "step": self.step, "decay": self.decay,
+                "warmup": self.warmup}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"], strict=True)
+        self.step = int(state.get("step", 0))
+        # the decay of the current run (flag) wins over the saved one; keep the saved step count
+        self.module.eval()

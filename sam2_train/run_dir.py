@@ -1,0 +1,314 @@
+"""The run directory and its logs.
+
+``RunDir.create(log_dir, exp_name, config)`` makes ``<log_dir>/<exp_name>_<YYYYmmdd-HHMMSS>/`` with
+``config.json`` (the full resolved args), ``checkpoints/``, ``vis/``, TensorBoard event files (in the run
+directory itself), ``metrics.csv`` (one row per validation), ``summary.json`` and ``train.log`` (a copy of
+the console messages). ``RunDir.open(path)`` re-opens it to resume (appending). On non-main ranks every
+method is a no-op and ``path`` is ``None``.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import math
+import os
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+__all__ = ["RunDir", "console", "write_json_atomic"]
+
+
+def console(msg: str) -> None:
+    """Print a line without breaking tqdm progress bars."""
+    try:
+        from tqdm import tqdm
+        tqdm.write(str(msg))
+    except ImportError:  # pragma: no cover
+        print(msg, flush=True)
+
+
+def _json_default(o: Any):
+    if isinstance(o, torch.Tensor):
+        return o.item() if o.numel() == 1 else o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    return str(o)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else str(v)
+    return v
+
+
+def _to_floats(values: dict) -> dict:
+    """Scalars (Python numbers, numpy scalars, 1-element tensors) as floats, with one host transfer per
+    device for all tensors together."""
+    out, tensors = {}, {}
+    for k, v in values.items():
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                raise ValueError(f"log_scalars: {k!r} has {v.numel()} elements, expected a scalar")
+            tensors.setdefault(v.device, []).append((k, v))
+        elif isinstance(v, (np.generic, np.ndarray)):
+            out[k] = float(np.asarray(v).reshape(()))
+        else:
+            out[k] = float(v)
+    for items in tensors.values():
+        stacked = torch.stack([t.detach().reshape(()).to(torch.float32) for _, t in items])
+        for (k, _), f in zip(items, stacked.cpu().tolist()):
+            out[k] = f
+    return {k: out[k] for k in values}
+
+
+class RunDir:
+    """Outputs of one training run. Build with :meth:`create` (new run) or :meth:`open` (resume)."""
+
+    CONFIG, METRICS, SUMMARY, LOG = "config.json", "metrics.csv", "summary.json", "train.log"
+
+    def __init__(self, path: Optional[str], is_main: bool = True, purge_step: Optional[int] = None,
+                 tensorboard: bool = True):
+        self.is_main = bool(is_main) and path is not None
+        self.path = os.path.abspath(path) if self.is_main else None
+        self._writer = None
+        self._fields: Optional[list] = None
+        if not self.is_main:
+            return
+        os.makedirs(self.checkpoints_dir, exist_ok=True)
+        os.makedirs(self.vis_dir, exist_ok=True)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self._writer = SummaryWriter(log_dir=self.path, purge_step=purge_step)
+        if os.path.exists(self.metrics_path):
+            with open(self.metrics_path, newline="", encoding="utf-8") as f:
+                header = next(csv.reader(f), None)
+            self._fields = list(header) if header else None
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def create(cls, log_dir: str, exp_name: str, config: Any, is_main: bool = True,
+               timestamp: Optional[str] = None, tensorboard: bool = True) -> "RunDir":
+        """A new run directory ``<log_dir>/<exp_name>_<YYYYmmdd-HHMMSS>`` (``_2``, ``_3``, ... appended if it
+        exists) with ``config.json``. ``config``: args (Namespace) or dict. Only the main rank creates it;
+        share ``run.path`` with :func:`sam2_train.runtime.broadcast_object` if other ranks need it."""
+        if not is_main:
+            return cls(None, is_main=False)
+        stamp = timestamp or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = os.path.join(log_dir, f"{exp_name}_{stamp}")
+        path, n = base, 1
+        while True:
+            try:
+                os.makedirs(path)
+                break
+            except FileExistsError:
+                n += 1
+                path = f"{base}_{n}"
+        run = cls(path, is_main=True, tensorboard=tensorboard)
+        cfg = vars(config) if hasattr(config, "__dict__") and not isinstance(config, dict) else dict(config)
+        write_json_atomic(run.config_path, cfg)
+        return run
+
+    @classmethod
+    def open(cls, existing_path: str, is_main: bool = True, resume_iteration: Optional[int] = None,
+             tensorboard: bool = True) -> "RunDir":
+        """Re-open a run to resume it: ``existing_path`` is the run directory or a checkpoint inside its
+        ``checkpoints/``. With ``resume_iteration``, TensorBoard events and ``metrics.csv`` rows (column
+        ``iteration``) written after that iteration by the interrupted run are dropped, so curves do not
+        double back."""
+        if not is_main:
+            return cls(None, is_main=False)
+        path = os.path.abspath(existing_path)
+        if os.path.isfile(path):
+            path = os.path.dirname(path)
+            if os.path.basename(path) == "checkpoints":
+                path = os.path.dirname(path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"run directory not found: {existing_path}")
+        if resume_iteration is not None:
+            cls._truncate_metrics(os.path.join(path, cls.METRICS), resume_iteration)
+        return cls(path, is_main=True, purge_step=(resume_iteration + 1) if resume_iteration is not None else None,
+                   tensorboard=tensorboard)
+
+    @staticmethod
+    def _truncate_metrics(metrics_path: str, resume_iteration: int) -> None:
+        if not os.path.exists(metrics_path):
+            return
+        with open(metrics_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            fields = reader.fieldnames
+        if not fields or "iteration" not in fields:
+            return
+
+        def keep(r):
+            try:
+                return float(r["iteration"]) <= resume_iteration
+            except (TypeError, ValueError):
+                return True
+        kept = [r for r in rows if keep(r)]
+        if len(kept) != len(rows):
+            RunDir._write_csv(metrics_path, fields, kept)
+
+    @staticmethod
+    def _write_csv(path: str, fields: list, rows: list) -> None:
+        tmp = path + ".tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=fields, restval="")
+            w.writeheader()
+            w.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    # -- paths ---------------------------------------------------------------------------------
+    def _join(self, *parts) -> Optional[str]:
+        return os.path.join(self.path, *parts) if self.path else None
+
+    @property
+    def checkpoints_dir(self) -> Optional[str]:
+        return self._join("checkpoints")
+
+    @property
+    def vis_dir(self) -> Optional[str]:
+        return self._join("vis")
+
+    @property
+    def config_path(self) -> Optional[str]:
+        return self._join(self.CONFIG)
+
+    @property
+    def metrics_path(self) -> Optional[str]:
+        return self._join(self.METRICS)
+
+    @property
+    def summary_path(self) -> Optional[str]:
+        return self._join(self.SUMMARY)
+
+    def checkpoint_path(self, name: str = "last") -> Optional[str]:
+        """``checkpoints/<name>.pt`` (``last`` / ``best``)."""
+        return self._join("checkpoints", f"{name}.pt")
+
+    def read_config(self) -> Optional[dict]:
+        if not self.is_main or not os.path.exists(self.config_path):
+            return None
+        with open(self.config_path, encoding="utf-8") as f:
+            return json.load(f)
+
+    # -- logging -------------------------------------------------------------------------------
+    def log(self, msg: str) -> None:
+        """Console line (tqdm-safe) plus a copy in ``train.log``; main rank only."""
+        if not self.is_main:
+            return
+        console(msg)
+        stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        with open(self._join(self.LOG), "a", encoding="utf-8") as f:
+            f.write(f"[{stamp}] {msg}\n")
+
+    def log_scalars(self, step: int, scalars: dict, prefix: str = "") -> Optional[dict]:
+        """Write scalars to TensorBoard. Values may be numbers or 1-element tensors (on any device): they
+        are fetched in one batched transfer here, so keep tensors in the loop and call this only at log
+        intervals. Returns the values as floats (main rank), ``None`` elsewhere."""
+        if not self.is_main:
+            return None
+        values = _to_floats(scalars)
+        if self._writer is not None:
+            for k, v in values.items():
+                self._writer.add_scalar(f"{prefix}{k}", v, global_step=int(step))
+        return values
+
+    def log_images(self, step: int, tag: str, array) -> None:
+        """Write an image to TensorBoard: HW, HWC (C in 1/3/4) or CHW; uint8, or float in [0, 1]; numpy
+        or tensor. A 4-D array is a batch (NCHW, or NHWC when the last dim is 1/3/4)."""
+        if not self.is_main or self._writer is None:
+            return
+        if isinstance(array, torch.Tensor):
+            array = array.detach().cpu()
+            if array.dtype == torch.bfloat16 or array.dtype == torch.float16:
+                array = array.float()
+            array = array.numpy()
+        array = np.asarray(array)
+        if array.ndim == 2:
+            fmt = "HW"
+        elif array.ndim == 3:
+            fmt = "HWC" if array.shape[-1] in (1, 3, 4) and array.shape[0] not in (1, 3, 4) else "CHW"
+        elif array.ndim == 4:
+            fmt = "NHWC" if array.shape[-1] in (1, 3, 4) and array.shape[1] not in (1, 3, 4) else "NCHW"
+            self._writer.add_images(tag, array, global_step=int(step), dataformats=fmt)
+            return
+        else:
+            raise ValueError(f"log_images: expected a 2-D, 3-D or 4-D array, got shape {array.shape}")
+        self._writer.add_image(tag, array, global_step=int(step), dataformats=fmt)
+
+    def append_metrics_row(self, row: dict) -> None:
+        """Append one row to ``metrics.csv``. The header comes from the first row; a row with new keys
+        rewrites the file with those columns added at the end (older rows get empty cells); missing keys
+        are left empty. Tensors/numpy scalars are converted."""
+        if not self.is_main:
+            return
+        row = {str(k): _cell(v) for k, v in row.items()}
+        path = self.metrics_path
+        if self._fields is None:
+            self._fields = list(row)
+            self._write_csv(path, self._fields, [row])
+            return
+        new = [k for k in row if k not in self._fields]
+        if new:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+            self._fields = self._fields + new
+            self._write_csv(path, self._fields, rows + [row])
+            return
+        with open(path, "a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, fieldnames=self._fields, restval="").writerow(row)
+
+    def read_metrics(self) -> list:
+        if not self.is_main or not os.path.exists(self.metrics_path):
+            return []
+        with open(self.metrics_path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+    def write_summary(self, summary: dict) -> None:
+        """Write ``summary.json`` atomically (replaces the previous one)."""
+        if self.is_main:
+            write_json_atomic(self.summary_path, summary)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

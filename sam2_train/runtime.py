@@ -1,0 +1,532 @@
+"""Run-time setup shared by ``train_2d.py`` / ``train_3d.py``: device, precision, seeds, distributed
+(torchrun / DDP, NCCL on CUDA, gloo on CPU), a deterministic resumable sampler, an epoch-advancing
+infinite loader, and the non-finite-loss guard.
+
+Typical use in a training script::
+
+    dist_info = init_distributed(args)            # also selects the device, enables TF32 on CUDA
+    seed_everything(args.seed, dist_info.rank)
+    sampler = ResumableSampler(len(ds), args.b, seed=args.seed, rank=dist_info.rank,
+                               world_size=dist_info.world_size)
+    loader = DataLoader(ds, batch_size=args.b, sampler=sampler, drop_last=True,
+                        generator=torch.Generator())   # keeps the global RNG stream untouched
+    batches = InfiniteLoader(loader, start_iter=resumed_iteration)
+    model = wrap_ddp(model.to(dist_info.device), dist_info)
+    guard = NonFiniteGuard(args.max_bad_steps)
+    for it in range(start, total):
+        batch = next(batches)
+        with autocast(dist_info.device, args.amp):
+            loss = ...
+        if guard.check(loss, it):              # every rank must call it (ranks agree on skipping)
+            loss.backward(); optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    cleanup()
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import random
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+__all__ = [
+    "select_device", "enable_tf32", "amp_dtype", "autocast", "seed_everything",
+    "DistInfo", "init_distributed", "wrap_ddp", "unwrap_model", "all_reduce_mean", "barrier",
+    "broadcast_object", "cleanup", "is_dist", "get_rank", "get_world_size", "is_main_process",
+    "main_only", "ResumableSampler", "InfiniteLoader", "NonFiniteGuard", "TrainingDiverged",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# device, precision, seeds
+# ----------------------------------------------------------------------------------------------
+def _env_int(name: str) -> Optional[int]:
+    v = os.environ.get(name)
+    if v is None or v.strip() == "":
+        return None
+    return int(v)
+
+
+def select_device(args) -> torch.device:
+    """The device for this process from ``args.device`` (auto/cuda/cpu) and ``args.gpu_device``.
+
+    Under torchrun the environment's ``LOCAL_RANK`` picks the GPU (``-gpu_device`` is then ignored).
+    ``-device cuda`` without a usable GPU raises a ``RuntimeError`` saying so. On CUDA the device is made
+    current (``torch.cuda.set_device``) and TF32 matmuls/convolutions are enabled.
+    """
+    want = (getattr(args, "device", "auto") or "auto").lower()
+    if want not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"-device must be auto, cuda or cpu, got {want!r}")
+    has_cuda = torch.cuda.is_available()
+    if want == "cpu" or (want == "auto" and not has_cuda):
+        return torch.device("cpu")
+    if not has_cuda:
+        raise RuntimeError("-device cuda was requested but CUDA is not available "
+                           f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); "
+                           "use -device cpu or -device auto")
+    local_rank = _env_int("LOCAL_RANK")
+    index = local_rank if local_rank is not None else int(getattr(args, "gpu_device", 0) or 0)
+    n = torch.cuda.device_count()
+    if index >= n:
+        src = "LOCAL_RANK" if local_rank is not None else "-gpu_device"
+        raise RuntimeError(f"{src}={index} but only {n} CUDA device(s) are visible")
+    torch.cuda.set_device(index)
+    enable_tf32()
+    return torch.device("cuda", index)
+
+
+def enable_tf32() -> None:
+    """Allow TF32 for fp32 matmuls and cuDNN convolutions (no effect on CPU)."""
+    matmul = torch.backends.cuda.matmul
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and conv is not None and hasattr(conv, "fp32_precision"):
+        # torch >= 2.9: the new API (mixing it with the legacy allow_tf32 flags is an error there)
+        matmul.fp32_precision = "tf32"
+        conv.fp32_precision = "tf32"
+    else:  # pragma: no cover - older torch
+        matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def amp_dtype(device: torch.device | str, amp: str = "auto") -> Optional[torch.dtype]:
+    """The autocast dtype for ``-amp`` on ``device``, or ``None`` for full fp32.
+
+    ``auto``: bf16 on CUDA (when the GPU supports it), off on CPU. ``bf16``: bf16 on CUDA and also on CPU
+    (``torch.autocast("cpu", torch.bfloat16)``: works, but is usually slower than fp32 on CPUs without
+    AMX/AVX512-BF16 and changes numerics; meant for testing the bf16 path). ``off``: fp32.
+    """
+    device = torch.device(device)
+    amp = (amp or "auto").lower()
+    if amp == "off":
+        return None
+    if amp not in ("auto", "bf16"):
+        raise ValueError(f"-amp must be auto, bf16 or off, got {amp!r}")
+    if device.type == "cuda":
+        if amp == "auto" and not torch.cuda.is_bf16_supported():
+            warnings.warn("this GPU does not support bf16: -amp auto runs in fp32")
+            return None
+        return torch.bfloat16
+    if device.type == "cpu":
+        return torch.bfloat16 if amp == "bf16" else None
+    return torch.bfloat16 if amp == "bf16" else None
+
+
+def autocast(device: torch.device | str, amp: str = "auto"):
+    """Context manager: bf16 autocast per :func:`amp_dtype`, else a no-op. Never casts the model:
+    weights stay fp32 (Adam updates in bf16 would round to zero)."""
+    device = torch.device(device)
+    dtype = amp_dtype(device, amp)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int, rank: int = 0) -> int:
+    """Seed python ``random``, numpy's global RNG, torch CPU and all CUDA RNGs with ``seed + rank``
+    (so ranks draw different augmentations/dropout). Returns the seed used."""
+    s = int(seed) + int(rank)
+    random.seed(s)
+    np.random.seed(s % (2 ** 32))
+    torch.manual_seed(s)  # seeds every CUDA device as well
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(s)
+    return s
+
+
+# ----------------------------------------------------------------------------------------------
+# distributed
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    is_main: bool = True
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        """True when a process group is in use (torchrun / DDP)."""
+        return self.world_size > 1 or is_dist()
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def main_only(fn: Callable) -> Callable:
+    """Decorator: run ``fn`` on rank 0 only; other ranks get ``None`` (no collective involved)."""
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        if is_main_process():
+            return fn(*a, **kw)
+        return None
+    return wrapper
+
+
+def init_distributed(args) -> DistInfo:
+    """Set up this process from the torchrun environment (``RANK``/``LOCAL_RANK``/``WORLD_SIZE``,
+    ``MASTER_ADDR``/``MASTER_PORT``); never from a ``--local_rank`` argument.
+
+    ``-distributed none``: one process, whatever the environment says. ``auto``: DDP when the
+    environment names a world size > 1 (torchrun), else one process. ``ddp``: DDP, and an error when not
+    launched by torchrun. Backend NCCL on CUDA, gloo on CPU. Also selects the device
+    (:func:`select_device`, ``LOCAL_RANK`` picks the GPU) and reuses an existing process group.
+    """
+    mode = (getattr(args, "distributed", "auto") or "auto").lower()
+    if mode not in ("none", "auto", "ddp"):
+        raise ValueError(f"-distributed must be none, auto or ddp, got {mode!r}")
+    env_world = _env_int("WORLD_SIZE")
+    env_rank = _env_int("RANK")
+    if mode == "none":
+        if env_world is not None and env_world > 1:
+            warnings.warn(f"-distributed none under a launcher with WORLD_SIZE={env_world}: every process "
+                          "runs an independent single-process training")
+        # LOCAL_RANK still picks the GPU if set; this is the documented torchrun behaviour
+        return DistInfo(0, 0, 1, True, select_device(args))
+    use_ddp = is_dist() or (env_world is not None and env_rank is not None
+                            and (env_world > 1 or mode == "ddp"))
+    if not use_ddp:
+        if mode == "ddp":
+            raise RuntimeError("-distributed ddp needs the torchrun environment (RANK, WORLD_SIZE, "
+                               "MASTER_ADDR, MASTER_PORT); launch with `torchrun --nproc_per_node=N "
+                               "train_2d.py ...` or use -distributed auto")
+        return DistInfo(0, 0, 1, True, select_device(args))
+    device = select_device(args)
+    if not is_dist():
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if name not in os.environ:
+                raise RuntimeError(f"distributed run without {name} in the environment; launch with torchrun")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kw = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, init_method="env://", **kw)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = _env_int("LOCAL_RANK")
+    if local_rank is None:
+        local_rank = rank
+    return DistInfo(rank, local_rank, world, rank == 0, device)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Strip DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel) or (
+                hasattr(model, "module") and isinstance(model, torch.nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(getattr(model, "_orig_mod"), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def wrap_ddp(model: torch.nn.Module, dist_info: DistInfo, **ddp_kwargs) -> torch.nn.Module:
+    """Wrap ``model`` (already on ``dist_info.device``) in DistributedDataParallel when a process group is
+    in use; return it unchanged otherwise. Extra keyword arguments go to DDP (e.g.
+    ``find_unused_parameters=True`` when some parameters get no gradient in a step)."""
+    if not is_dist():
+        return model
+    if dist_info.device.type == "cuda":
+        ddp_kwargs.setdefault("device_ids", [dist_info.device.index])
+        ddp_kwargs.setdefault("output_device", dist_info.device.index)
+    return torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of ``tensor`` over ranks (a new tensor; the input is not modified). Identity (detached
+    clone) in a single process. Every rank must call it."""
+    out = tensor.detach().clone()
+    if not is_dist():
+        return out
+    if not out.is_floating_point():
+        out = out.float()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    out /= dist.get_world_size()
+    return out
+
+
+def barrier() -> None:
+    if is_dist():
+        if dist.get_backend() == "nccl" and torch.cuda.is_available():
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank (e.g. the run directory rank 0 created)."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def cleanup() -> None:
+    """Destroy the process group if there is one."""
+    if is_dist():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------
+# data order
+# ----------------------------------------------------------------------------------------------
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # Mix (seed, epoch) so (s, e+1) and (s+1, e) give unrelated permutations.
+    return (int(seed) * 0x9E3779B97F4A7C15 + int(epoch) * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (2 ** 63)
+
+
+class ResumableSampler(Sampler[int]):
+    """Deterministic, resumable, rank-sharded sampler for training.
+
+    Epoch ``e`` is a permutation of ``range(dataset_len)`` seeded by ``(seed, e)`` (identity order with
+    ``shuffle=False``), split across ranks like ``DistributedSampler`` (rank r takes positions
+    r, r+W, r+2W, ...). ``drop_last=True`` drops the tail so that every rank gets the same number of samples
+    and, if ``batch_size`` is given, a whole number of batches (use the DataLoader with the same
+    ``batch_size`` and ``drop_last=True``); ``drop_last=False`` pads by repeating the first indices.
+
+    ``set_epoch(e)`` selects the epoch and clears any skip; ``skip(n)`` makes the *next* iteration start
+    after the first ``n`` batches (``n`` samples when ``batch_size`` is None) of this rank's shard, so a
+    resumed run draws exactly the batches an uninterrupted run would have drawn. ``len()`` is always the
+    full per-rank epoch length (so ``len(loader)`` is the number of batches per epoch).
+    """
+
+    def __init__(self, dataset_len: int, batch_size: Optional[int] = None, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, shuffle: bool = True, drop_last: bool = True):
+        if dataset_len <= 0:
+            raise ValueError(f"ResumableSampler: empty dataset (dataset_len={dataset_len})")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"ResumableSampler: invalid rank {rank} for world_size {world_size}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"ResumableSampler: batch_size must be >= 1, got {batch_size}")
+        self.dataset_len = int(dataset_len)
+        self.batch_size = batch_size
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
+        if drop_last:
+            per_rank = self.dataset_len // self.world_size
+            if batch_size is not None:
+                per_rank = (per_rank // batch_size) * batch_size
+            if per_rank == 0:
+                need = self.world_size * (batch_size or 1)
+                raise ValueError(f"ResumableSampler: {self.dataset_len} samples are fewer than one batch per "
+                                 f"rank ({need} = world_size {self.world_size} x batch {batch_size or 1}) "
+                                 "with drop_last=True")
+        else:
+            per_rank = math.ceil(self.dataset_len / self.world_size)
+        self.num_samples = per_rank            # per rank, per epoch
+        self.total_size = per_rank * self.world_size
+        self.epoch = 0
+        self._skip_samples = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        if self.batch_size is None:
+            raise ValueError("batches_per_epoch needs a batch_size")
+        return math.ceil(self.num_samples / self.batch_size)  # == num_samples // bs with drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self._skip_samples = 0
+
+    def skip(self, n: int) -> None:
+        """Skip the first ``n`` batches (samples if no ``batch_size``) of the current epoch's shard, once."""
+        n = int(n)
+        samples = n * self.batch_size if self.batch_size is not None else n
+        if n < 0 or samples > self.num_samples:
+            unit = "batches" if self.batch_size is not None else "samples"
+            raise ValueError(f"ResumableSampler.skip({n}): an epoch has only "
+                             f"{self.batches_per_epoch if self.batch_size else self.num_samples} {unit} per rank")
+        self._skip_samples = samples
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        """This rank's full shard of epoch ``epoch`` (no skip)."""
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(_epoch_seed(self.seed, epoch))
+            order = torch.randperm(self.dataset_len, generator=g)
+        else:
+            order = torch.arange(self.dataset_len)
+        if self.total_size <= self.dataset_len:
+            order = order[: self.total_size]
+        else:  # pad (drop_last=False) by repeating from the start
+            reps = math.ceil(self.total_size / self.dataset_len)
+            order = order.repeat(reps)[: self.total_size]
+        return order[self.rank: self.total_size: self.world_size].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self._skip_samples = self._skip_samples, 0   # one-shot
+        return iter(self.epoch_indices(self.epoch)[skip:])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_epoch(state["epoch"])
+
+
+class InfiniteLoader:
+    """Endless iterator over a DataLoader that advances the epoch at each pass.
+
+    At the start of epoch ``e`` it calls ``set_epoch(e)`` on the loader's sampler (and on a batch sampler
+    if it has one) and on the dataset when it has ``set_epoch`` (datasets here draw augmentation randomness
+    from ``(seed, epoch, index)``). ``start_iter`` = batches already drawn from this loader by the run being
+    resumed: the iterator then starts at epoch ``start_iter // len(loader)`` and skips
+    ``start_iter % len(loader)`` batches (needs a :class:`ResumableSampler`, the loader's ``drop_last``
+    consistent with it), so it yields exactly what the uninterrupted run would have yielded.
+
+    Notes: ``persistent_workers=True`` is refused with a dataset that has ``set_epoch`` (the workers would
+    keep the first epoch's copy of the dataset). Each new DataLoader iterator draws one number from the
+    global torch RNG unless the DataLoader was built with ``generator=torch.Generator()``; pass one to keep the
+    global RNG stream identical between resumed and uninterrupted runs.
+    """
+
+    def __init__(self, loader, start_iter: int = 0):
+        self.loader = loader
+        n = len(loader)
+        if n == 0:
+            raise ValueError("InfiniteLoader: the DataLoader yields no batch per epoch")
+        self.batches_per_epoch = n
+        ds = loader.dataset
+        if getattr(loader, "persistent_workers", False) and callable(getattr(ds, "set_epoch", None)):
+            raise ValueError("InfiniteLoader: persistent_workers=True would keep the dataset's first epoch in the "
+                             "workers; build the DataLoader with persistent_workers=False")
+        self.epoch, skip = divmod(int(start_iter), n)
+        self.iteration = int(start_iter)
+        self._it = None
+        self._pending_skip = skip
+        if skip:
+            sampler = self._resumable()
+            if sampler is None:
+                raise ValueError("InfiniteLoader: resuming mid-epoch needs a ResumableSampler in the DataLoader")
+            if sampler.batch_size is not None and loader.batch_size is not None \
+                    and sampler.batch_size != loader.batch_size:
+                raise ValueError(f"InfiniteLoader: sampler batch_size {sampler.batch_size} != "
+                                 f"DataLoader batch_size {loader.batch_size}")
+
+    def _resumable(self) -> Optional[ResumableSampler]:
+        for s in (getattr(self.loader, "sampler", None),
+                  getattr(getattr(self.loader, "batch_sampler", None), "sampler", None)):
+            if isinstance(s, ResumableSampler):
+                return s
+        return None
+
+    def _set_epoch(self, epoch: int) -> None:
+        seen = set()
+        for obj in (getattr(self.loader, "sampler", None), getattr(self.loader, "batch_sampler", None),
+                    getattr(getattr(self.loader, "batch_sampler", None), "sampler", None),
+                    self.loader.dataset):
+            if obj is not None and id(obj) not in seen and callable(getattr(obj, "set_epoch", None)):
+                seen.add(id(obj))
+                obj.set_epoch(epoch)
+
+    def _start_epoch(self) -> None:
+        self._set_epoch(self.epoch)
+        if self._pending_skip:
+            sampler = self._resumable()
+            n = self._pending_skip
+            if sampler.batch_size is None:  # the sampler counts samples
+                n *= self.loader.batch_size or 1
+            sampler.skip(n)
+            self._pending_skip = 0
+        self._it = iter(self.loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            self._start_epoch()
+        while True:
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self.epoch += 1
+                self._start_epoch()
+                continue
+            self.iteration += 1
+            return batch
+
+
+# ----------------------------------------------------------------------------------------------
+# non-finite loss guard
+# ----------------------------------------------------------------------------------------------
+class TrainingDiverged(RuntimeError):
+    """Raised by :class:`NonFiniteGuard` after ``max_bad_steps`` non-finite losses in a row."""
+
+
+class NonFiniteGuard:
+    """Decides whether to take an optimiser step, skipping non-finite losses.
+
+    ``check(loss, iteration)`` returns True when ``loss`` (any tensor: the loss, or a gradient norm) is
+    finite everywhere. It costs one host sync per call (the step/skip decision needs the value on the host;
+    the loss value itself should only be fetched at log intervals). Under DDP the flag is all-reduced
+    (MIN) first, so all ranks skip together and stay in lockstep: every rank must call ``check`` each step.
+    A skipped step warns with the iteration number; ``max_bad_steps`` skips in a row raise
+    :class:`TrainingDiverged` (the last good checkpoint stays on disk).
+    """
+
+    def __init__(self, max_bad_steps: int = 5):
+        if max_bad_steps < 1:
+            raise ValueError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
+        self.max_bad_steps = int(max_bad_steps)
+        self.bad_in_row = 0
+        self.total_skipped = 0
+
+    def check(self, loss: torch.Tensor, iteration: Optional[int] = None) -> bool:
+        if isinstance(loss, torch.Tensor):
+            flag = torch.isfinite(loss.detach()).all().to(torch.float32)
+            if is_dist():
+                if dist.get_backend() == "nccl" and flag.device.type != "cuda":
+                    flag = flag.cuda()
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            ok = bool(flag.item())
+        else:
+            ok = math.isfinite(float(loss))
+            if is_dist():
+                t = torch.tensor(float(ok), device="cuda" if dist.get_backend() == "nccl" else "cpu")
+                dist.all_reduce(t, op=dist.ReduceOp.MIN)
+                ok = bool(t.item())
+        if ok:
+            self.bad_in_row = 0
+            return True
+        self.bad_in_row += 1
+        self.total_skipped += 1
+        where = f"iteration {iteration}" if iteration is not None else "this step"
+        if self.bad_in_row >= self.max_bad_steps:
+            raise TrainingDiverged(f"non-finite loss at {where}: {self.bad_in_row} in a row "
+                                   f"(-max_bad_steps {self.max_bad_steps}); training diverged, "
+                                   "the last good checkpoint is kept")
+        warnings.warn(f"non-finite loss at {where}: step skipped "
+                      f"({self.bad_in_row}/{self.max_bad_steps} in a row)", RuntimeWarning, stacklevel=2)
+        return False
+
+    def state_dict(self) -> dict:
+        return {"bad_in_row": self.bad_in_row, "total_skipped": self.total_skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bad_in_row = int(state.get("bad_in_row", 0))
+        self.total_skipped = int(state.get("total_skipped", 0))
