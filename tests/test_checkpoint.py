@@ -1,0 +1,182 @@
+"""Atomic checkpoint writes, clear load errors, RNG capture/restore, full resume state, config checks."""
+import argparse
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from sam2_train.checkpoint import (CHECKPOINT_VERSION, CheckpointError, CheckpointNotFoundError,
+                                   ConfigMismatchError, apply_saved_config, capture_rng_state,
+                                   check_config_compatible, config_differences, gather_rng_states,
+                                   load_checkpoint, make_checkpoint, model_state_dict, restore_rng_state,
+                                   restore_training_state, save_checkpoint, to_plain)
+from sam2_train.ema import ModelEMA
+from sam2_train.schedule import build_optimizer, build_scheduler
+
+
+class Boom:
+    """Raises while being pickled, i.e. in the middle of torch.save."""
+
+    def __reduce__(self):
+        raise RuntimeError("boom while pickling")
+
+
+def tiny():
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+
+
+def args_ns(**kw):
+    base = dict(lr=1e-2, weight_decay=1e-4, encoder_lr_mult=0.1, sched="poly", sam_config="sam2_hiera_t",
+                image_size=128, dataset="demo", dfe=True, dfe_levels=(0, 1, 2), method="sss", seed=0)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_atomic_save_failure_keeps_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt" / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "version": 1})
+    before = path.read_bytes()
+    # an object that raises during pickling (bypassing to_plain's type check)
+    monkeypatch.setattr("sam2_train.checkpoint.to_plain", lambda s, *a: s)
+    with pytest.raises(RuntimeError, match="boom"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "bad": Boom(), "version": 1})
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(path.parent)) == ["last.pt"]  # no .tmp left behind
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+
+
+def test_save_refuses_non_plain_objects_before_writing(tmp_path):
+    path = tmp_path / "x.pt"
+    with pytest.raises(TypeError, match=r"state\['config'\]\['f'\].*weights_only"):
+        save_checkpoint(path, {"model": {}, "config": {"f": object()}, "version": 1})
+    assert not path.exists() and not (tmp_path / "x.pt.tmp").exists()
+    plain = to_plain({"a": np.float64(0.5), "b": np.arange(3), "c": argparse.Namespace(k=(1, 2))})
+    assert plain["a"] == 0.5 and isinstance(plain["a"], float)
+    assert torch.equal(plain["b"], torch.arange(3)) and plain["c"] == {"k": (1, 2)}
+
+
+def test_load_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(CheckpointNotFoundError, match="checkpoint not found: .*nope.pt"):
+        load_checkpoint(missing)
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"model": {"w": torch.randn(1000)}, "version": 1})
+    data = good.read_bytes()
+    trunc = tmp_path / "half.pt"
+    trunc.write_bytes(data[: len(data) // 2])  # a half-written file
+    with pytest.raises(CheckpointError, match="half.pt is corrupt or truncated"):
+        load_checkpoint(trunc)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty.pt is empty"):
+        load_checkpoint(empty)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all" * 10)
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_checkpoint(garbage)
+
+
+def test_load_rejects_foreign_files(tmp_path):
+    official = tmp_path / "sam2_hiera_tiny.pt"
+    torch.save({"model": {"w": torch.ones(1)}}, official)
+    with pytest.raises(CheckpointError, match="not a checkpoint of this project.*-sam_ckpt"):
+        load_checkpoint(official)
+    assert "w" in load_checkpoint(official, ours=False)["model"]
+    other = tmp_path / "list.pt"
+    torch.save([1, 2], other)
+    with pytest.raises(CheckpointError, match="list.pt is not a model checkpoint"):
+        load_checkpoint(other)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"model": {}, "version": 1, "ns": argparse.Namespace(a=1)}, pickled)
+    with pytest.raises(CheckpointError, match="pickled.pt holds objects that torch.load\\(weights_only=True\\)"):
+        load_checkpoint(pickled)
+    newer = tmp_path / "newer.pt"
+    torch.save({"model": {}, "version": CHECKPOINT_VERSION + 1}, newer)
+    with pytest.raises(CheckpointError, match="version"):
+        load_checkpoint(newer)
+
+
+def _draw():
+    return (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(),
+            torch.rand(3).tolist(), torch.randn(2).tolist())
+
+
+def test_rng_capture_restore_reproduces(tmp_path):
+    random.seed(1); np.random.seed(2); torch.manual_seed(3)
+    random.gauss(0, 1); np.random.randn()  # leave cached gaussians in the states
+    state = capture_rng_state()
+    # through a weights_only round trip on disk
+    save_checkpoint(tmp_path / "r.pt", {"model": {}, "rng": gather_rng_states(), "version": 1})
+    expected = _draw()
+    _draw(); _draw()
+    restore_rng_state(state)
+    assert _draw() == expected
+    _draw()
+    restore_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
+    assert _draw() == expected
+    with pytest.warns(UserWarning, match="RNG states of 1 process"):
+        assert restore_rng_state({"per_rank": [state]}, rank=1) is False
+
+
+def test_full_resume_round_trip_continues_identically(tmp_path):
+    """Model + AdamW + poly LambdaLR + EMA + RNG saved at step 3 resume to the same state as 6 straight steps."""
+    def run(steps, start_state=None, save_at=None):
+        torch.manual_seed(0)
+        model = tiny()
+        args = args_ns()
+        opt = build_optimizer(model, args)
+        sched = build_scheduler(opt, args, total_iters=10)
+        ema = ModelEMA(model, 0.9)
+        start = 0
+        if start_state is not None:
+            start = restore_training_state(start_state, model, optimizer=opt, scheduler=sched, ema=ema)["iteration"]
+        for it in range(start, steps):
+            x = torch.randn(5, 3)  # from the global RNG: restored on resume
+            loss = model(x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            ema.update(model)
+            if save_at == it + 1:
+                save_checkpoint(tmp_path / "last.pt", make_checkpoint(
+                    model, args, optimizer=opt, scheduler=sched, ema=ema, rng=gather_rng_states(),
+                    iteration=it + 1, epoch=0, best={"metric": "dice", "value": np.float32(0.5)}))
+        return model, ema, sched
+    m_full, e_full, s_full = run(6, save_at=3)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["iteration"] == 3 and state["version"] == 1 and state["best"]["value"] == 0.5
+    assert state["config"]["dfe_levels"] == (0, 1, 2) and set(state["model"]) == set(tiny().state_dict())
+    torch.manual_seed(123)  # a resumed process starts from other RNG states
+    m_res, e_res, s_res = run(6, start_state=state)
+    for a, b in zip(m_full.state_dict().values(), m_res.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(e_full.module.state_dict().values(), e_res.module.state_dict().values()):
+        assert torch.equal(a, b)
+    assert s_full.get_last_lr() == s_res.get_last_lr() and e_res.step == 6
+
+
+def test_model_state_dict_strips_wrappers():
+    m = tiny()
+    dp = torch.nn.DataParallel(m)
+    assert list(model_state_dict(dp)) == list(m.state_dict())
+
+
+def test_config_compat_lists_all_differences():
+    saved = {"sam_config": "sam2_hiera_t", "image_size": 128, "dataset": "demo", "dfe": True,
+             "dfe_levels": [0, 1, 2], "method": "sss", "lr": 1.0}
+    assert config_differences(saved, args_ns(lr=5.0)) == []  # lr is not architecture; tuple == list
+    bad = args_ns(image_size=256, sam_config="sam2_hiera_s", dfe=False)
+    with pytest.raises(ConfigMismatchError) as e:
+        check_config_compatible(saved, bad)
+    msg = str(e.value)
+    for part in ("-sam_config: the checkpoint has 'sam2_hiera_t', this run has 'sam2_hiera_s'",
+                 "-image_size: the checkpoint has 128, this run has 256", "-dfe: the checkpoint has True"):
+        assert part in msg
+    assert "dataset" not in msg
+    changed = apply_saved_config(bad, saved)
+    assert bad.image_size == 128 and bad.sam_config == "sam2_hiera_t" and bad.dfe_levels == (0, 1, 2)
+    assert set(changed) == {"image_size", "sam_config", "dfe"}
+    check_config_compatible(saved, bad)
