@@ -1,0 +1,101 @@
+"""Run directory: config.json, metrics.csv, summary.json, TensorBoard events, resume, non-main no-op."""
+import argparse
+import csv
+import glob
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from sam2_train.run_dir import RunDir
+
+
+def events(path):
+    return sorted(glob.glob(os.path.join(path, "events.out.tfevents.*")))
+
+
+def read_scalars(path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(path, size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def test_create_writes_everything(tmp_path, capsys):
+    cfg = argparse.Namespace(exp_name="demo", lr=1e-3, hu_window=(0.0, 80.0), seed=0)
+    run = RunDir.create(str(tmp_path / "logs"), "demo", cfg)
+    assert re.fullmatch(r"demo_\d{8}-\d{6}", os.path.basename(run.path))
+    assert os.path.isdir(run.checkpoints_dir) and os.path.isdir(run.vis_dir)
+    assert json.load(open(run.config_path)) == {"exp_name": "demo", "lr": 1e-3, "hu_window": [0.0, 80.0], "seed": 0}
+    assert run.checkpoint_path("best") == os.path.join(run.path, "checkpoints", "best.pt")
+
+    out = run.log_scalars(5, {"loss": torch.tensor(0.25), "dice": np.float32(0.5), "lr": 1e-3}, prefix="train/")
+    assert out == pytest.approx({"loss": 0.25, "dice": 0.5, "lr": 1e-3})
+    with pytest.raises(ValueError, match="scalar"):
+        run.log_scalars(5, {"bad": torch.ones(2)})
+    run.log_images(5, "vis/overlay", np.zeros((16, 16, 3), np.uint8))
+    run.log_images(5, "vis/mask", torch.rand(16, 16))
+    run.append_metrics_row({"iteration": 100, "epoch": 1, "dice": torch.tensor(0.5)})
+    run.append_metrics_row({"iteration": 200, "epoch": 2, "dice": 0.6, "hd95": 3.5})  # new column
+    run.append_metrics_row({"iteration": 300, "dice": 0.7})  # missing column
+    run.write_summary({"best_dice": 0.7, "iteration": np.int64(300)})
+    run.log("hello from the run")
+    run.close()
+
+    rows = list(csv.DictReader(open(run.metrics_path)))
+    assert list(rows[0]) == ["iteration", "epoch", "dice", "hd95"]
+    assert [r["dice"] for r in rows] == ["0.5", "0.6", "0.7"]
+    assert rows[0]["hd95"] == "" and rows[1]["hd95"] == "3.5" and rows[2]["epoch"] == ""
+    assert json.load(open(run.summary_path)) == {"best_dice": 0.7, "iteration": 300}
+    assert not glob.glob(os.path.join(run.path, "*.tmp"))
+    assert "hello from the run" in capsys.readouterr().out
+    assert "hello from the run" in open(os.path.join(run.path, "train.log")).read()
+    assert len(events(run.path)) == 1
+    acc = read_scalars(run.path)
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(5, 0.25)]
+    assert set(acc.Tags()["images"]) == {"vis/overlay", "vis/mask"}
+
+
+def test_same_second_gets_a_new_directory(tmp_path):
+    a = RunDir.create(str(tmp_path), "x", {}, timestamp="20250101-000000", tensorboard=False)
+    b = RunDir.create(str(tmp_path), "x", {}, timestamp="20250101-000000", tensorboard=False)
+    assert a.path != b.path and b.path.endswith("_2")
+
+
+def test_open_resumes_and_drops_rows_after_the_checkpoint(tmp_path):
+    run = RunDir.create(str(tmp_path), "r", {"a": 1})
+    for it in (100, 200, 300):
+        run.append_metrics_row({"iteration": it, "dice": it / 1000})
+        run.log_scalars(it, {"loss": it})
+    run.close()
+    # the interrupted run's last checkpoint was at 200; resume from its path
+    ckpt = run.checkpoint_path("last")
+    open(ckpt, "wb").close()
+    again = RunDir.open(ckpt, resume_iteration=200)
+    assert again.path == run.path and again.read_config() == {"a": 1}
+    assert [r["iteration"] for r in again.read_metrics()] == ["100", "200"]
+    again.append_metrics_row({"iteration": 300, "dice": 0.31})
+    again.log_scalars(300, {"loss": 301})
+    again.close()
+    assert [r["dice"] for r in again.read_metrics()] == ["0.1", "0.2", "0.31"]
+    assert len(events(run.path)) == 2  # TensorBoard appends a new event file in the same directory
+    loss = [(e.step, e.value) for e in read_scalars(run.path).Scalars("loss")]
+    assert loss == [(100, 100.0), (200, 200.0), (300, 301.0)]  # the old step 300 was purged
+    with pytest.raises(FileNotFoundError, match="run directory not found"):
+        RunDir.open(str(tmp_path / "missing"))
+
+
+def test_non_main_rank_is_a_noop(tmp_path):
+    run = RunDir.create(str(tmp_path / "logs"), "demo", {"a": 1}, is_main=False)
+    assert run.path is None and run.checkpoint_path() is None
+    assert run.log_scalars(1, {"x": torch.tensor(1.0)}) is None
+    run.log_images(1, "t", np.zeros((4, 4)))
+    run.append_metrics_row({"iteration": 1})
+    run.write_summary({"a": 1})
+    run.log("nothing")
+    run.close()
+    assert not os.path.exists(tmp_path / "logs")
+    assert RunDir.open(str(tmp_path / "whatever"), is_main=False).path is None
