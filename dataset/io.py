@@ -40,6 +40,9 @@ def normalise(x: np.ndarray, intensity) -> np.ndarray:
         return minmax(x)
     if kind == "unit":
         return np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0)
+    if kind == "png_unit":  # 8-bit or 16-bit grey values without stretching
+        x = np.asarray(x, dtype=np.float32)
+        return x / (65535.0 if x.max() > 255 else 255.0)
     raise ValueError(f"unknown intensity mode {intensity!r}")
 
 
