@@ -1,0 +1,353 @@
+"""PCSW prompt generator: Physical Constraints + Sliding Window (DESIGN.md section 4.4).
+
+From the coarse head's class probabilities over the slices of one volume or slab, PCSW finds, per
+foreground class, a structure that is continuous across neighbouring slices and turns it into one box
+and one point prompt per slice. Everything is in *coarse-map pixel units* (the head's ``h x w`` grid);
+``Prompts.scale_to(image_size)`` converts to image pixels.
+
+Algorithm (per slab ``n`` and class ``k`` = one "group"; all groups are processed together):
+
+1. **Binarise**: voxel ``v`` is foreground of class ``k`` iff ``k`` is the argmax class at ``v`` AND
+   ``p_k(v) >= thresh``. (Taking the argmax makes the classes disjoint, as the final label map is; the
+   threshold removes the low-margin argmax voxels of a near-uniform softmax.)
+2. **3-D components**, 26-connectivity (``scipy.ndimage.label``). All groups are labeled in ONE call: the
+   binary masks are stacked as a 4-D array ``(N*K, D, h, w)`` and labeled with a ``3x3x3x3`` structuring
+   element whose only non-zero block is the centre one along the group axis, so no component crosses
+   groups.
+3. **Physical constraints**: a component is kept iff
+   - the slices it occupies are consecutive (no gap; always true for a 26-connected 3-D component, checked),
+   - it has ``>= min_voxels`` voxels,
+   - on every slice it occupies, its area lies in ``[min_area, max_area] * h * w``,
+   - its mean probability ``p_k`` is ``>= tau_conf``,
+   - (if a body mask is given) at least ``body_frac`` (default 0.5) of its voxels are inside the body.
+   The kept components form the *constrained foreground* of the group.
+4. **Sliding windows**: every window ``[s, s+N)`` with ``N_min <= N <= N_max`` (``N_max = 0`` means ``D``;
+   if ``D < N_min`` the only length is ``N = D``) is scored by continuity
+   ``C = |largest kept component inside the window| / |constrained foreground inside the window|``
+   (0 for an empty window). Counts come from cumulative sums over slices of per-component per-slice
+   voxel counts, so all windows x components x groups are scored with array operations.
+   A window is *eligible* only if its largest component is present on every slice of the window (the
+   cross-slice continuity constraint: without it a window whose only content sits on one slice would
+   score ``C = 1``, and a structure that flickers on alternate slices would be accepted).
+   The best eligible window has the highest ``C``; ties go to the longest window, then to the one whose
+   largest component has the most voxels inside it, then to the earliest. It is accepted iff ``C >= tau``.
+5. **Prompts**: for every slice of the accepted window on which the window's largest component is
+   present: the component's tight box on that slice grown by ``margin`` pixels and clipped to the map,
+   and its most confident pixel (argmax of ``p_k`` inside the component on that slice). A group without
+   an accepted window gets no prompt (``valid`` False everywhere).
+
+Conventions of ``Prompts``: boxes are ``x1, y1, x2, y2`` floats with ``x2, y2`` exclusive (a single pixel
+at column 3, row 5 with margin 0 is ``(3, 5, 4, 6)``), so multiplying by ``S / w`` gives image pixels;
+points are pixel centres ``(x + 0.5, y + 0.5)``; invalid entries are 0.
+
+Device: the thresholding runs on the input's device; the masked class probabilities (and the body mask)
+are then copied to the host ONCE (one ``.cpu()`` of one packed tensor), the labeling and all statistics run
+in numpy/scipy, and the results are copied back to the input's device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+__all__ = ["PCSWConfig", "Prompts", "pcsw_prompts", "coarse_box_prompts", "PromptGenerator"]
+
+# 4-D structuring element: 26-connectivity inside a (D, h, w) block, no connection along the group axis.
+_STRUCT4 = np.zeros((3, 3, 3, 3), dtype=bool)
+_STRUCT4[1] = True
+
+
+@dataclass
+class PCSWConfig:
+    """PCSW settings (cfg.py flags ``-pcsw_*``); areas are fractions of ``h * w``."""
+    thresh: float = 0.5
+    tau: float = 0.8
+    tau_conf: float = 0.6
+    min_len: int = 2
+    max_len: int = 0
+    min_voxels: int = 4
+    min_area: float = 0.0
+    max_area: float = 0.5
+    margin: int = 2
+    body_frac: float = 0.5
+    enabled: bool = True  # False: the "-pcsw 0" ablation, unconstrained per-slice argmax boxes
+
+    @classmethod
+    def from_args(cls, args) -> "PCSWConfig":
+        """Build from the ``cfg.py`` namespace."""
+        return cls(thresh=args.pcsw_thresh, tau=args.pcsw_tau, tau_conf=args.pcsw_tau_conf,
+                   min_len=args.pcsw_min_len, max_len=args.pcsw_max_len, min_voxels=args.pcsw_min_voxels,
+                   min_area=args.pcsw_min_area, max_area=args.pcsw_max_area, margin=args.pcsw_margin,
+                   enabled=bool(getattr(args, "pcsw", True)))
+
+    def window_lengths(self, depth: int) -> tuple[int, int]:
+        """``(N_min, N_max)`` actually used for a slab of ``depth`` slices."""
+        n_min = min(max(1, self.min_len), depth)
+        n_max = depth if self.max_len <= 0 else min(self.max_len, depth)
+        return n_min, max(n_min, n_max)
+
+
+@dataclass
+class Prompts:
+    """Per-slice per-class prompts (leading ``(N,)`` only for a batch of slabs).
+
+    boxes:  ``([N,] D, K, 4)`` float32, ``x1, y1, x2, y2`` in coarse-map pixels, ``x2, y2`` exclusive.
+    points: ``([N,] D, K, 2)`` float32, ``x, y`` pixel centres in coarse-map pixels.
+    valid:  ``([N,] D, K)`` bool, which (slice, class) pairs have a prompt.
+    masks:  ``([N,] D, K, h, w)`` bool, the prompted component on each slice (all False where not valid).
+    windows: ``([N,] K, 2)`` int64, accepted window ``[start, end)`` per class, ``(-1, -1)`` if none.
+    scores: ``([N,] K)`` float32, continuity ``C`` of the best eligible window (accepted or not; 0 if none).
+    coarse_size: ``(h, w)`` of the coarse map.
+    """
+    boxes: torch.Tensor
+    points: torch.Tensor
+    valid: torch.Tensor
+    masks: torch.Tensor
+    windows: torch.Tensor
+    scores: torch.Tensor
+    coarse_size: tuple[int, int]
+
+    def scale_to(self, image_size: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boxes and points in the pixels of an image of size ``image_size`` (int, or ``(H, W)``)."""
+        H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        h, w = self.coarse_size
+        sx, sy = W / w, H / h
+        scale_box = self.boxes.new_tensor([sx, sy, sx, sy])
+        return self.boxes * scale_box, self.points * scale_box[:2]
+
+    def to(self, device) -> "Prompts":
+        return Prompts(**{f.name: (getattr(self, f.name).to(device) if f.name != "coarse_size"
+                                   else self.coarse_size) for f in fields(self)})
+
+
+def _argmax_masks(pc: torch.Tensor) -> torch.Tensor:
+    """``pc (N, C, ...)`` class-major probabilities -> ``(N, C-1, ...)`` bool: class ``k >= 1`` is the
+    argmax over the ``C`` classes (first index on ties, as ``torch.argmax``). Uses running maxima over the
+    few classes because ``argmax`` over a non-innermost axis is very slow on CPU."""
+    C = pc.shape[1]
+    pre = [pc[:, 0]]                                     # pre[k] = max_{j <= k} p_j
+    for c in range(1, C - 1):
+        pre.append(torch.maximum(pre[-1], pc[:, c]))
+    out = [None] * (C - 1)
+    suf = None                                           # max_{j > k} p_j
+    for k in range(C - 1, 0, -1):
+        m = pc[:, k] > pre[k - 1]
+        if suf is not None:
+            m &= pc[:, k] >= suf
+            suf = torch.maximum(suf, pc[:, k])
+        else:
+            suf = pc[:, k]
+        out[k - 1] = m
+    return torch.stack(out, 1)
+
+
+def _as_batch(probs: torch.Tensor, body_mask: torch.Tensor | None):
+    if probs.dim() == 4:
+        return probs[None], (None if body_mask is None else body_mask[None]), False
+    if probs.dim() == 5:
+        return probs, body_mask, True
+    raise ValueError(f"probs must be (D, K+1, h, w) or (N, D, K+1, h, w), got {tuple(probs.shape)}")
+
+
+def _unbatch(p: Prompts, batched: bool) -> Prompts:
+    if batched:
+        return p
+    return Prompts(**{f.name: (getattr(p, f.name)[0] if f.name != "coarse_size" else p.coarse_size)
+                      for f in fields(p)})
+
+
+@torch.no_grad()
+def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
+                 cfg: PCSWConfig | None = None) -> Prompts:
+    """PCSW prompts from class probabilities.
+
+    Args:
+        probs: ``(D, K+1, h, w)`` softmax probabilities of one volume/slab (slice axis first, class 0 =
+            background), or ``(N, D, K+1, h, w)`` for ``N`` slabs at once (same result as ``N`` calls).
+        body_mask: optional ``(D, h, w)`` / ``(N, D, h, w)`` bool, True inside the body.
+        cfg: :class:`PCSWConfig` (defaults if None).
+    Returns:
+        :class:`Prompts` on ``probs.device``; shapes ``(D, K, ...)`` or ``(N, D, K, ...)``.
+    """
+    cfg = cfg or PCSWConfig()
+    probs, body_mask, batched = _as_batch(probs, body_mask)
+    N, D, C, h, w = probs.shape
+    K = C - 1
+    if K < 1:
+        raise ValueError("probs needs at least one foreground class (K+1 >= 2 channels)")
+    if body_mask is not None and tuple(body_mask.shape) != (N, D, h, w):
+        raise ValueError(f"body_mask must be {(N, D, h, w)[0 if batched else 1:]}, got {tuple(body_mask.shape)}")
+    device = probs.device
+    G, hw = N * K, h * w
+    V = D * hw
+
+    # --- on the input's device: binarise, keep p_k on the foreground (strictly > 0 there), pack, copy once
+    pc = probs.detach().float().transpose(1, 2).contiguous()     # (N, K+1, D, h, w)
+    pk = pc[:, 1:]                                                # (N, K, D, h, w)
+    fg_t = _argmax_masks(pc) & (pk >= cfg.thresh)
+    if cfg.thresh <= 0:  # keep p_k > 0 on the foreground so that "p_k > 0" recovers the mask on the host
+        pk = pk.clamp_min(1e-30)
+    packed = pk.masked_fill(~fg_t, 0.0).reshape(-1)
+    if body_mask is not None:
+        packed = torch.cat([packed, body_mask.reshape(-1).to(packed.dtype)])
+    host = packed.cpu().numpy()                                   # the one device -> host copy
+    pkf = host[:G * V].reshape(G, D, h, w)
+    fg = pkf > 0
+
+    # --- 3-D components of all groups in one call
+    lab, n = ndimage.label(fg, structure=_STRUCT4)
+    n_min, n_max = cfg.window_lengths(D)
+    wl = np.concatenate([np.full(D - L + 1, L) for L in range(n_min, n_max + 1)])
+    ws = np.concatenate([np.arange(D - L + 1) for L in range(n_min, n_max + 1)])
+    we = ws + wl
+
+    acc_label = np.zeros(G, dtype=np.int64)
+    best_s = np.full(G, -1, dtype=np.int64)
+    best_e = np.full(G, -1, dtype=np.int64)
+    score = np.zeros(G, dtype=np.float32)
+    if n > 0:
+        flat = np.flatnonzero(fg)
+        lab_f = lab.ravel()[flat].astype(np.int64)
+        d_f = (flat // hw) % D
+        g_f = flat // V
+        cnt = np.bincount(lab_f * D + d_f, minlength=(n + 1) * D).reshape(n + 1, D)   # per component, per slice
+        vox = cnt.sum(1)
+        conf = np.bincount(lab_f, weights=pkf.ravel()[flat], minlength=n + 1)
+        comp_g = np.zeros(n + 1, dtype=np.int64)
+        comp_g[lab_f] = g_f
+        present = cnt > 0
+        first = present.argmax(1)
+        last = D - 1 - present[:, ::-1].argmax(1)
+        contiguous = present.sum(1) == last - first + 1
+        area_ok = np.all(~present | ((cnt >= cfg.min_area * hw) & (cnt <= cfg.max_area * hw)), axis=1)
+        keep = contiguous & area_ok & (vox >= cfg.min_voxels) & (conf >= cfg.tau_conf * vox)
+        if body_mask is not None:
+            body = host[G * V:] > 0.5                              # (N, D, h, w) flattened
+            inside = np.bincount(lab_f, weights=body[(g_f // K) * V + flat % V], minlength=n + 1)
+            keep &= inside >= cfg.body_frac * vox
+        keep[0] = False
+        kl = np.flatnonzero(keep)                                  # kept labels, ascending => grouped by g
+        if kl.size:
+            m = kl.size
+            cs = np.zeros((2, m, D + 1), dtype=np.int64)
+            np.cumsum(cnt[kl], axis=1, out=cs[0, :, 1:])
+            np.cumsum(present[kl], axis=1, out=cs[1, :, 1:])
+            wc = cs[:, :, we] - cs[:, :, ws]                       # (2, m, windows): voxels, slices in window
+            gk = comp_g[kl]
+            gstart = np.searchsorted(gk, gk, side="left")
+            pos = np.arange(m) - gstart
+            dense = np.zeros((2, G, int(pos.max()) + 1, wl.size), dtype=np.int64)
+            dense[:, gk, pos] = wc
+            tot = dense[0].sum(1)                                  # (G, windows) constrained foreground
+            big = dense[0].max(1)                                  # largest component in the window
+            which = dense[0].argmax(1)
+            cover = np.take_along_axis(dense[1], which[:, None], 1)[:, 0]  # its slices in the window
+            cont = np.where(tot > 0, big / np.maximum(tot, 1), 0.0)
+            cont[cover < wl[None]] = -1.0                          # not eligible: gaps in the window
+            cmax = cont.max(1)
+            cand = cont >= cmax[:, None]
+            lens = np.where(cand, wl[None], -1)
+            cand &= lens == lens.max(1, keepdims=True)
+            best = np.where(cand, big, -1).argmax(1)               # first maximum -> earliest window
+            ar = np.arange(G)
+            gfirst = np.zeros(G, dtype=np.int64)
+            gfirst[gk] = gstart
+            ok = (cmax >= cfg.tau) & (tot[ar, best] > 0)
+            score = np.maximum(cmax, 0).astype(np.float32)
+            acc_label = np.where(ok, kl[np.minimum(gfirst + which[ar, best], m - 1)], 0)
+            best_s = np.where(ok, ws[best], -1)
+            best_e = np.where(ok, we[best], -1)
+
+    # --- prompts from the accepted component of each group, slice by slice
+    dd = np.arange(D)
+    in_win = (dd[None] >= best_s[:, None]) & (dd[None] < best_e[:, None])         # (G, D)
+    mask = np.zeros((G, D, h, w), dtype=bool)                                       # (G, D, h, w)
+    boxes = np.zeros((G, D, 4), dtype=np.float32)
+    points = np.zeros((G, D, 2), dtype=np.float32)
+    valid = np.zeros((G, D), dtype=bool)
+    sel = np.flatnonzero(acc_label)
+    if sel.size:
+        mask[sel] = (lab[sel] == acc_label[sel, None, None, None]) & in_win[sel, :, None, None]
+        boxes[sel], points[sel], valid[sel] = _boxes_points_np(mask[sel], pkf[sel], cfg.margin)
+
+    def back(a, *tail):  # (G, D, ...) -> (N, D, K, ...) torch on device
+        t = torch.from_numpy(np.ascontiguousarray(a)).view(N, K, D, *tail).transpose(1, 2)
+        return t.to(device, non_blocking=True)
+
+    out = Prompts(boxes=back(boxes, 4), points=back(points, 2), valid=back(valid),
+                  masks=back(mask, h, w),
+                  windows=torch.from_numpy(np.stack([best_s, best_e], -1).reshape(N, K, 2)).to(device),
+                  scores=torch.from_numpy(score.reshape(N, K)).to(device), coarse_size=(h, w))
+    return _unbatch(out, batched)
+
+
+def _boxes_points_np(mask: np.ndarray, prob: np.ndarray, margin: int):
+    """``mask``/``prob`` ``(G, D, h, w)`` -> boxes ``(G, D, 4)``, points ``(G, D, 2)`` float32, valid ``(G, D)``."""
+    h, w = mask.shape[-2:]
+    rows, cols = mask.any(3), mask.any(2)                       # (G, D, h), (G, D, w)
+    valid = rows.any(2)
+    y0 = rows.argmax(2)
+    y1 = h - rows[..., ::-1].argmax(2)
+    x0 = cols.argmax(2)
+    x1 = w - cols[..., ::-1].argmax(2)
+    boxes = np.stack([np.clip(x0 - margin, 0, w), np.clip(y0 - margin, 0, h),
+                      np.clip(x1 + margin, 0, w), np.clip(y1 + margin, 0, h)], -1).astype(np.float32)
+    idx = np.where(mask, prob, np.float32(-1)).reshape(*mask.shape[:2], h * w).argmax(2)
+    points = np.stack([idx % w + 0.5, idx // w + 0.5], -1).astype(np.float32)
+    boxes[~valid] = 0
+    points[~valid] = 0
+    return boxes, points, valid
+
+
+@torch.no_grad()
+def coarse_box_prompts(probs: torch.Tensor, margin: int = 2) -> Prompts:
+    """The "-pcsw 0" ablation: per slice and class, the box of the argmax mask, no constraints.
+
+    Same input and output conventions as :func:`pcsw_prompts` (``masks`` is the argmax mask of each
+    class; ``windows`` is ``[0, D)`` for classes present anywhere in the slab; ``scores`` is 1 there).
+    Runs entirely in torch on the input's device.
+    """
+    probs, _, batched = _as_batch(probs, None)
+    N, D, C, h, w = probs.shape
+    K = C - 1
+    p = probs.detach().float()
+    mask = _argmax_masks(p.transpose(1, 2).contiguous()).transpose(1, 2)   # (N, D, K, h, w)
+    rows, cols = mask.any(4), mask.any(3)                          # (N, D, K, h), (N, D, K, w)
+    valid = rows.any(-1)
+    y0 = rows.to(torch.uint8).argmax(-1)
+    y1 = h - rows.flip(-1).to(torch.uint8).argmax(-1)
+    x0 = cols.to(torch.uint8).argmax(-1)
+    x1 = w - cols.flip(-1).to(torch.uint8).argmax(-1)
+    boxes = torch.stack([(x0 - margin).clamp(0, w), (y0 - margin).clamp(0, h),
+                         (x1 + margin).clamp(0, w), (y1 + margin).clamp(0, h)], -1).float()
+    idx = torch.where(mask, p[:, :, 1:], torch.full((), -1.0, device=p.device)).flatten(-2).argmax(-1)
+    points = torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], -1).float() + 0.5
+    vf = valid.unsqueeze(-1)
+    boxes, points = boxes * vf, points * vf
+    anyk = valid.any(1)                                            # (N, K)
+    windows = torch.stack([torch.zeros_like(anyk, dtype=torch.long),
+                           torch.full_like(anyk, D, dtype=torch.long)], -1)
+    windows = torch.where(anyk.unsqueeze(-1), windows, torch.full_like(windows, -1))
+    out = Prompts(boxes=boxes, points=points, valid=valid, masks=mask, windows=windows,
+                  scores=anyk.float(), coarse_size=(h, w))
+    return _unbatch(out, batched)
+
+
+class PromptGenerator:
+    """``PromptGenerator(cfg)(probs, body_mask=None) -> Prompts``: PCSW, or the unconstrained boxes when
+    ``cfg.enabled`` is False (flag ``-pcsw 0``)."""
+
+    def __init__(self, cfg: PCSWConfig | None = None):
+        self.cfg = cfg or PCSWConfig()
+
+    @classmethod
+    def from_args(cls, args) -> "PromptGenerator":
+        return cls(PCSWConfig.from_args(args))
+
+    def __call__(self, probs: torch.Tensor, body_mask: torch.Tensor | None = None) -> Prompts:
+        if self.cfg.enabled:
+            return pcsw_prompts(probs, body_mask, self.cfg)
+        return coarse_box_prompts(probs, self.cfg.margin)
