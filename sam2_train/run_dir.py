@@ -18,11 +18,15 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from .runtime import is_main_process
+
 __all__ = ["RunDir", "console", "write_json_atomic"]
 
 
-def console(msg: str) -> None:
-    """Print a line without breaking tqdm progress bars."""
+def console(msg: str, all_ranks: bool = False) -> None:
+    """Print a line without breaking tqdm progress bars (main rank only unless ``all_ranks``)."""
+    if not all_ranks and not is_main_process():
+        return
     try:
         from tqdm import tqdm
         tqdm.write(str(msg))

@@ -85,16 +85,14 @@ def select_device(args) -> torch.device:
 
 
 def enable_tf32() -> None:
-    """Allow TF32 for fp32 matmuls and cuDNN convolutions (no effect on CPU)."""
-    matmul = torch.backends.cuda.matmul
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if hasattr(matmul, "fp32_precision") and conv is not None and hasattr(conv, "fp32_precision"):
-        # torch >= 2.9: the new API (mixing it with the legacy allow_tf32 flags is an error there)
-        matmul.fp32_precision = "tf32"
-        conv.fp32_precision = "tf32"
-    else:  # pragma: no cover - older torch
-        matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    """Allow TF32 for fp32 matmuls and cuDNN convolutions (no effect on CPU).
+
+    Uses ``torch.set_float32_matmul_precision("high")`` (and cuDNN's ``allow_tf32``): with these, both the
+    legacy ``allow_tf32`` flags and the newer ``fp32_precision`` ones read consistently, whereas setting only
+    the new ``fp32_precision`` API makes later reads of the legacy flags (by other libraries) raise.
+    """
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
 
 
 def amp_dtype(device: torch.device | str, amp: str = "auto") -> Optional[torch.dtype]:
@@ -449,7 +447,7 @@ class InfiniteLoader:
             sampler = self._resumable()
             n = self._pending_skip
             if sampler.batch_size is None:  # the sampler counts samples
-                n *= self.loader.batch_size or 1
+                n *= (self.loader.batch_size or getattr(self.loader.batch_sampler, "batch_size", None) or 1)
             sampler.skip(n)
             self._pending_skip = 0
         self._it = iter(self.loader)

@@ -173,6 +173,18 @@ def test_infinite_loader_resume_matches_and_sets_epoch():
         assert [next(r).tolist() for _ in range(10 - start)] == full[start:]
 
 
+def test_infinite_loader_resume_with_sample_counting_sampler():
+    def make(start):
+        ds = EpochDataset(10)
+        sampler = ResumableSampler(len(ds), seed=2)  # no batch_size: the loader's drop_last trims
+        loader = DataLoader(ds, batch_size=3, sampler=sampler, drop_last=True, generator=torch.Generator())
+        return InfiniteLoader(loader, start_iter=start)
+    it = make(0)
+    full = [next(it)[:, 0].tolist() for _ in range(7)]
+    assert it.batches_per_epoch == 3
+    assert [next(make(s))[:, 0].tolist() for s in (2, 4)] == [full[2], full[4]]
+
+
 def test_infinite_loader_refuses_persistent_workers_with_set_epoch():
     ds = EpochDataset(8)
     loader = DataLoader(ds, batch_size=2, num_workers=1, persistent_workers=True)
@@ -250,3 +262,13 @@ def test_ddp_gloo_two_ranks_identical_weights(tmp_path):
     seed_everything(0, 0)
     init = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
     assert not torch.equal(torch.cat([p.detach().reshape(-1) for p in init.parameters()]), r[0]["flat"])
+
+
+def test_enable_tf32_keeps_legacy_and_new_flags_readable():
+    prev = torch.get_float32_matmul_precision()
+    try:
+        runtime.enable_tf32()
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # reading must not raise
+    finally:
+        torch.set_float32_matmul_precision(prev)
