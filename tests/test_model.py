@@ -422,3 +422,20 @@ def test_jitter_and_scale_boxes():
     assert (d[:, [0, 2]] <= 0.2 * 20 + 1e-5).all() and (d[:, [1, 3]] <= 0.2 * 10 + 1e-5).all()
     assert scale_boxes(torch.tensor([10., 20, 30, 40]), (100, 200), 50).tolist() == [2.5, 10, 7.5, 20]
     assert scale_points(torch.tensor([[10., 20]]), 64, (128, 32)).tolist() == [[5, 40]]
+
+
+# ------------------------------------------------------------------------------------- download script
+def test_download_script_knows_every_checkpoint():
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.dirname(TEST_CFG)), "..", "checkpoints", "download_ckpts.sh")
+    script = os.path.normpath(script)
+    text = open(script).read()
+    assert "dl.fbaipublicfiles.com/segment_anything_2" in text and "072824" in text and "092824" in text
+    for name, fname in CKPT_FILES.items():
+        assert fname in text and f"{name}) echo {fname}" in text
+    readme = open(os.path.join(os.path.dirname(script), "README.md")).read()
+    for name, fname in CKPT_FILES.items():
+        assert f"| `{name}` |" in readme and f"`{fname}`" in readme
+    r = subprocess.run(["bash", script, "not_a_checkpoint.pt"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "unknown checkpoint" in r.stderr  # validated before any download
