@@ -156,7 +156,7 @@ def read_nifti(path: str, is_label: bool = False):
         raise DatasetError(f"{path}: cannot read NIfTI data ({type(e).__name__}: {e})") from None
     if data.ndim != 3:
         raise DatasetError(f"{path}: expected a 3-D volume, got shape {data.shape}")
-    zooms = canon.header.get_zooms()[:3]
+    zooms = np.sqrt((np.asarray(canon.affine)[:3, :3] ** 2).sum(axis=0))   # voxel sizes of the RAS grid
     spacing = (float(zooms[2]), float(zooms[1]), float(zooms[0]))
     arr = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
     return arr, spacing, np.asarray(canon.affine, dtype=np.float64)

@@ -1,0 +1,135 @@
+"""BHSD (both layouts, orientation, spacing, split) and custom NIfTI / PNG datasets."""
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dataset import DatasetError, build_datasets
+from dataset.io import read_nifti, window
+from dataset.splits import patient_key, split_by_patient
+from tests._data_fixtures import LAS, args, canonical_volume, make_bhsd_root, save_nifti
+
+
+def _b(root, **kw):
+    kw.setdefault("dataset", "bhsd")
+    return args(data_path=str(root), **kw)
+
+
+@pytest.mark.parametrize("layout,gt", [("label_192", "ground truths"), ("label_192", "ground_truths"),
+                                       ("nnunet", None)])
+def test_bhsd_layouts(tmp_path, layout, gt):
+    names = make_bhsd_root(str(tmp_path), n=6, layout=layout, gt_dir=gt or "", unlabeled=3)
+    s = build_datasets(_b(tmp_path, labeled_num=2, image_size=32, video_length=4), "3d")
+    assert s.class_names == ("EDH", "IPH", "IVH", "SAH", "SDH") and s.num_classes == 5
+    assert len(s.labeled) == 2 and len(s.test) == 3 and len(s.val) == 3
+    assert len(s.unlabeled) == 1 + 3               # rest of the training half + the unlabeled pool
+    assert set(s.labeled.volume_names + s.test.volume_names) <= set(names)
+    c = s.labeled[0]
+    assert c["image"].shape == (4, 1, 32, 32) and c["label"].shape == (4, 32, 32)
+    assert c["label"].dtype == torch.int64 and int(c["label"].max()) <= 5
+    u = s.unlabeled[3]
+    assert u["image_w"].shape == (4, 1, 32, 32) and u["image_s2"].shape == (4, 1, 32, 32)
+    v = s.test[0]
+    hu, lab = canonical_volume(seed=names.index(v["name"]))
+    assert v["image"].shape == (6, 20, 24)
+    np.testing.assert_allclose(v["image"].numpy(), window(hu, 0, 80), atol=1e-6)
+    assert torch.equal(v["label"], torch.from_numpy(lab.astype(np.int64)))
+    assert v["spacing"] == (5.0, 2.0, 2.0) and v["affine"].shape == (4, 4)
+    # 2D on the same data: one item per labeled slice, slabs over volumes
+    s2 = build_datasets(_b(tmp_path, labeled_num=2, image_size=32, slab_len=3), "2d")
+    assert len(s2.labeled) == 12 and s2.labeled[0]["image"].shape == (1, 32, 32)
+    assert s2.unlabeled[0]["image_w"].shape == (3, 1, 32, 32)
+
+
+@pytest.mark.parametrize("affine", [np.diag([2.0, 2.0, 5.0, 1.0]), LAS, np.diag([-2.0, -2.0, -5.0, 1.0]),
+                                    np.array([[0, 2.0, 0, 0], [0, 0, -2.0, 0], [5.0, 0, 0, 0], [0, 0, 0, 1]])])
+def test_orientation_from_affine(tmp_path, affine):
+    """The same anatomy saved with a flipped/permuted voxel order reads back as the same (D,H,W) array."""
+    hu, lab = canonical_volume()
+    p = str(tmp_path / "v.nii.gz")
+    save_nifti(p, hu, affine, np.int16)
+    stored = np.asanyarray(nib.load(p).dataobj)
+    arr, spacing, aff = read_nifti(p)
+    np.testing.assert_array_equal(arr, hu.astype(np.float32))
+    assert spacing == (5.0, 2.0, 2.0)
+    assert nib.aff2axcodes(aff) == ("R", "A", "S")
+    if not np.allclose(affine, np.diag([2.0, 2.0, 5.0, 1.0])):
+        assert stored.shape != hu.shape or not np.array_equal(np.transpose(stored, (2, 1, 0)), hu)
+
+
+def test_patient_grouped_split():
+    names = [f"ID_{i // 2 if i < 10 else i:08x}_ID_{i:010x}" for i in range(192)]
+    tr, te = split_by_patient(names)
+    assert len(tr) == 96 and len(te) == 96
+    assert not set(map(patient_key, tr)) & set(map(patient_key, te))
+    assert split_by_patient(list(reversed(names))) == (tr, te)     # deterministic, order-free
+
+
+def test_user_split_files(tmp_path):
+    names = make_bhsd_root(str(tmp_path), n=6, unlabeled=0, same_key_pairs=0)
+    os.makedirs(tmp_path / "splits")
+    (tmp_path / "splits" / "train.txt").write_text("\n".join(n + ".nii.gz" for n in names[:4]) + "\n")
+    (tmp_path / "splits" / "test.txt").write_text("\n".join(names[4:]) + "\n")
+    s = build_datasets(_b(tmp_path, labeled_num=1), "3d")
+    assert s.labeled.volume_names == names[:1] and s.test.volume_names == names[4:]
+    assert s.unlabeled.volume_names == names[1:4] and s.info["split"] == "user"
+    (tmp_path / "splits" / "test.txt").write_text("ID_nope_ID_0000000000\n")
+    with pytest.raises(DatasetError, match="test.txt names ID_nope"):
+        build_datasets(_b(tmp_path, labeled_num=1), "3d")
+
+
+def test_custom_nifti_minmax_and_classes(tmp_path):
+    root = tmp_path / "C"
+    hu, lab = canonical_volume()
+    for i in range(5):
+        save_nifti(str(root / "imagesTr" / f"case{i}.nii.gz"), hu + i, LAS, np.int16)
+        save_nifti(str(root / "labelsTr" / f"case{i}.nii.gz"), np.minimum(lab, 2), LAS, np.uint8)
+    save_nifti(str(root / "imagesUnlabeled" / "u0.nii.gz"), hu, LAS, np.int16)
+    (root / "classes.txt").write_text("background\nliver\ntumour\n")
+    s = build_datasets(args(dataset="custom", data_path=str(root), labeled_num=2), "3d")
+    assert s.class_names == ("liver", "tumour") and s.num_classes == 2
+    assert len(s.labeled) == 2 and len(s.test) == 1 and len(s.unlabeled) == 3   # 4/1 split, 2 + pool
+    v = s.test[0]
+    assert float(v["image"].min()) == 0.0 and float(v["image"].max()) == 1.0      # per-volume min-max
+    s = build_datasets(args(dataset="custom", data_path=str(root), labeled_num=2, class_names="a,b,c"), "3d")
+    assert s.class_names == ("a", "b", "c")
+    (root / "dataset.json").write_text('{"channel_names": {"0": "CT"}, "labels": {"background": 0, "x": 1, "y": 2}}')
+    os.remove(root / "classes.txt")
+    s = build_datasets(args(dataset="custom", data_path=str(root), labeled_num=2), "3d")
+    assert s.class_names == ("x", "y") and s.info["intensity"][0] == "window"
+
+
+def _png(path, arr):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def test_custom_png(tmp_path):
+    root = tmp_path / "P"
+    rng = np.random.default_rng(0)
+    for split, cases in (("train", 3), ("test", 1), ("unlabeled", 2)):
+        for c in range(cases):
+            for k in (1, 2, 10):   # numeric order: 1, 2, 10
+                img = (rng.random((24, 20)) * 200).astype(np.uint8)
+                img[0, 0] = k
+                _png(str(root / split / "images" / f"c{c}" / f"{k}.png"), img)
+                if split != "unlabeled":
+                    m = np.zeros((24, 20), np.uint8)
+                    m[4:9, 3:8] = 1 + (k % 2)
+                    _png(str(root / split / "masks" / f"c{c}" / f"{k}.png"), m)
+    s = build_datasets(args(dataset="custom", data_path=str(root), labeled_num=1, class_names="a,b",
+                            image_size=32), "2d")
+    assert len(s.labeled) == 3 and len(s.unlabeled) == 2 + 2 and len(s.test) == 1 and len(s.val) == 1
+    v = s.test[0]
+    assert v["image"].shape == (3, 24, 20) and v["label"].shape == (3, 24, 20)
+    assert v["label"][2, 5, 5] == 1 and v["label"][1, 5, 5] == 1 and v["label"][0, 5, 5] == 2
+    it = s.labeled[0]
+    assert it["image"].shape == (1, 32, 32) and it["name"] == "c0_slice_1"
+    with pytest.raises(DatasetError, match="no class names"):
+        build_datasets(args(dataset="custom", data_path=str(root), labeled_num=1), "2d")
+    os.remove(root / "train" / "masks" / "c1" / "10.png")
+    with pytest.raises(DatasetError, match=r"c1.10\.png: mask not found"):
+        build_datasets(args(dataset="custom", data_path=str(root), labeled_num=1, class_names="a,b"), "2d")
