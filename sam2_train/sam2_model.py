@@ -484,9 +484,9 @@ class SAM2Tracker:
         _, _, ious, low_res, high_res, obj_ptr, obj_scores = sam_outputs
         sam._encode_memory_in_output(vision, sizes, point_inputs, True, high_res, obj_scores, current_out)
         h, w = low_res.shape[-2:]
-        masks = low_res.view(n, K, h, w)
-        best_iou = ious.max(dim=-1).values.view(n, K)
-        scores = obj_scores.view(n, K)
+        masks = low_res.float().view(n, K, h, w)
+        best_iou = ious.float().max(dim=-1).values.view(n, K)
+        scores = obj_scores.float().view(n, K)
         maskmem = current_out["maskmem_features"]
         maskmem = maskmem.view(n, K, *maskmem.shape[1:]) if maskmem is not None else None
         obj_ptr = obj_ptr.view(n, K, -1)
@@ -533,5 +533,5 @@ class SAM2Tracker:
         self.output_dict["non_cond_frame_outputs"][frame_idx] = entry
         if self.prune:
             self._prune(frame_idx)
-        return FrameOutput(low_res.unsqueeze(0)[:, :, 0], ious.max(dim=-1).values.unsqueeze(0),
-                           obj_scores.view(1, K))
+        return FrameOutput(low_res.float().view(1, K, *low_res.shape[-2:]),
+                           ious.float().max(dim=-1).values.view(1, K), obj_scores.float().view(1, K))
