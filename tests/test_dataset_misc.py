@@ -1,0 +1,238 @@
+"""Bad input -> one DatasetError naming the file; deterministic items; demo data; ACDC conversion."""
+import glob
+import os
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from dataset import DatasetError, build_datasets
+from dataset.demo import ensure_demo, make_acdc, make_bhsd
+from tests._data_fixtures import LAS, args, canonical_volume, make_acdc_root, make_bhsd_root, save_nifti, write_h5
+
+
+# ------------------------------------------------------------------------------ errors
+
+def _first_error(fn):
+    with pytest.raises(DatasetError) as e:
+        fn()
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_acdc_bad_inputs(tmp_path):
+    root = make_acdc_root(str(tmp_path / "A"), patients=(5, 3), slices=2)
+    b = lambda **kw: build_datasets(args(data_path=root, labeled_num=1, **kw), "2d")  # noqa: E731
+    assert "nope" in _first_error(lambda: build_datasets(args(data_path=str(tmp_path / "nope")), "2d"))
+    os.rename(os.path.join(root, "val.list"), os.path.join(root, "val.bak"))
+    assert "val.list: list file not found" in _first_error(b)
+    os.rename(os.path.join(root, "val.bak"), os.path.join(root, "val.list"))
+    sl = os.path.join(root, "data", "slices")
+    # a list naming a missing file (checked at construction)
+    os.rename(os.path.join(sl, "patient003_frame02_slice_2.h5"), os.path.join(sl, "x.bak"))
+    assert "patient003_frame02_slice_2.h5 does not exist" in _first_error(b)
+    os.rename(os.path.join(sl, "x.bak"), os.path.join(sl, "patient003_frame02_slice_2.h5"))
+    s = b()
+    # corrupt h5 (checked when read)
+    p = os.path.join(sl, "patient005_frame01_slice_1.h5")
+    with open(p, "wb") as f:
+        f.write(b"not an hdf5 file at all")
+    msg = _first_error(lambda: [s.labeled[i] for i in range(len(s.labeled))])
+    assert p in msg and "cannot read HDF5" in msg
+    # missing key
+    write_h5(p, image=np.zeros((8, 8), np.float32))
+    msg = _first_error(lambda: [s.labeled[i] for i in range(len(s.labeled))])
+    assert p in msg and "missing key(s) label" in msg
+    # shape mismatch
+    write_h5(p, image=np.zeros((8, 8), np.float32), label=np.zeros((8, 9), np.uint8))
+    msg = _first_error(lambda: [s.labeled[i] for i in range(len(s.labeled))])
+    assert p in msg and "!= label shape" in msg
+    # label out of range
+    write_h5(p, image=np.zeros((8, 8), np.float32), label=np.full((8, 8), 7, np.uint8))
+    msg = _first_error(lambda: [s.labeled[i] for i in range(len(s.labeled))])
+    assert p in msg and "outside the class range 0..3" in msg
+    # volume with bad label in val
+    vp = os.path.join(root, "data", "patient002_frame01.h5")
+    write_h5(vp, image=np.zeros((2, 8, 8), np.float32), label=np.full((2, 8, 8), 4, np.uint8))
+    msg = _first_error(lambda: s.val[0])
+    assert vp in msg and "[4]" in msg
+    # empty list file
+    open(os.path.join(root, "train_slices.list"), "w").close()
+    assert "train_slices.list is empty" in _first_error(b)
+
+
+def test_bhsd_bad_inputs(tmp_path):
+    names = make_bhsd_root(str(tmp_path), n=4, unlabeled=1)
+    b = lambda **kw: build_datasets(args(dataset="bhsd", data_path=str(tmp_path), **kw), "3d")  # noqa: E731
+    assert "larger than the 2 volumes" in _first_error(lambda: b(labeled_num=3))
+    s = b(labeled_num=1)
+    gt = os.path.join(str(tmp_path), "label_192", "ground truths")
+    img_dir = os.path.join(str(tmp_path), "label_192", "images")
+    # corrupt NIfTI
+    bad = os.path.join(img_dir, names[s.test.volume_names and names.index(s.test.volume_names[0])] + ".nii.gz")
+    with open(bad, "wb") as f:
+        f.write(b"\x1f\x8b garbage")
+    msg = _first_error(lambda: s.test[0])
+    assert bad in msg and "cannot read NIfTI" in msg
+    # image/label shape mismatch
+    hu, lab = canonical_volume()
+    save_nifti(bad, hu[:, :, :10], LAS, np.int16)
+    msg = _first_error(lambda: s.test[0])
+    assert "label shape (6, 20, 24)" in msg and "!= image shape (6, 20, 10)" in msg
+    # label value outside 0..5
+    save_nifti(bad, hu, LAS, np.int16)
+    lp = os.path.join(gt, os.path.basename(bad))
+    save_nifti(lp, np.full_like(lab, 9), LAS, np.uint16)
+    msg = _first_error(lambda: s.test[0])
+    assert lp in msg and "outside the class range 0..5" in msg
+    # image without label (construction)
+    os.remove(lp)
+    msg = _first_error(lambda: b(labeled_num=1))
+    assert bad in msg and "no label file" in msg
+    # empty unlabeled folder
+    save_nifti(lp, lab, LAS, np.uint16)
+    for f in glob.glob(os.path.join(str(tmp_path), "unlabel_1980", "**", "*.nii.gz"), recursive=True):
+        os.remove(f)
+    assert "unlabel_1980: unlabeled folder holds no NIfTI" in _first_error(lambda: b(labeled_num=1))
+    # missing ground-truth folder
+    os.rename(gt, gt + "_x")
+    assert "ground truths: label folder not found" in _first_error(lambda: b(labeled_num=1))
+
+
+def test_error_from_dataloader_worker_is_one_line(tmp_path):
+    root = make_acdc_root(str(tmp_path / "W"), patients=(5, 3), slices=2)
+    s = build_datasets(args(data_path=root, labeled_num=1), "2d")
+    p = os.path.join(root, "data", "slices", "patient005_frame01_slice_2.h5")
+    write_h5(p, image=np.zeros((8, 8), np.float32))
+    with pytest.raises(DatasetError) as e:
+        list(DataLoader(s.labeled, batch_size=4, num_workers=1))
+    assert str(e.value) == f"{p}: missing key(s) label (expected datasets image, label; found image)"
+
+
+# ------------------------------------------------------------------------------ determinism
+
+def test_items_deterministic_in_seed_epoch_index(tmp_path):
+    root = make_acdc_root(str(tmp_path / "D"), patients=(5, 3), slices=5)
+    s = build_datasets(args(data_path=root, labeled_num=1, seed=3), "2d")
+    t = build_datasets(args(data_path=root, labeled_num=1, seed=3), "2d")
+    torch.manual_seed(123)
+    np.random.seed(5)
+    a = s.unlabeled[2]
+    torch.manual_seed(999)                # global RNG state must not matter
+    np.random.seed(7)
+    b = t.unlabeled[2]
+    for k in ("image_w", "image_s1", "image_s2"):
+        assert torch.equal(a[k], b[k])
+    assert not torch.equal(a["image_s1"], a["image_s2"])
+    diffs = 0
+    for i in range(len(s.labeled)):
+        x0 = s.labeled[i]["image"]
+        s.set_epoch(1)
+        x1 = s.labeled[i]["image"]
+        s.set_epoch(0)
+        assert torch.equal(x0, s.labeled[i]["image"])
+        diffs += not torch.equal(x0, x1)
+    assert diffs >= len(s.labeled) // 2           # a new epoch draws new augmentations
+    u = build_datasets(args(data_path=root, labeled_num=1, seed=4), "2d")
+    assert not torch.equal(u.unlabeled[2]["image_s1"], a["image_s1"])
+
+
+# ------------------------------------------------------------------------------ demo data
+
+def test_demo_deterministic_and_loadable(tmp_path):
+    a, b, c = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")
+    make_acdc(a, seed=1, patients=5)
+    make_acdc(b, seed=1, patients=5)
+    make_acdc(c, seed=2, patients=5)
+    fa = sorted(os.listdir(os.path.join(a, "data", "slices")))
+    assert fa == sorted(os.listdir(os.path.join(b, "data", "slices")))
+    assert open(os.path.join(a, "train_slices.list")).read() == open(os.path.join(b, "train_slices.list")).read()
+    for v in sorted(os.listdir(os.path.join(a, "data")))[:4]:
+        if v.endswith(".h5"):
+            with h5py.File(os.path.join(a, "data", v)) as f, h5py.File(os.path.join(b, "data", v)) as g:
+                assert np.array_equal(f["image"][()], g["image"][()]) and np.array_equal(f["label"][()], g["label"][()])
+                assert f["image"].dtype == np.float32 and f["label"].dtype == np.uint8
+                assert f["image"][()].min() == 0.0 and f["image"][()].max() == 1.0
+                assert set(np.unique(f["label"][()])) == {0, 1, 2, 3}
+                assert f["image"].compression == "gzip"
+    assert open(os.path.join(a, "train_slices.list")).read() != open(os.path.join(c, "train_slices.list")).read() or \
+        not np.array_equal(h5py.File(os.path.join(a, "data", "patient001_frame01.h5"))["image"][()],
+                           h5py.File(os.path.join(c, "data", "patient001_frame01.h5"))["image"][()])
+    x, y = str(tmp_path / "x"), str(tmp_path / "y")
+    make_bhsd(x, seed=1, labeled=3, unlabeled=1)
+    make_bhsd(y, seed=1, labeled=3, unlabeled=1)
+    fx = sorted(glob.glob(os.path.join(x, "label_192", "ground truths", "*.nii.gz")))
+    assert [os.path.basename(f) for f in fx] == \
+        [os.path.basename(f) for f in sorted(glob.glob(os.path.join(y, "label_192", "ground truths", "*.nii.gz")))]
+    for f in fx:
+        lx, ly = nib.load(f), nib.load(f.replace(x, y))
+        assert np.array_equal(np.asanyarray(lx.dataobj), np.asanyarray(ly.dataobj))
+        assert lx.get_data_dtype() == np.uint16 and lx.shape[:2] == (128, 128)
+        assert nib.load(f.replace("ground truths", "images")).get_data_dtype() == np.int16
+    assert len(glob.glob(os.path.join(x, "unlabel_1980", "*", "*.nii.gz"))) == 1
+
+
+def test_ensure_demo_and_demo_dataset(tmp_path, monkeypatch):
+    root = str(tmp_path / "demo_acdc")
+    ensure_demo(root, "acdc")
+    assert os.path.isfile(os.path.join(root, "DEMO.json"))
+    assert not [d for d in os.listdir(tmp_path) if ".tmp-" in d]           # no temp folder left
+    mtime = os.path.getmtime(os.path.join(root, "DEMO.json"))
+    ensure_demo(root, "acdc")                                               # already there: untouched
+    assert os.path.getmtime(os.path.join(root, "DEMO.json")) == mtime
+    s = build_datasets(args(dataset="demo", data_path=root, labeled_num=2, image_size=64), "2d")
+    assert s.class_names == ("RV", "Myo", "LV") and s.test is not None and len(s.test) == 8 and len(s.val) == 4
+    # an interrupted generation leaves nothing at the target
+    import dataset.demo as demo
+
+    def boom(out, **kw):
+        os.makedirs(os.path.join(out, "data"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "make_bhsd", boom)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_demo(str(tmp_path / "demo_bhsd"), "bhsd")
+    assert os.listdir(tmp_path) == ["demo_acdc"]
+
+
+# ------------------------------------------------------------------------------ ACDC conversion
+
+def test_convert_acdc_raw(tmp_path):
+    from dataset.convert_acdc import main
+
+    raw = tmp_path / "raw" / "training"
+    rng = np.random.default_rng(0)
+    for pid, ed, es in ((2, 1, 12), (99, 1, 9), (38, 1, 7), (1, 1, 10), (44, 2, 11)):
+        d = raw / f"patient{pid:03d}"
+        os.makedirs(d)
+        (d / "Info.cfg").write_text(f"ED: {ed}\nES: {es}\nGroup: DCM\nNbFrame: 30\n")
+        for fr in (ed, es):
+            img = rng.normal(100, 30, (12, 10, 3 + pid % 3)).astype(np.float32)    # (x, y, z)
+            lab = np.zeros(img.shape, np.uint8)
+            lab[2:5, 3:6, :] = 1 + fr % 3
+            nib.save(nib.Nifti1Image(img, np.diag([1.5, 1.5, 10, 1])), str(d / f"patient{pid:03d}_frame{fr:02d}.nii.gz"))
+            nib.save(nib.Nifti1Image(lab, np.diag([1.5, 1.5, 10, 1])), str(d / f"patient{pid:03d}_frame{fr:02d}_gt.nii.gz"))
+    out = str(tmp_path / "out")
+    assert main([str(tmp_path / "raw"), out]) == 0
+    rd = lambda n: open(os.path.join(out, n)).read().split()  # noqa: E731
+    assert rd("val.list") == ["patient002_frame01", "patient002_frame02"]
+    assert rd("test.list") == ["patient001_frame01", "patient001_frame02"]
+    assert rd("train.list")[::2] == ["patient099_frame01", "patient038_frame01", "patient044_frame01"]  # SSL4MIS order
+    sl = rd("train_slices.list")
+    assert sl[:3] == ["patient099_frame01_slice_1", "patient099_frame01_slice_2", "patient099_frame01_slice_3"]
+    assert len(sl) == 2 * (3 + 5 + 5)        # z = 3 + pid % 3 for patients 99, 38, 44
+    with h5py.File(os.path.join(out, "data", "patient044_frame02.h5")) as f:
+        img, lab = f["image"][()], f["label"][()]
+    src = nib.load(str(raw / "patient044" / "patient044_frame11_gt.nii.gz")).get_fdata()
+    assert img.shape == (5, 10, 12) and img.dtype == np.float32 and lab.dtype == np.uint8
+    assert img.min() == 0.0 and img.max() == 1.0
+    assert np.array_equal(lab, np.transpose(src, (2, 1, 0)).astype(np.uint8))       # frame02 = ES (frame 11)
+    with h5py.File(os.path.join(out, "data", "slices", "patient044_frame02_slice_5.h5")) as f:
+        assert np.array_equal(f["image"][()], img[4])
+    s = build_datasets(args(data_path=out, labeled_num=1), "2d")
+    assert len(s.labeled) == 6 and len(s.test) == 2
+    assert main([str(tmp_path / "missing"), out]) == 1
