@@ -43,6 +43,10 @@ points are pixel centres ``(x + 0.5, y + 0.5)``; invalid entries are 0.
 Device: the thresholding runs on the input's device; the masked class probabilities (and the body mask)
 are then copied to the host ONCE (one ``.cpu()`` of one packed tensor), the labeling and all statistics run
 in numpy/scipy, and the results are copied back to the input's device.
+
+Speed (CPU, 2 threads, smooth random probabilities with ~22% foreground, ``(N, D, K+1) = (8, 4, 4)``):
+about 10 ms at ``h = w = 64`` and 110 ms at 256 (``coarse_box_prompts``: 2 ms and 24 ms); roughly twice
+that on a loaded machine. The 3-D labeling is about half of the time at 256.
 """
 from __future__ import annotations
 
