@@ -60,7 +60,7 @@ def resolve_sam_config(name_or_path: str) -> str:
     if value in HYDRA_CONFIG_NAMES.values():
         return value
     stem = value[:-5] if value.endswith(".yaml") else value
-    if stem in HYDRA_CONFIG_NAMES and not os.path.sep in value:  # e.g. "sam2_hiera_s.yaml"
+    if stem in HYDRA_CONFIG_NAMES and os.path.sep not in value:  # e.g. "sam2_hiera_s.yaml"
         return HYDRA_CONFIG_NAMES[stem]
     if value.endswith((".yaml", ".yml")):
         path = os.path.abspath(os.path.expanduser(value))

@@ -50,7 +50,7 @@ class ImageFeatures:
         return self.batch_size
 
     def select(self, index) -> "ImageFeatures":
-        """Features of a subset of images/frames (``index``: int, slice, list or index tensor)."""
+        """Features of a subset of images/frames (``index``: int -> a batch of 1, slice, list or index tensor)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
         return ImageFeatures([f[index] for f in self.feats], list(self.pos))

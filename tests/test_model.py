@@ -22,7 +22,7 @@ from sam2_train.build import (CKPT_FILES, CheckpointMismatchError, build_sam2_ba
                               image_size_overrides, load_model_state, resolve_sam_config)
 from sam2_train.prompts import (boxes_to_points, jitter_boxes, masks_to_boxes, sample_click, scale_boxes,
                                 scale_points)
-from sam2_train.sam2_model import ImageFeatures, SAM2Seg, upsample_logits
+from sam2_train.sam2_model import SAM2Seg, upsample_logits
 
 LOGIT_TOL_2D, IOU_TOL_2D = 1e-4, 1e-5
 LOGIT_TOL_VIDEO, LOGIT_TOL_VIDEO_FP32_MEM = 1e-3, 5e-2
