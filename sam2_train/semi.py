@@ -1,0 +1,93 @@
+"""Weak-to-strong pieces shared by the 2D and 3D steps: ground-truth prompts, CutMix of pseudo-labels and
+prompts, body masks, the unlabeled-loss ramp. Shapes: N images/frames, K foreground classes, S image size,
+s = S/4 coarse size.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from dataset.transforms import apply_cutmix, cutmix_box_masks, sample_cutmix_boxes
+from sam2_train.prompts import jitter_boxes, masks_to_boxes, sample_click
+from sam2_train.sss_net import SlicePrompts
+
+
+def body_mask(images: torch.Tensor, s: int, thresh: float = 0.02) -> torch.Tensor:
+    """(N,1,S,S) images -> (N,s,s) bool: coarse cells holding any tissue (PCSW keeps prompts inside)."""
+    return F.adaptive_max_pool2d(images[:, 0:1].float(), s)[:, 0] > thresh
+
+
+def one_hot_fg(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(N,h,w) int64 in 0..K -> (N,K,h,w) float one-hot of the foreground classes."""
+    return F.one_hot(labels, k + 1)[..., 1:].permute(0, 3, 1, 2).float()
+
+
+def gt_prompts(labels: torch.Tensor, k: int, image_size: int, jitter: float = 0.1) -> SlicePrompts:
+    """Jittered ground-truth boxes and one click per present class: labels (N,S,S) -> SlicePrompts (N,K)."""
+    masks = one_hot_fg(labels, k).bool()                                      # (N,K,S,S)
+    boxes, valid = masks_to_boxes(masks)
+    boxes = jitter_boxes(boxes, valid, jitter, bounds=(image_size, image_size))
+    points = sample_click(masks)[0] + 0.5                                     # pixel centres, xy
+    return SlicePrompts(boxes=boxes, points=points, valid=valid)
+
+
+def choose_prompts(use_a: torch.Tensor, a: SlicePrompts, b: SlicePrompts) -> SlicePrompts:
+    """Per row (N,1) bool: prompts ``a`` where True, ``b`` elsewhere (boxes, points, valid)."""
+    return SlicePrompts(boxes=torch.where(use_a[..., None], a.boxes, b.boxes),
+                        points=torch.where(use_a[..., None], a.points, b.points),
+                        valid=torch.where(use_a, a.valid, b.valid))
+
+
+def sample_box_masks(n: int, size: int, p: float, device) -> torch.Tensor:
+    """CutMix regions of n images: (n,S,S) bool (all False where CutMix is not applied)."""
+    boxes, _ = sample_cutmix_boxes(n, size, size, p, None)
+    return cutmix_box_masks(boxes.to(device), size, size)
+
+
+def resize_masks(box_masks: torch.Tensor, size) -> torch.Tensor:
+    """(n,S,S) bool -> (n,h,w) bool by nearest neighbour (for feature levels and coarse maps)."""
+    return F.interpolate(box_masks[:, None].float(), size=size, mode="nearest")[:, 0].bool()
+
+
+def mix(x: torch.Tensor, partner: torch.Tensor, box_masks: torch.Tensor) -> torch.Tensor:
+    """CutMix ``x`` (n,...,h,w) with ``x[partner]`` inside ``box_masks`` (n,S,S), resized to x's grid."""
+    m = box_masks if box_masks.shape[-2:] == x.shape[-2:] else resize_masks(box_masks, x.shape[-2:])
+    return apply_cutmix(x, x[partner], m)
+
+
+def _inside(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """points (n,K,2), boxes (n,4) -> (n,K) bool: point inside the box."""
+    b = boxes[:, None]
+    return ((points[..., 0] >= b[..., 0]) & (points[..., 0] < b[..., 2])
+            & (points[..., 1] >= b[..., 1]) & (points[..., 1] < b[..., 3]))
+
+
+def mix_prompts(prompts: SlicePrompts, partner: torch.Tensor, box_masks: torch.Tensor, image_size: int,
+                margin: int) -> SlicePrompts:
+    """Prompts of CutMix-ed images, mixed the way their pixels were.
+
+    The prompted component masks (n,K,s,s) are mixed by the same boxes and re-boxed (plus ``margin``
+    coarse pixels); a click stays if it lies outside the pasted box, else the partner's click is taken if
+    it lies inside the box, else the centre of the mixed box.
+    """
+    s = prompts.masks.shape[-1]
+    masks = mix(prompts.masks, partner, box_masks)
+    boxes, valid = masks_to_boxes(masks)
+    pad = boxes.new_tensor([-margin, -margin, margin, margin])
+    boxes = (boxes + pad).clamp(0, s) * (image_size / s)
+    cut = masks_to_boxes(box_masks[:, None])[0][:, 0]                         # (n,4) pasted region, image px
+    own, other = prompts.points, prompts.points[partner]
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    points = torch.where(~_inside(own, cut)[..., None], own,
+                         torch.where(_inside(other, cut)[..., None], other, centre))
+    return SlicePrompts(boxes=boxes, points=points, valid=valid, masks=masks)
+
+
+def lambda_u(args, iteration: int) -> float:
+    """Unlabeled-loss weight with optional sigmoid ramp-up (Laine & Aila) over ``-rampup`` iterations."""
+    if args.rampup <= 0:
+        return args.lambda_u
+    t = min(iteration, args.rampup) / args.rampup
+    return args.lambda_u * math.exp(-5.0 * (1.0 - t) ** 2)

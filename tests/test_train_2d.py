@@ -1,0 +1,158 @@
+"""End-to-end 2D training on generated ACDC-format phantoms with a tiny SAM-2 config (CPU, 64 px):
+outputs, exact resume after ``kill -9``, evaluate.py, label-free inference, one-line errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "sam2_train", "configs", "sam2_hiera_test.yaml")
+ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    from dataset.demo import ensure_demo
+    return ensure_demo(str(tmp_path_factory.mktemp("data") / "demo_acdc"), "acdc", seed=0)
+
+
+def base_args(root, log_dir, iters=4, *extra):
+    return ["-dataset", "demo", "-data_path", root, "-sam_config", TINY, "-image_size", "64", "-b", "2",
+            "-b_u", "4", "-slab_len", "2", "-num_workers", "0", "-log_dir", str(log_dir), "-max_iters", str(iters),
+            "-log_freq", "1", "-val_volumes", "1", "-save_freq", "2", "-val_freq", "1000", *extra]
+
+
+def run_train(args, script="train_2d.py", timeout=600):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_dirs(log_dir):
+    return sorted(os.path.join(log_dir, d) for d in os.listdir(log_dir) if os.path.isdir(os.path.join(log_dir, d)))
+
+
+def scalar_series(run_dir, tag="train/loss"):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars(tag)}
+
+
+@pytest.fixture(scope="module")
+def finished_run(demo_root, tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("logs")
+    r = run_train(base_args(demo_root, log_dir, 6))
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = run_dirs(log_dir)
+    return run, r
+
+
+def test_run_writes_outputs(finished_run):
+    run, r = finished_run
+    for f in ("config.json", "metrics.csv", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert os.path.isfile(os.path.join(run, f)), f
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(run))
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert {"protocol", "split", "dice", "jaccard", "hd95", "asd"} <= set(summary)
+    assert summary["protocol"] == "ssl4mis" and summary["split"] == "test"
+    assert set(summary["dice"]) == {"RV", "Myo", "LV", "mean"}
+    config = json.load(open(os.path.join(run, "config.json")))
+    assert config["image_size"] == 64 and config["method"] == "sss"
+    ckpt = torch.load(os.path.join(run, "checkpoints", "last.pt"), weights_only=True)
+    assert ckpt["iteration"] == 6 and ckpt["config"]["class_names"] == ["RV", "Myo", "LV"]
+    assert "per-class Dice on test" in r.stdout + r.stderr
+    losses = scalar_series(run)
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6] and all(np.isfinite(v) for v in losses.values())
+
+
+def test_kill9_and_resume_continue_exactly(demo_root, finished_run, tmp_path):
+    """A run killed with SIGKILL after its first checkpoint resumes and logs the same losses as the
+    uninterrupted run (CPU, same seed)."""
+    reference = scalar_series(finished_run[0])
+    log_dir = tmp_path / "logs"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_2d.py"), *base_args(demo_root, log_dir, 6)],
+                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    ckpt = None
+    while time.time() < deadline and proc.poll() is None:
+        dirs = run_dirs(log_dir) if log_dir.exists() else []
+        if dirs and os.path.exists(os.path.join(dirs[0], "checkpoints", "last.pt")):
+            ckpt = os.path.join(dirs[0], "checkpoints", "last.pt")
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt is not None, "no checkpoint appeared before the run ended"
+    it = torch.load(ckpt, weights_only=True)["iteration"]
+    assert it == 2
+    r = run_train(["-resume", ckpt, *base_args(demo_root, log_dir, 6)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from {ckpt} at iteration 2/6" in r.stdout + r.stderr
+    resumed = scalar_series(os.path.dirname(os.path.dirname(ckpt)))
+    for step in (3, 4, 5, 6):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6), (step, resumed, reference)
+
+
+def test_evaluate_cli_and_saved_predictions(finished_run, demo_root, tmp_path):
+    run, _ = finished_run
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "-ckpt",
+                        os.path.join(run, "checkpoints", "best.pt"), "-split", "val", "-data_path", demo_root,
+                        "-save_pred", "-log_dir", str(tmp_path)], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (out,) = [os.path.join(tmp_path, d) for d in os.listdir(tmp_path)]
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["split"] == "val" and summary["num_volumes"] == 2
+    preds = os.listdir(os.path.join(out, "predictions"))
+    assert len(preds) == 2 and all(p.endswith(".h5") for p in preds)
+    import h5py
+    with h5py.File(os.path.join(out, "predictions", preds[0])) as f:
+        pred = f["prediction"][:]
+    with h5py.File(os.path.join(demo_root, "data", preds[0])) as f:
+        assert pred.shape == f["image"].shape and pred.max() <= 3
+
+
+def test_predictions_do_not_depend_on_labels(finished_run, demo_root):
+    """The evaluation loop gives the predictor the image only: replacing every label changes nothing."""
+    import cfg
+    from dataset import build_datasets
+    from func_2d.pipeline import PIPELINE_2D
+    from sam2_train.checkpoint import load_checkpoint, load_model_state
+    from sam2_train.evaluation import evaluate_volumes
+    from sam2_train.runtime import autocast
+    from sam2_train.sss_net import build_sss_net
+
+    run, _ = finished_run
+    state = load_checkpoint(os.path.join(run, "checkpoints", "last.pt"))
+    args = cfg.parse_args(base_args(demo_root, "unused"))
+    args.class_names = ["RV", "Myo", "LV"]
+    net = build_sss_net(args, 3, sam_ckpt="none")
+    load_model_state(net, state["model"])
+    splits = build_datasets(args, "2d")
+    vols = [splits.val[i] for i in range(len(splits.val))]
+    fake = [dict(v, label=np.random.default_rng(0).integers(0, 4, np.shape(v["label"]))) for v in vols]
+    predict = lambda img, sp: PIPELINE_2D.predict(net, img, sp, args, torch.device("cpu"),  # noqa: E731
+                                                 lambda: autocast("cpu", "off"))
+    real = evaluate_volumes(vols, predict, args.class_names, protocol="ssl4mis", split="val", keep_predictions=True)
+    swapped = evaluate_volumes(fake, predict, args.class_names, protocol="ssl4mis", split="val", keep_predictions=True)
+    for name, pred in real.predictions.items():
+        np.testing.assert_array_equal(pred, swapped.predictions[name])
+    assert real.summary["dice"] != swapped.summary["dice"]  # the labels did change the scores
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["-data_path", "/nonexistent/acdc", "-dataset", "acdc"], "/nonexistent/acdc"),
+    (["-sam_ckpt", "/nonexistent/sam2_hiera_small.pt", "-sam_config", "sam2_hiera_s"], "download_ckpts.sh"),
+    (["-resume", "/nonexistent/last.pt"], "/nonexistent/last.pt"),
+])
+def test_bad_input_is_one_line(extra, needle, demo_root, tmp_path):
+    r = run_train(base_args(demo_root, tmp_path, 2) + extra)
+    assert r.returncode == 2
+    err = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and needle in err[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,16 @@
+"""Train SSS on 2D slices: ACDC (SSL4MIS format), custom folders, or the built-in demo phantoms.
+
+    python train_2d.py -dataset demo
+    python train_2d.py -net sam2 -exp_name ACDC_SSS -vis 1 -sam_ckpt ./checkpoints/sam2_hiera_small.pt \
+        -sam_config sam2_hiera_s -image_size 1024 -out_size 1024 -b 4 -val_freq 1 -dataset ACDC -data_path ./data/ACDC
+
+Flags: ``python train_2d.py -h`` (all of them live in cfg.py). Multi-GPU: ``torchrun --nproc_per_node N train_2d.py ...``.
+"""
+import sys
+
+import cfg
+from func_2d.pipeline import PIPELINE_2D
+from sam2_train.trainer import run
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:], PIPELINE_2D, cfg.parse_args))
