@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dataset.transforms import apply_cutmix, cutmix_box_masks, sample_cutmix_boxes
+from dataset.transforms import apply_cutmix, cutmix_box_masks, sample_cutmix_boxes, sample_cutmix_partners
 from sam2_train.prompts import jitter_boxes, masks_to_boxes, sample_click
 from sam2_train.sss_net import SlicePrompts
 
@@ -91,3 +91,34 @@ def lambda_u(args, iteration: int) -> float:
         return args.lambda_u
     t = min(iteration, args.rampup) / args.rampup
     return args.lambda_u * math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def thin_prompt_frames(valid: torch.Tensor, freq: int) -> torch.Tensor:
+    """Keep every ``freq``-th prompted frame of each clip/volume: valid (B,T,K) bool -> (B,T,K) bool.
+
+    A frame is *prompted* when any class has a prompt on it; prompted frames are ranked along T per clip
+    (0, 1, 2, ...) and those of rank 0, freq, 2 freq, ... keep all their prompts (the first prompted frame
+    always stays). ``freq = 1`` returns ``valid`` unchanged.
+    """
+    if freq <= 1:
+        return valid
+    framed = valid.any(-1)                                                   # (B,T)
+    rank = framed.long().cumsum(-1) - 1
+    return valid & (framed & (rank % freq == 0))[..., None]
+
+
+def clip_cutmix_partners(num_clips: int, length: int, device=None) -> torch.Tensor:
+    """CutMix partners for ``num_clips`` clips of ``length`` frames, flattened clip-major: (num_clips*length,).
+
+    With several clips, frame t of a clip takes frame t of another clip (a random roll of the clips);
+    with one clip it takes frame ``length-1-t`` of the same clip (the clip reversed in time), so the pasted
+    content still moves smoothly from frame to frame (the middle frame of an odd-length clip mixes with
+    itself, i.e. keeps its own content).
+    """
+    t = torch.arange(length)
+    if num_clips > 1:
+        clips = sample_cutmix_partners(num_clips)
+        idx = clips[:, None] * length + t[None]
+    else:
+        idx = (length - 1 - t)[None]
+    return idx.flatten().to(device)

@@ -120,8 +120,14 @@ def prompts_from_probs(probs: torch.Tensor, image_size: int, cfg: PCSWConfig, us
 def build_sss_net(args: argparse.Namespace, num_classes: int, device="cpu", sam_ckpt: str | None = None) -> SSSNet:
     """Build the model of ``args`` (SAM-2 from -sam_config/-sam_ckpt at -image_size, DFE if -dfe).
 
-    ``sam_ckpt`` overrides ``args.sam_ckpt`` (``"none"`` when the weights come from our own checkpoint)."""
-    sam = SAM2Seg(build_sam2_base(args.sam_config, sam_ckpt or args.sam_ckpt, args.image_size, device="cpu"))
+    ``sam_ckpt`` overrides ``args.sam_ckpt`` (``"none"`` when the weights come from our own checkpoint).
+    For volumes (``args.script == "3d"``) SAM-2 attends to at most ``-memory_bank_size`` conditioning
+    (prompted) frames (``max_cond_frames_in_attn``; no weights depend on it)."""
+    overrides = []
+    if getattr(args, "script", "2d") == "3d" and getattr(args, "memory_bank_size", None):
+        overrides.append(f"++model.max_cond_frames_in_attn={int(args.memory_bank_size)}")
+    sam = SAM2Seg(build_sam2_base(args.sam_config, sam_ckpt or args.sam_ckpt, args.image_size, device="cpu",
+                                  hydra_overrides_extra=overrides))
     dfe = DFE(levels=tuple(args.dfe_levels), sim=args.dfe_sim) if args.dfe else None
     return SSSNet(sam, num_classes, dfe).to(device)
 

@@ -1,0 +1,128 @@
+"""3D inference on whole volumes, streamed: E -> DFE(W=S) -> H -> PCSW over the volume -> SAM-2 tracking.
+
+``predict_volume`` receives the image only (no label, no ground-truth prompt) and works for any number of
+slices. Memory is bounded by a few frames, never by the volume:
+
+1. pass 1 encodes the slices ``chunk`` at a time and keeps only the coarse class probabilities
+   (D,K+1,s,s) (and the body mask); the features are dropped after each chunk;
+2. PCSW over all D slices -> prompts; prompt frames are the PCSW-prompted slices, thinned to every
+   ``prompt_freq``-th of them (:func:`sam2_train.semi.thin_prompt_frames`);
+3. pass 2 streams frames through :class:`sam2_train.sam2_model.SAM2Tracker`: the prompt frames are
+   re-encoded (``chunk`` at a time) and added as conditioning frames; then frames are tracked forwards from
+   the first prompt frame to the last slice and, after ``clear_non_cond``, backwards to slice 0, encoding
+   one frame at a time. The tracker keeps the memories of at most ``num_maskmem`` recent frames (plus
+   object pointers and the conditioning frames' memories), so peak memory is: one chunk of encoder
+   activations + that memory bank + the (D,K+1,s,s) probabilities + the (D,H,W) output labels.
+
+Each frame's logits become labels right away (``labels_from_refined`` at model resolution, background
+where no class logit is > 0; classes without any prompt in the volume are masked out), and the labels are
+resized to the native (H,W) with nearest neighbour (the SSL4MIS rule used for 2D too). Encoder
+activations are the memory peak at 1024 px, which is why frames are encoded in chunks / one at a time.
+A volume without any accepted PCSW prompt is all background.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sam2_train.pcsw import PCSWConfig
+from sam2_train.semi import body_mask, thin_prompt_frames
+from sam2_train.sss_net import SSSNet, labels_from_refined, mask_unprompted, prompts_from_probs, upsample
+
+
+class _Frames:
+    """Slices of a native (D,H,W) volume resized (bilinear) to the model size on demand: ``frames[i:j]``."""
+
+    def __init__(self, image: np.ndarray, size: int, device: torch.device):
+        self.x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, index) -> torch.Tensor:
+        x = self.x[index]
+        if x.dim() == 2:
+            x = x[None]
+        x = x[:, None]
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return x.clamp(0, 1)                                                     # (n,1,S,S)
+
+
+def memory_dtype_for(device: torch.device, autocast) -> torch.dtype | None:
+    """bf16 spatial memories on CUDA under (bf16) autocast; keep the compute dtype otherwise."""
+    if device.type != "cuda":
+        return None
+    with autocast():
+        return torch.bfloat16 if torch.is_autocast_enabled("cuda") else None
+
+
+@torch.no_grad()
+def predict_volume(net: SSSNet, image: np.ndarray, spacing=None, *, device: torch.device, autocast: Callable,
+                   cfg: PCSWConfig, use_pcsw: bool, prompt_freq: int = 1, chunk: int = 8,
+                   memory_dtype: torch.dtype | None = None) -> np.ndarray:
+    """Label volume (D,H,W) int64 for an image volume (D,H,W) float in [0,1] at its native size.
+
+    ``spacing`` is accepted for the pipeline interface and not used (PCSW works in coarse-map pixels).
+    ``chunk``: frames per encoder call in pass 1 and for the prompt frames. ``memory_dtype``: storage dtype
+    of the tracker's spatial memories (None: the compute dtype; see :func:`memory_dtype_for`).
+    """
+    net.eval()
+    d, h, w = image.shape
+    size, k = net.image_size, net.num_classes
+    frames = _Frames(image, size, device)
+    out = torch.zeros(d, h, w, dtype=torch.uint8, device=device)
+
+    def features(index):                                                      # slice or list of frames
+        enc = net.encode(frames[index])
+        return enc.replace(net.enhance(enc.feats)[0])
+
+    with autocast():
+        # pass 1: coarse probabilities of every slice, features dropped chunk by chunk
+        probs, body = [], []
+        for i in range(0, d, chunk):
+            f = features(slice(i, min(d, i + chunk)))
+            p = net.coarse(f.feats).float().softmax(1)
+            probs.append(p)
+            body.append(body_mask(frames[i:i + chunk], p.shape[-1]))
+            del f
+        probs, body = torch.cat(probs), torch.cat(body)                          # (D,K+1,s,s), (D,s,s)
+        prompts = prompts_from_probs(probs[None], size, cfg, use_pcsw, body=body[None])
+        valid = thin_prompt_frames(prompts.valid[None], prompt_freq)[0]          # (D,K)
+        del probs, body
+        prompt_idx = torch.nonzero(valid.any(1)).flatten().tolist()
+        if not prompt_idx:
+            return out.long().cpu().numpy()
+        obj_prompted = valid.any(0)                                              # (K,)
+        points = prompts.points[:, :, None]                                      # (D,K,1,2)
+        point_labels = torch.where(valid, 1, -1).to(torch.int32)[..., None]      # (D,K,1)
+
+        def emit(t: int, logits: torch.Tensor) -> None:                          # logits (1,K,s,s)
+            lab = labels_from_refined(mask_unprompted(upsample(logits.float(), (size, size)), obj_prompted))
+            out[t] = F.interpolate(lab[:, None].float(), size=(h, w), mode="nearest")[0, 0].to(torch.uint8)
+
+        # pass 2: prompt frames -> conditioning memories; then stream forwards and backwards
+        tracker = net.sam.tracker(d, k, memory_dtype=memory_dtype)
+        for i in range(0, len(prompt_idx), chunk):
+            ids = prompt_idx[i:i + chunk]
+            f = features(ids)
+            sel = torch.tensor(ids, device=valid.device)
+            res = tracker.add_prompts(ids, f, boxes=prompts.boxes[sel], box_valid=valid[sel],
+                                      points=points[sel], point_labels=point_labels[sel])
+            for j, t in enumerate(ids):
+                emit(t, res.masks[j:j + 1])
+            del f
+        start = prompt_idx[0]
+        for reverse in (False, True):
+            if reverse:
+                tracker.clear_non_cond()
+            for t in (range(start, -1, -1) if reverse else range(start, d)):
+                if t in tracker.cond_frames:
+                    continue
+                emit(t, tracker.step(t, features(slice(t, t + 1)), reverse=reverse).masks)
+    return out.long().cpu().numpy()
+

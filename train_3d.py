@@ -1,0 +1,16 @@
+"""Train SSS on volumes as slice sequences (SAM-2 video memory): BHSD, custom NIfTI folders, or the demo phantoms.
+
+    python train_3d.py -dataset demo
+    python train_3d.py -net sam2 -exp_name BHSD_SSS -sam_ckpt ./checkpoints/sam2_hiera_small.pt \
+        -sam_config sam2_hiera_s -image_size 1024 -val_freq 1 -prompt bbox -prompt_freq 2 -dataset bhsd -data_path ./data/bhsd
+
+Flags: ``python train_3d.py -h`` (all of them live in cfg.py). Multi-GPU: ``torchrun --nproc_per_node N train_3d.py ...``.
+"""
+import sys
+
+import cfg
+from func_3d.pipeline import PIPELINE_3D
+from sam2_train.trainer import run
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:], PIPELINE_3D, cfg.parse_args))
