@@ -107,9 +107,9 @@ def test_evaluate_cli_and_saved_predictions(finished_run, demo_root, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     (out,) = [os.path.join(tmp_path, d) for d in os.listdir(tmp_path)]
     summary = json.load(open(os.path.join(out, "summary.json")))
-    assert summary["split"] == "val" and summary["num_volumes"] == 2
+    assert summary["split"] == "val" and summary["num_volumes"] == 4
     preds = os.listdir(os.path.join(out, "predictions"))
-    assert len(preds) == 2 and all(p.endswith(".h5") for p in preds)
+    assert len(preds) == 4 and all(p.endswith(".h5") for p in preds)
     import h5py
     with h5py.File(os.path.join(out, "predictions", preds[0])) as f:
         pred = f["prediction"][:]
@@ -129,17 +129,20 @@ def test_predictions_do_not_depend_on_labels(finished_run, demo_root):
 
     run, _ = finished_run
     state = load_checkpoint(os.path.join(run, "checkpoints", "last.pt"))
-    args = cfg.parse_args(base_args(demo_root, "unused"))
+    args = cfg.parse_args(base_args(demo_root, "unused") + ["-pcsw", "0"])
     args.class_names = ["RV", "Myo", "LV"]
     net = build_sss_net(args, 3, sam_ckpt="none")
     load_model_state(net, state["model"])
+    with torch.no_grad():  # make the barely trained coarse head prompt every class, so predictions are not empty
+        net.head.cls.bias.copy_(torch.tensor([0.0, 3.0, 3.0, 3.0]))
     splits = build_datasets(args, "2d")
-    vols = [splits.val[i] for i in range(len(splits.val))]
+    vols = [splits.val[i] for i in range(2)]
     fake = [dict(v, label=np.random.default_rng(0).integers(0, 4, np.shape(v["label"]))) for v in vols]
     predict = lambda img, sp: PIPELINE_2D.predict(net, img, sp, args, torch.device("cpu"),  # noqa: E731
                                                  lambda: autocast("cpu", "off"))
     real = evaluate_volumes(vols, predict, args.class_names, protocol="ssl4mis", split="val", keep_predictions=True)
     swapped = evaluate_volumes(fake, predict, args.class_names, protocol="ssl4mis", split="val", keep_predictions=True)
+    assert any(pred.max() > 0 for pred in real.predictions.values())
     for name, pred in real.predictions.items():
         np.testing.assert_array_equal(pred, swapped.predictions[name])
     assert real.summary["dice"] != swapped.summary["dice"]  # the labels did change the scores
