@@ -255,7 +255,6 @@ def _bhsd_volume(rng: np.random.Generator, D: int, H: int, W: int, spacing: tupl
     fissure = brain & (np.abs(xr) < 0.7 * sx) & (np.abs(yr) > 28.0) & ~vent
     hu = np.where(fissure, 10.0, hu)
     lab = np.zeros((D, H, W), np.uint16)
-    blood_hu = lambda n: (rng.uniform(62, 78) + 0.0 * n)   # noqa: E731
 
     def zwin(zc, half):
         return np.clip(1.0 - ((zz - zc) / max(half, sz * 0.6)) ** 2, 0.0, 1.0)
@@ -266,8 +265,8 @@ def _bhsd_volume(rng: np.random.Generator, D: int, H: int, W: int, spacing: tupl
         ux, uy = np.cos(phi), np.sin(phi)
         z0 = rng.uniform(bz_lo, bz_hi)
         if kind == "EDH":     # lens against the skull: thick centre, thin ends, limited extent
-            half_len = rng.uniform(18, 30)
-            thick = rng.uniform(7, 13) * np.sqrt(zwin(z0, rng.uniform(8, 14)))
+            half_len = rng.uniform(20, 32)
+            thick = rng.uniform(8, 16) * np.sqrt(zwin(z0, rng.uniform(8, 14)))
             along = -(xr) * uy + (yr) * ux                   # tangential coordinate
             facing = (xr * ux + yr * uy) > 0
             prof = thick * np.clip(1.0 - (along / half_len) ** 2, 0.0, 1.0)
@@ -277,11 +276,11 @@ def _bhsd_volume(rng: np.random.Generator, D: int, H: int, W: int, spacing: tupl
             width = rng.uniform(90, 160) * np.pi / 180
             ang = np.arctan2(yr, xr)
             dang = np.angle(np.exp(1j * (ang - phi)))
-            thick = rng.uniform(3, 7) * np.sqrt(zwin(z0, rng.uniform(15, 30)))
+            thick = rng.uniform(4, 9) * np.sqrt(zwin(z0, rng.uniform(15, 30)))
             m = brain & (np.abs(dang) < width / 2) & (bdepth < thick * np.sqrt(np.clip(np.cos(dang / width * np.pi), 0.0, 1.0)))
             code = 5
         elif kind == "IPH":   # irregular blob in the parenchyma
-            r0 = rng.uniform(6, 14)
+            r0 = rng.uniform(10, 18)
             dist = rng.uniform(18, 35)
             px_, py_ = dist * ux * 0.8, dist * uy
             rr = np.sqrt(((xr - px_) / r0) ** 2 + ((yr - py_) / (r0 * rng.uniform(0.7, 1.3))) ** 2
@@ -290,7 +289,7 @@ def _bhsd_volume(rng: np.random.Generator, D: int, H: int, W: int, spacing: tupl
             m = brain & ~vent & (rr < 1.0 + wob) & (bdepth > 4.0)
             code = 2
         elif kind == "IVH":   # layering blood in the dependent (posterior) part of the ventricles
-            level = rng.uniform(-14, 4)
+            level = rng.uniform(-6, 8)
             m = vent & (yr < level)
             if not m.any():
                 m = vent & (yr < 10)
@@ -301,17 +300,20 @@ def _bhsd_volume(rng: np.random.Generator, D: int, H: int, W: int, spacing: tupl
                 a0 = rng.uniform(0, 2 * np.pi)
                 ang = np.arctan2(yr, xr)
                 dang = np.angle(np.exp(1j * (ang - a0)))
-                sul = (np.abs(dang) < rng.uniform(0.15, 0.35)) & (np.abs(bdepth - rng.uniform(3, 8)) < 0.6 * sx)
+                sul = (np.abs(dang) < rng.uniform(0.15, 0.35)) & (np.abs(bdepth - rng.uniform(3, 8)) < 1.0 * sx)
                 m |= brain & sul & (zwin(rng.uniform(bz_lo, bz_hi), rng.uniform(8, 20)) > 0)
             code = 4
         m = m & brain
-        hu = np.where(m, blood_hu(0), hu)
+        lo, hi = _BLOOD_HU[kind]
+        hu = np.where(m, rng.uniform(lo, hi), hu)
         lab[m] = code
     hu = hu + rng.normal(0.0, 4.0, hu.shape).astype(np.float32) * (hu > -900)
     return np.clip(np.round(hu), -1024, 3071).astype(np.int16), lab
 
 
 _KINDS = ("EDH", "IPH", "IVH", "SAH", "SDH")
+# Acute blood is 50-90 HU; thick clots (EDH, IPH) are densest, blood mixed with CSF (IVH, SAH) least dense.
+_BLOOD_HU = {"EDH": (72, 84), "IPH": (64, 78), "IVH": (48, 60), "SAH": (52, 64), "SDH": (58, 70)}
 
 
 def _hex(rng, n):
@@ -360,7 +362,7 @@ def make_bhsd(out: str, seed: int = 0, labeled: int = BHSD_DEMO["labeled"], unla
         D, H, W = ras_shape[2], ras_shape[1], ras_shape[0]
         spacing = (ras_zoom[2], ras_zoom[1], ras_zoom[0])
         if i < labeled:
-            bleeds = [] if i in no_bleed else list(vrng.choice(_KINDS, size=int(vrng.integers(1, 4)), replace=False))
+            bleeds = [] if i in no_bleed else list(vrng.choice(_KINDS, size=int(vrng.integers(2, 5)), replace=False))
             if i < len(_KINDS) and i not in no_bleed and _KINDS[i] not in bleeds:
                 bleeds.append(_KINDS[i])        # every type appears in the labeled set
         else:
