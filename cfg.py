@@ -202,7 +202,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-sched", type=lower_choice(("poly", "cosine", "none")), default="poly")
     g.add_argument("-warmup_iters", type=nonneg_int, default=0, help="linear learning-rate warm-up iterations")
     g.add_argument("-weight_decay", type=float, default=1e-4)
-    g.add_argument("-encoder_lr_mult", type=float, default=1.0, help="learning-rate multiplier of the image encoder")
+    g.add_argument("-encoder_lr_mult", type=float, default=1.0, help="learning-rate multiplier of the image encoder (0 freezes it: no backward through it)")
     g.add_argument("-cutmix_p", type=unit_float, default=0.5, help="probability of CutMix per strong view")
 
     g = p.add_argument_group("DFE")
