@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from dataset.transforms import sample_cutmix_partners
 from sam2_train.losses import bce_dice_loss, ce_dice_loss
@@ -83,8 +84,9 @@ class Student2D(nn.Module):
         prompts_l = choose_prompts(use_gt, gt_prompts(label_l, k, size), own)
         refined_l = net.refine(f_l, prompts_l)
         y = F.interpolate(label_l[:, None].float(), size=self.out_size, mode="nearest")[:, 0].long()
-        loss_x = (ce_dice_loss(upsample(coarse_l, self.out_size), y)
-                  + bce_dice_loss(upsample(refined_l, self.out_size), one_hot_fg(y, k), prompts_l.valid))
+        with record_function("sss.loss"):
+            loss_x = (ce_dice_loss(upsample(coarse_l, self.out_size), y)
+                      + bce_dice_loss(upsample(refined_l, self.out_size), one_hot_fg(y, k), prompts_l.valid))
         if u is None:
             return {"loss_x": loss_x}
 
@@ -96,8 +98,10 @@ class Student2D(nn.Module):
         fw = [mix(torch.cat([f[:n], f[:n]]), u.partner, u.box_masks) for f in feats]
         _, fs = net.enhance(fw, [f[n:] for f in feats])
         valid_px = u.conf >= self.tau_u
-        loss_u = (ce_dice_loss(net.coarse(fs), u.labels, valid_px)
-                  + bce_dice_loss(net.refine(fs, u.prompts), one_hot_fg(u.labels, k), u.prompts.valid, valid_px))
+        coarse_s, refined_s = net.coarse(fs), net.refine(fs, u.prompts)
+        with record_function("sss.loss"):
+            loss_u = (ce_dice_loss(coarse_s, u.labels, valid_px)
+                      + bce_dice_loss(refined_s, one_hot_fg(u.labels, k), u.prompts.valid, valid_px))
         return {"loss_x": loss_x, "loss_u": loss_u, "mask_ratio": valid_px.float().mean().detach()}
 
 

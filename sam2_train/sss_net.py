@@ -2,6 +2,8 @@
 
 Everything trainable lives in one ``nn.Module`` so that one state dict, one EMA copy and one DDP wrapper
 cover it. Shapes: B images, K foreground classes, S = image size, s = S/4 (coarse and low-res mask size).
+The ``sss.*`` ``record_function`` scopes (free when no profiler runs) let ``bench/bench_train.py`` split
+a step into encoder, DFE, head, PCSW and decoder time.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from sam2_train.build import build_sam2_base
 from sam2_train.coarse_head import CoarseHead
@@ -48,24 +51,28 @@ class SSSNet(nn.Module):
 
     def encode(self, images: torch.Tensor):
         """images (B,1|3,S,S) in [0,1] -> ImageFeatures (3 levels, no memory added)."""
-        return self.sam.encode(images)
+        with record_function("sss.encoder"):
+            return self.sam.encode(images)
 
     def enhance(self, feats_w: list[torch.Tensor], feats_s: list[torch.Tensor] | None = None):
         """DFE(W, S) -> (W', S'); with ``feats_s=None`` DFE(W=W) (labeled/test images). Identity without DFE."""
         if self.dfe is None:
             return feats_w, (feats_s if feats_s is not None else feats_w)
-        return self.dfe(feats_w, feats_s)
+        with record_function("sss.dfe"):
+            return self.dfe(feats_w, feats_s)
 
     def coarse(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """Coarse class logits (B,K+1,s,s)."""
-        return self.head(feats)
+        with record_function("sss.head"):
+            return self.head(feats)
 
     def refine(self, feats: list[torch.Tensor], prompts: SlicePrompts) -> torch.Tensor:
         """SAM-2 decoder with one object per class: refined mask logits (B,K,s,s); unprompted objects -> -inf-like."""
         click_labels = prompts.valid.to(torch.int32) * 2 - 1                 # 1 positive, -1 padding
-        out = self.sam.decode(feats, boxes=prompts.boxes, box_valid=prompts.valid,
-                              points=prompts.points.unsqueeze(2), point_labels=click_labels.unsqueeze(2))
-        return mask_unprompted(out.masks, prompts.valid)
+        with record_function("sss.decoder"):
+            out = self.sam.decode(feats, boxes=prompts.boxes, box_valid=prompts.valid,
+                                  points=prompts.points.unsqueeze(2), point_labels=click_labels.unsqueeze(2))
+            return mask_unprompted(out.masks, prompts.valid)
 
 
 NEG = -1e4  # logit given to objects without a prompt (float32/bf16-safe "minus infinity")
@@ -108,10 +115,8 @@ def prompts_from_probs(probs: torch.Tensor, image_size: int, cfg: PCSWConfig, us
     unconstrained per-slice boxes of the coarse argmax (the ``-pcsw 0`` ablation).
     """
     n, d = probs.shape[:2]
-    if use_pcsw:
-        p = pcsw_prompts(probs, body, cfg)
-    else:
-        p = coarse_box_prompts(probs, margin=cfg.margin)
+    with record_function("sss.pcsw"):
+        p = pcsw_prompts(probs, body, cfg) if use_pcsw else coarse_box_prompts(probs, margin=cfg.margin)
     boxes, points = p.scale_to(image_size)
     flat = lambda t: t.reshape(n * d, *t.shape[2:])  # noqa: E731
     return SlicePrompts(boxes=flat(boxes), points=flat(points), valid=flat(p.valid), masks=flat(p.masks))

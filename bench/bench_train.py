@@ -1,0 +1,147 @@
+"""Time one 2D training step of each method and split it into its parts, measured in one run.
+
+    python bench/bench_train.py                                   # demo data, Hiera-T @ 128 px, CPU or GPU
+    python bench/bench_train.py --steps 10 -- -dataset acdc -data_path ./data/ACDC -sam_config sam2_hiera_s \
+        -sam_ckpt ./checkpoints/sam2_hiera_small.pt -image_size 1024 -b 4 -b_u 4     # the paper settings (GPU)
+
+Everything after ``--`` is a train_2d.py flag (cfg.py). For each method it runs ``--warmup`` untimed steps
+then ``--steps`` timed ones and prints, per step: data loading, image encoder, DFE, coarse head, PCSW,
+prompt encoder + mask decoder, losses, backward, optimiser + EMA, and the rest (Python glue), each as
+seconds and as a share of the step; the share spent outside the model (data + PCSW + glue); images/s
+(labeled + unlabeled); and peak memory (CUDA allocator peak on a GPU, process peak RSS on CPU).
+Part times come from the ``sss.*`` ``record_function`` scopes of the model code (GPU time on CUDA).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+import warnings
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cfg  # noqa: E402
+from dataset import build_datasets  # noqa: E402
+from func_2d.train_step import Student2D, train_step  # noqa: E402
+from sam2_train import runtime  # noqa: E402
+from sam2_train.ema import ModelEMA  # noqa: E402
+from sam2_train.schedule import build_optimizer  # noqa: E402
+from sam2_train.sss_net import build_sss_net  # noqa: E402
+from sam2_train.trainer import _loader, _to  # noqa: E402
+
+PARTS = ("encoder", "dfe", "head", "pcsw", "decoder", "loss")
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def scope_times(prof, device) -> dict:
+    """Seconds per ``sss.<part>`` scope over the profiled steps (device time on CUDA)."""
+    out = dict.fromkeys(PARTS, 0.0)
+    for e in prof.key_averages():
+        if e.key.startswith("sss."):
+            part = e.key[4:]
+            us = getattr(e, "device_time_total", 0.0) if device.type == "cuda" else e.cpu_time_total
+            if part in out:
+                out[part] += us / 1e6
+    return out
+
+
+def bench_method(method: str, flags: list[str], steps: int, warmup: int) -> dict:
+    args = cfg.parse_args(flags + ["-method", method, "-distributed", "none"], script="2d")
+    device = runtime.select_device(args)
+    autocast = lambda: runtime.autocast(device, args.amp)  # noqa: E731
+    splits = build_datasets(args, "2d")
+    dist = runtime.DistInfo(rank=0, local_rank=0, world_size=1, is_main=True, device=device)
+    net = build_sss_net(args, splits.num_classes, device=device)
+    student = Student2D(net, args).to(device)
+    ema = ModelEMA(net, args.ema) if method != "supervised" and args.ema > 0 else None
+    teacher = ema.module if ema is not None else net
+    opt = build_optimizer(net, args)
+    it_l = iter(runtime.InfiniteLoader(_loader(splits.labeled, args.b, args, dist)))
+    semi = method != "supervised"
+    it_u = iter(runtime.InfiniteLoader(_loader(splits.unlabeled, max(1, args.b_u // args.slab_len), args, dist))) \
+        if semi else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    t = dict(data=0.0, forward=0.0, backward=0.0, optim=0.0)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    prof = None
+    for i in range(warmup + steps):
+        timed = i >= warmup
+        if timed and prof is None:
+            prof = profile(activities=acts)
+            prof.__enter__()
+        t0 = time.perf_counter()
+        batch_l = _to(next(it_l), device)
+        batch_u = _to(next(it_u), device) if semi else None
+        sync(device)
+        t1 = time.perf_counter()
+        out = train_step(student, teacher, batch_l, batch_u, args, i, autocast)
+        sync(device)
+        t2 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        sync(device)
+        t3 = time.perf_counter()
+        opt.step()
+        if ema is not None:
+            ema.update(net)
+        sync(device)
+        t4 = time.perf_counter()
+        if timed:
+            for key, dt in (("data", t1 - t0), ("forward", t2 - t1), ("backward", t3 - t2), ("optim", t4 - t3)):
+                t[key] += dt
+    prof.__exit__(None, None, None)
+    parts = {k: v / steps for k, v in scope_times(prof, device).items()}
+    per = {k: v / steps for k, v in t.items()}
+    step = per["data"] + per["forward"] + per["backward"] + per["optim"]
+    model_fwd = sum(parts[p] for p in PARTS if p != "pcsw")
+    glue = max(0.0, per["forward"] - model_fwd - parts["pcsw"])
+    images = args.b + (max(1, args.b_u // args.slab_len) * args.slab_len if semi else 0)
+    peak = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    return dict(method=method, device=str(device), step=step, data=per["data"], parts=parts, glue=glue,
+                backward=per["backward"], optim=per["optim"], images=images, peak_gib=peak,
+                peak_kind="CUDA allocator peak" if device.type == "cuda" else "process peak RSS",
+                outside=(per["data"] + parts["pcsw"] + glue) / step, setting=f"{args.sam_config} @ {args.image_size}px, "
+                f"b={args.b}" + (f" + {images - args.b} unlabeled" if semi else ""))
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    own, flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--methods", nargs="+", default=["supervised", "fixmatch", "sss"],
+                   choices=["supervised", "fixmatch", "sss"])
+    opts = p.parse_args(own)
+    warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")
+    rows = [bench_method(m, flags, opts.steps, opts.warmup) for m in opts.methods]
+    for r in rows:
+        s = r["step"]
+        print(f"\n== {r['method']}  ({r['setting']}, {r['device']}, {torch.get_num_threads()} CPU threads)")
+        print(f"step {s:.3f} s   {r['images'] / s:.1f} images/s   peak memory {r['peak_gib']:.2f} GiB ({r['peak_kind']})")
+        items = [("data", r["data"]), *[(k, r["parts"][k]) for k in PARTS], ("backward", r["backward"]),
+                 ("optimiser+EMA", r["optim"]), ("python glue", r["glue"])]
+        for name, v in items:
+            print(f"  {name:14s} {v:8.3f} s  {100 * v / s:5.1f} %")
+        print(f"  outside the model (data + PCSW + glue): {100 * r['outside']:.1f} % of the step")
+    if len(rows) > 1:
+        base = rows[0]["step"]
+        print("\nstep time relative to " + rows[0]["method"] + ": "
+              + ", ".join(f"{r['method']} {r['step'] / base:.2f}x" for r in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
