@@ -104,6 +104,7 @@ def test_labeled_clip_loss_falls():
     from func_3d.train_step import Student3D
     args = make_args("-p_gt", "1", "-prompt", "bbox", "-prompt_freq", "2", "-method", "supervised")
     net = make_net(args)
+    assert net.sam.sam.max_cond_frames_in_attn == args.memory_bank_size == 16     # -memory_bank_size in 3D
     student = Student3D(net, args)
     vol = torch.from_numpy(blob_volume(4, 64, 64, 0, 3))[:, None][None]            # (1,4,1,64,64)
     label = (vol[:, :, 0] > 0.7).long() * 2                                         # IPH on frames 0..2
