@@ -170,7 +170,12 @@ def eval_dir(run_dir: str, protocol: str, split: str) -> str:
 
 
 def eval_summary_path(run_dir: str, protocol: str, split: str) -> str | None:
-    found = sorted(glob.glob(os.path.join(eval_dir(run_dir, protocol, split), "*", "summary.json")))
+    """The newest evaluation of this (protocol, split) written after the run finished; an older one scored
+    checkpoints a resumed run has since replaced, and does not count."""
+    found = glob.glob(os.path.join(eval_dir(run_dir, protocol, split), "*", "summary.json"))
+    finished = os.path.join(run_dir, "summary.json")
+    since = os.path.getmtime(finished) if os.path.isfile(finished) else 0.0
+    found = [f for f in found if os.path.getmtime(f) >= since]
     return max(found, key=os.path.getmtime) if found else None
 
 
