@@ -131,12 +131,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="3D: prompt every k-th frame of a labeled training clip")
     g.add_argument("-pretrain", type=str, default=None,
                    help="initialise from a checkpoint of this project (strict load) before training")
-    g.add_argument("-val_freq", type=positive_int, default=1, help="validate every N epochs")
+    g.add_argument("-val_freq", type=positive_int, default=None, help="validate every N epochs (default 1; 3D demo 5)")
     g.add_argument("-gpu_device", type=nonneg_int, default=0, help="CUDA device index (single-process runs)")
     g.add_argument("-image_size", type=image_size, default=None,
                    help="model input size, a multiple of 32 (default 1024; demo 128)")
     g.add_argument("-out_size", type=positive_int, default=None,
-                   help="2D: size at which mask losses are computed (default: image_size)")
+                   help="size at which labeled mask losses are computed (default: image_size)")
     g.add_argument("-distributed", type=lower_choice(("none", "auto", "ddp")), default="auto",
                    help="auto: DDP when launched by torchrun, else single process")
     g.add_argument("-dataset", type=lower_choice(DATASETS), default="demo", help=f"one of {', '.join(DATASETS)}")
@@ -171,7 +171,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-max_bad_steps", type=positive_int, default=5,
                    help="stop after this many non-finite losses in a row (each is skipped)")
     _bool_flag(g, "-compile", False, "torch.compile the image encoder")
-    g.add_argument("-val_volumes", type=nonneg_int, default=0, help="validate on the first N volumes only (0 = all)")
+    g.add_argument("-val_volumes", type=nonneg_int, default=None,
+                   help="periodic validation on the first N volumes only (0 = all; default 0, 3D demo 2); "
+                        "the final evaluation always uses every volume")
 
     g = p.add_argument_group("data")
     g.add_argument("-labeled_num", type=positive_int, default=None,
@@ -225,14 +227,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 # Dataset-dependent defaults: (2D, 3D) where they differ.
 _DEFAULTS = {
-    "demo": dict(image_size=128, sam_config="sam2_hiera_t", sam_ckpt="none", lr=1e-3,
-                 epochs=None, max_iters=(300, 150), video_length=8, b=(4, 1), exp_name="demo"),
+    "demo": dict(image_size=128, sam_config="sam2_hiera_t", sam_ckpt="none", lr=1e-3, epochs=None,
+                 max_iters=(300, 150), video_length=8, b=(4, 1), exp_name="demo", val_freq=(1, 5),
+                 val_volumes=(0, 2)),
     "acdc": dict(image_size=1024, sam_config="sam2_hiera_s", sam_ckpt=None, lr=1e-4,
-                 epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="ACDC"),
+                 epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="ACDC", val_freq=1, val_volumes=0),
     "bhsd": dict(image_size=1024, sam_config="sam2_hiera_s", sam_ckpt=None, lr=1e-4,
-                 epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="BHSD"),
+                 epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="BHSD", val_freq=1, val_volumes=0),
     "custom": dict(image_size=1024, sam_config="sam2_hiera_s", sam_ckpt=None, lr=1e-4,
-                   epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="custom"),
+                   epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="custom", val_freq=1,
+                   val_volumes=0),
 }
 
 # Official checkpoint file for each built-in config name (see checkpoints/README.md).
@@ -253,7 +257,8 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
         if getattr(args, name) is None:
             setattr(args, name, pick(value) if isinstance(value, tuple) else value)
 
-    for name in ("image_size", "sam_config", "lr", "epochs", "max_iters", "video_length", "b", "exp_name"):
+    for name in ("image_size", "sam_config", "lr", "epochs", "max_iters", "video_length", "b", "exp_name",
+                 "val_freq", "val_volumes"):
         fill(name, d[name])
     if args.epochs is None:  # demo: the run length is set by -max_iters
         args.epochs = 1000

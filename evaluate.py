@@ -74,7 +74,7 @@ def main(argv=None) -> int:
                 setattr(args, key, getattr(opts, key))
         for key in ("device", "gpu_device", "amp"):
             setattr(args, key, getattr(opts, key))
-        args.distributed, args.val_volumes = "none", opts.max_volumes
+        args.distributed = "none"
         args.hu_window = tuple(args.hu_window)
         args.dfe_levels = tuple(args.dfe_levels)
         script = args.script
@@ -102,7 +102,8 @@ def main(argv=None) -> int:
         os.makedirs(out, exist_ok=True)
         save = prediction_writer(os.path.join(out, "predictions")) if opts.save_pred else None
         res = validate(pipeline, net, volumes, saved_classes, args, device,
-                       lambda: runtime.autocast(device, args.amp), split=opts.split, save_pred=save)
+                       lambda: runtime.autocast(device, args.amp), split=opts.split, save_pred=save,
+                       max_volumes=opts.max_volumes)
         summary = dict(res.summary, checkpoint=os.path.abspath(opts.ckpt), weights="ema" if use_ema else "student",
                        dataset=args.dataset, data_path=args.data_path)
         write_json_atomic(os.path.join(out, "summary.json"), summary)

@@ -69,17 +69,16 @@ def model_predictor(pipeline: Pipeline, net: SSSNet, args, device, autocast):
 
 
 def validate(pipeline: Pipeline, net: SSSNet, volumes, class_names, args, device, autocast, *, split: str,
-             vis_dir: str | None = None, save_pred=None):
+             vis_dir: str | None = None, save_pred=None, max_volumes: int = 0):
     """Evaluate ``net`` on whole volumes; returns an :class:`EvalResult`."""
     net.eval()
-    vis = []
     res = evaluate_volumes(volumes, model_predictor(pipeline, net, args, device, autocast), class_names,
-                           protocol=args.protocol if pipeline.script == "2d" else "volume", split=split, max_volumes=args.val_volumes, save_pred=save_pred,
-                           keep_predictions=vis_dir is not None)
-    if vis_dir is not None:
-        for item in volumes:
-            if item["name"] in res.predictions:
-                vis.append(save_overlays(vis_dir, item, res.predictions[item["name"]]))
+                           protocol=args.protocol if pipeline.script == "2d" else "volume", split=split,
+                           max_volumes=max_volumes, save_pred=save_pred, keep_predictions=vis_dir is not None)
+    if vis_dir is not None:  # overlays of the volumes just evaluated (labels drawn beside the prediction)
+        for i in range(len(res.predictions)):
+            item = volumes[i]
+            save_overlays(vis_dir, item, res.predictions[item["name"]])
     return res
 
 
@@ -201,8 +200,9 @@ def _train(args, pipeline: Pipeline) -> int:
             checkpoint("last", done)
         if done % val_every == 0 or done == total:
             if dist.is_main:
+                vis_dir = os.path.join(run_dir.vis_dir, f"iter{done:06d}") if args.vis else None
                 res = validate(pipeline, eval_net(), splits.val, args.class_names, args, device, autocast,
-                               split="val", vis_dir=os.path.join(run_dir.vis_dir, f"iter{done:06d}") if args.vis else None)
+                               split="val", max_volumes=args.val_volumes, vis_dir=vis_dir)
                 dice = res.summary["dice"]["mean"]
                 run_dir.append_metrics_row({"iteration": done, "epoch": done / iters_per_epoch,
                                             **{f"{m}_{c}": res.summary[m][c] for m in ("dice", "jaccard", "hd95", "asd")
