@@ -8,7 +8,6 @@ S image size, s = S/4 coarse/low-res size.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +18,8 @@ from torch.profiler import record_function
 from dataset.transforms import sample_cutmix_partners
 from sam2_train.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.pcsw import PCSWConfig
-from sam2_train.semi import (body_mask, choose_prompts, gt_prompts, lambda_u, mix, mix_prompts, one_hot_fg,
-                             sample_box_masks)
+from sam2_train.semi import (body_mask, choose_prompts, gt_prompts, mix, mix_prompts, one_hot_fg,
+                             sample_box_masks, strong_view_features, total_loss)
 from sam2_train.sss_net import SlicePrompts, SSSNet, prompts_from_probs, pseudo_labels, upsample
 
 
@@ -90,13 +89,8 @@ class Student2D(nn.Module):
         if u is None:
             return {"loss_x": loss_x}
 
-        # Unlabeled: weak + mixed strong views through the encoder (no autograd by default), the weak
-        # features mixed like the strong images so DFE(W, S1), DFE(W, S2) pair aligned pixels.
-        n = u.images.shape[0] // 3
-        with contextlib.nullcontext() if self.unsup_encoder_grad else torch.no_grad():
-            feats = net.encode(u.images).feats
-        fw = [mix(torch.cat([f[:n], f[:n]]), u.partner, u.box_masks) for f in feats]
-        _, fs = net.enhance(fw, [f[n:] for f in feats])
+        # Unlabeled: weak + mixed strong views through the encoder (no autograd by default), DFE(W, S1/S2).
+        _, fs = strong_view_features(net, u.images, u.partner, u.box_masks, self.unsup_encoder_grad)
         valid_px = u.conf >= self.tau_u
         coarse_s, refined_s = net.coarse(fs), net.refine(fs, u.prompts)
         with record_function("sss.loss"):
@@ -114,5 +108,4 @@ def train_step(student: nn.Module, teacher: SSSNet | None, batch_l: dict, batch_
             targets = teacher_targets(teacher, batch_u, args.slab_len, PCSWConfig.from_args(args),
                                       bool(args.pcsw), args.cutmix_p)
         out = student(batch_l["image"], batch_l["label"], targets)
-    out["loss"] = out["loss_x"] + (lambda_u(args, iteration) * out["loss_u"] if "loss_u" in out else 0.0)
-    return out
+    return total_loss(out, args, iteration)

@@ -21,7 +21,6 @@ several (frames and objects are always batched).
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -32,8 +31,8 @@ from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from sam2_train.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.pcsw import PCSWConfig
 from sam2_train.sam2_model import ImageFeatures, upsample_logits
-from sam2_train.semi import (body_mask, choose_prompts, clip_cutmix_partners, gt_prompts, lambda_u, mix,
-                             mix_prompts, one_hot_fg, sample_box_masks, thin_prompt_frames)
+from sam2_train.semi import (body_mask, choose_prompts, clip_cutmix_partners, gt_prompts, mix, mix_prompts,
+                             one_hot_fg, sample_box_masks, strong_view_features, thin_prompt_frames, total_loss)
 from sam2_train.sss_net import NEG, SlicePrompts, SSSNet, prompts_from_probs, pseudo_labels, upsample
 
 
@@ -193,12 +192,7 @@ class Student3D(nn.Module):
 
         # Unlabeled: weak + mixed strong clips through the encoder (no autograd by default), the weak
         # features mixed like the strong images so DFE(W, S1), DFE(W, S2) pair aligned pixels.
-        n = u.images.shape[0] // 3
-        with contextlib.nullcontext() if self.unsup_encoder_grad else torch.no_grad():
-            enc_u = net.encode(u.images)
-        feats = enc_u.feats
-        fw = [mix(torch.cat([f[:n], f[:n]]), u.partner, u.box_masks) for f in feats]
-        _, fs = net.enhance(fw, [f[n:] for f in feats])
+        enc_u, fs = strong_view_features(net, u.images, u.partner, u.box_masks, self.unsup_encoder_grad)
         valid_px = u.conf >= self.tau_u
         tracked_u = track_clips(net, enc_u.replace(fs), u.prompts, u.num_clips)
         loss_u = (ce_dice_loss(net.coarse(fs), u.labels, valid_px)
@@ -215,5 +209,4 @@ def train_step(student: nn.Module, teacher: SSSNet | None, batch_l: dict, batch_
             targets = teacher_targets(teacher, batch_u, PCSWConfig.from_args(args), bool(args.pcsw),
                                       args.cutmix_p, args.prompt_freq)
         out = student(batch_l["image"], batch_l["label"], targets)
-    out["loss"] = out["loss_x"] + (lambda_u(args, iteration) * out["loss_u"] if "loss_u" in out else 0.0)
-    return out
+    return total_loss(out, args, iteration)

@@ -4,6 +4,7 @@ s = S/4 coarse size.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -122,3 +123,25 @@ def clip_cutmix_partners(num_clips: int, length: int, device=None) -> torch.Tens
     else:
         idx = (length - 1 - t)[None]
     return idx.flatten().to(device)
+
+
+def strong_view_features(net, images: torch.Tensor, partner: torch.Tensor, box_masks: torch.Tensor,
+                         encoder_grad: bool):
+    """Student features of the unlabeled views: images (3N,1,S,S) = weak, mixed strong 1, mixed strong 2.
+
+    The encoder runs without autograd unless ``encoder_grad``; the weak features are CutMix-ed like the
+    strong images (``partner`` (2N,), ``box_masks`` (2N,S,S)) so DFE(W, S1), DFE(W, S2) pair aligned pixels.
+    Returns (ImageFeatures of all 3N images, DFE-enhanced strong features: 3 levels of (2N,...)).
+    """
+    n = images.shape[0] // 3
+    with contextlib.nullcontext() if encoder_grad else torch.no_grad():
+        enc = net.encode(images)
+    fw = [mix(torch.cat([f[:n], f[:n]]), partner, box_masks) for f in enc.feats]
+    _, fs = net.enhance(fw, [f[n:] for f in enc.feats])
+    return enc, fs
+
+
+def total_loss(out: dict, args, iteration: int) -> dict:
+    """Adds ``out["loss"] = loss_x + lambda_u(iteration) * loss_u`` (loss_x alone without unlabeled data)."""
+    out["loss"] = out["loss_x"] + (lambda_u(args, iteration) * out["loss_u"] if "loss_u" in out else 0.0)
+    return out
