@@ -200,7 +200,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-sched", type=lower_choice(("poly", "cosine", "none")), default="poly")
     g.add_argument("-warmup_iters", type=nonneg_int, default=0, help="linear learning-rate warm-up iterations")
     g.add_argument("-weight_decay", type=float, default=1e-4)
-    g.add_argument("-encoder_lr_mult", type=float, default=1.0, help="learning-rate multiplier of the image encoder (0 freezes it: no backward through it)")
+    g.add_argument("-encoder_lr_mult", type=float, default=None,
+                   help="learning-rate multiplier of the image encoder; 0 freezes it (no backward through it). "
+                        "Default 1; demo 0: a randomly initialised Hiera does not train from scratch in minutes")
     g.add_argument("-cutmix_p", type=unit_float, default=0.5, help="probability of CutMix per strong view")
 
     g = p.add_argument_group("DFE")
@@ -218,6 +220,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-pcsw_min_area", type=unit_float, default=0.0, help="smallest per-slice area, fraction of the slice")
     g.add_argument("-pcsw_max_area", type=unit_float, default=0.5, help="largest per-slice area, fraction of the slice")
     g.add_argument("-pcsw_margin", type=nonneg_int, default=2, help="box margin in coarse-map pixels")
+    g.add_argument("-pcsw_select", type=lower_choice(("longest", "continuity")), default="longest",
+                   help="accepted window: the longest with C >= tau, or the one with the highest C")
     return p
 
 
@@ -225,14 +229,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 _DEFAULTS = {
     "demo": dict(image_size=128, sam_config="sam2_hiera_t", sam_ckpt="none", lr=1e-3, epochs=None,
                  max_iters=(300, 150), video_length=8, b=(4, 1), exp_name="demo", val_freq=(1, 5),
-                 val_volumes=(0, 2)),
+                 val_volumes=(0, 2), encoder_lr_mult=0.0),
     "acdc": dict(image_size=1024, sam_config="sam2_hiera_s", sam_ckpt=None, lr=1e-4,
-                 epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="ACDC", val_freq=1, val_volumes=0),
+                 epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="ACDC", val_freq=1, val_volumes=0,
+                 encoder_lr_mult=1.0),
     "bhsd": dict(image_size=1024, sam_config="sam2_hiera_s", sam_ckpt=None, lr=1e-4,
-                 epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="BHSD", val_freq=1, val_volumes=0),
+                 epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="BHSD", val_freq=1, val_volumes=0,
+                 encoder_lr_mult=1.0),
     "custom": dict(image_size=1024, sam_config="sam2_hiera_s", sam_ckpt=None, lr=1e-4,
                    epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="custom", val_freq=1,
-                   val_volumes=0),
+                   val_volumes=0, encoder_lr_mult=1.0),
 }
 
 # Official checkpoint file for each built-in config name (see checkpoints/README.md).
@@ -254,7 +260,7 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
             setattr(args, name, pick(value) if isinstance(value, tuple) else value)
 
     for name in ("image_size", "sam_config", "lr", "epochs", "max_iters", "video_length", "b", "exp_name",
-                 "val_freq", "val_volumes"):
+                 "val_freq", "val_volumes", "encoder_lr_mult"):
         fill(name, d[name])
     if args.epochs is None:  # demo: the run length is set by -max_iters
         args.epochs = 1000

@@ -29,8 +29,12 @@ Algorithm (per slab ``n`` and class ``k`` = one "group"; all groups are processe
    A window is *eligible* only if its largest component is present on every slice of the window (the
    cross-slice continuity constraint: without it a window whose only content sits on one slice would
    score ``C = 1``, and a structure that flickers on alternate slices would be accepted).
-   The best eligible window has the highest ``C``; ties go to the longest window, then to the one whose
-   largest component has the most voxels inside it, then to the earliest. It is accepted iff ``C >= tau``.
+   The accepted window (``select``, flag ``-pcsw_select``): ``longest`` (default) takes the longest
+   eligible window with ``C >= tau``, ties to the highest ``C``: the widest run of slices that is still
+   continuous, so the most slices get a prompt (2D inference has no memory to carry masks to unprompted
+   slices); ``continuity`` takes the eligible window with the highest ``C``, ties to the longest, and
+   accepts it iff ``C >= tau``. Remaining ties go to the window whose largest component has the most
+   voxels inside it, then to the earliest.
 5. **Prompts**: for every slice of the accepted window on which the window's largest component is
    present: the component's tight box on that slice grown by ``margin`` pixels and clipped to the map,
    and its most confident pixel (argmax of ``p_k`` inside the component on that slice). A group without
@@ -78,6 +82,7 @@ class PCSWConfig:
     margin: int = 2
     body_frac: float = 0.5
     enabled: bool = True  # False: the "-pcsw 0" ablation, unconstrained per-slice argmax boxes
+    select: str = "longest"  # window choice: "longest" passing window, or highest "continuity"
 
     @classmethod
     def from_args(cls, args) -> "PCSWConfig":
@@ -85,7 +90,7 @@ class PCSWConfig:
         return cls(thresh=args.pcsw_thresh, tau=args.pcsw_tau, tau_conf=args.pcsw_tau_conf,
                    min_len=args.pcsw_min_len, max_len=args.pcsw_max_len, min_voxels=args.pcsw_min_voxels,
                    min_area=args.pcsw_min_area, max_area=args.pcsw_max_area, margin=args.pcsw_margin,
-                   enabled=bool(getattr(args, "pcsw", True)))
+                   enabled=bool(getattr(args, "pcsw", True)), select=getattr(args, "pcsw_select", "longest"))
 
     def window_lengths(self, depth: int) -> tuple[int, int]:
         """``(N_min, N_max)`` actually used for a slab of ``depth`` slices."""
@@ -252,14 +257,20 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
             cont = np.where(tot > 0, big / np.maximum(tot, 1), 0.0)
             cont[cover < wl[None]] = -1.0                          # not eligible: gaps in the window
             cmax = cont.max(1)
-            cand = cont >= cmax[:, None]
-            lens = np.where(cand, wl[None], -1)
-            cand &= lens == lens.max(1, keepdims=True)
-            best = np.where(cand, big, -1).argmax(1)               # first maximum -> earliest window
+            if cfg.select == "longest":                            # longest window with C >= tau, then highest C
+                cand = cont >= cfg.tau
+                lens = np.where(cand, wl[None], -1)
+                cand &= lens == lens.max(1, keepdims=True)
+                cand &= cont >= np.where(cand, cont, -2.0).max(1, keepdims=True)
+            else:                                                  # highest C, then the longest window
+                cand = cont >= cmax[:, None]
+                lens = np.where(cand, wl[None], -1)
+                cand &= lens == lens.max(1, keepdims=True)
+            best = np.where(cand, big, -1).argmax(1)               # most voxels, then the earliest window
             ar = np.arange(G)
             gfirst = np.zeros(G, dtype=np.int64)
             gfirst[gk] = gstart
-            ok = (cmax >= cfg.tau) & (tot[ar, best] > 0)
+            ok = (cmax >= cfg.tau) & cand[ar, best] & (tot[ar, best] > 0)
             score = np.maximum(cmax, 0).astype(np.float32)
             acc_label = np.where(ok, kl[np.minimum(gfirst + which[ar, best], m - 1)], 0)
             best_s = np.where(ok, ws[best], -1)

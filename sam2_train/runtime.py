@@ -25,6 +25,7 @@ Typical use in a training script::
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import math
 import os
@@ -218,7 +219,9 @@ def init_distributed(args) -> DistInfo:
                 raise RuntimeError(f"distributed run without {name} in the environment; launch with torchrun")
         backend = "nccl" if device.type == "cuda" else "gloo"
         kw = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend, init_method="env://", **kw)
+        # rank 0 validates whole volumes while the others wait at a barrier: allow longer than the
+        # default 10 minutes (a 1024-px validation of a large split can take that long)
+        dist.init_process_group(backend=backend, init_method="env://", timeout=datetime.timedelta(hours=2), **kw)
     rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = _env_int("LOCAL_RANK")
     if local_rank is None:

@@ -177,9 +177,10 @@ def _train(args, pipeline: Pipeline) -> int:
         batch_u = _to(next(it_u), device) if semi else None
         out = pipeline.step(student, teacher, batch_l, batch_u, args, it, autocast)
         optimizer.zero_grad(set_to_none=True)
-        if guard.check(out["loss"], it):
-            out["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        out["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        # one host sync per step: skip the update when the loss or any gradient is not finite
+        if guard.check(out["loss"].detach().float() + grad_norm, it):
             optimizer.step()
             if ema is not None:
                 ema.update(net)

@@ -37,6 +37,8 @@ def test_bool_flag_alone_means_on_and_omitted_means_off():
 def test_demo_defaults_are_small():
     a = cfg.parse_args([])
     assert a.dataset == "demo" and a.image_size == 128 and a.sam_ckpt == "none" and a.sam_config == "sam2_hiera_t"
+    assert a.encoder_lr_mult == 0.0  # random Hiera frozen on the demo; trained on real data
+    assert cfg.parse_args(["-dataset", "acdc"]).encoder_lr_mult == 1.0
     assert cfg.parse_args([], script="3d").data_path.endswith("demo_bhsd")
 
 

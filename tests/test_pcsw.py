@@ -67,16 +67,21 @@ def test_flicker_rejected_and_continuity_window():
     lab[0::2, 4:10, 4:10] = 1          # class 1 flickers: slices 0, 2, 4
     lab[:, 20:28, 20:28] = 2           # class 2 continuous on all 6 slices ...
     lab[5, 2:6, 24:30] = 2             # ... plus a second small blob on slice 5 only
+    # default select="longest": the longest window with C >= tau is the full one (C = 384/408 = 0.94)
     out = pcsw_prompts(probs_from(lab), cfg=cfg())
     assert not out.valid[:, 0].any()
     assert out.windows[0].tolist() == [-1, -1]
-    # class 2: the full window has C = 384/408 < 1; the best is [0, 5) (C = 1), the longest with C = 1
+    assert out.windows[1].tolist() == [0, 6] and out.valid[:, 1].all()
+    torch.testing.assert_close(out.boxes[5, 1], torch.tensor([20, 20, 28, 28], dtype=torch.float32))
+    # select="continuity": the full window has C = 384/408 < 1; the best is [0, 5) (C = 1), the longest with C = 1
+    out = pcsw_prompts(probs_from(lab), cfg=cfg(select="continuity"))
+    assert not out.valid[:, 0].any()
     assert out.windows[1].tolist() == [0, 5]
     assert out.valid[:, 1].tolist() == [True] * 5 + [False]
     torch.testing.assert_close(out.boxes[:5, 1], torch.tensor([[20, 20, 28, 28]] * 5, dtype=torch.float32))
     assert not out.masks[5].any() and not out.boxes[5].any()
     # with -pcsw_max_len 3 the window is a length-3 one starting at slice 0 (earliest of the ties)
-    out = pcsw_prompts(probs_from(lab), cfg=cfg(max_len=3))
+    out = pcsw_prompts(probs_from(lab), cfg=cfg(max_len=3, select="continuity"))
     assert out.windows[1].tolist() == [0, 3]
     # if the flickering class had continuous slices it would be accepted (same shapes)
     lab[1, 4:10, 4:10] = 1
