@@ -1,0 +1,80 @@
+"""Time and peak memory of the label-free 3D evaluation of one volume (streamed SAM-2 memory).
+
+    python bench/bench_eval_3d.py                                      # 512x512x60 volume, Hiera-T @ 128 px, CPU
+    python bench/bench_eval_3d.py --size 512 512 60 -- -sam_config sam2_hiera_s -image_size 1024 -device cuda
+
+Everything after ``--`` is a train_3d.py flag (cfg.py). The volume is a synthetic CT-like phantom in [0,1];
+the coarse head's bias makes class 1 win everywhere and the prompts are the unconstrained boxes (``-pcsw 0``),
+so every slice is prompted (the worst case for the memory bank: all frames become conditioning frames,
+thinned by -prompt_freq) while all ``--classes`` objects are tracked. Prints seconds per volume and
+peak memory: the CUDA allocator peak on a GPU, the growth of the process peak RSS on CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cfg  # noqa: E402
+from func_3d.pipeline import PIPELINE_3D  # noqa: E402
+from sam2_train import runtime  # noqa: E402
+from sam2_train.sss_net import build_sss_net  # noqa: E402
+
+
+def phantom(h: int, w: int, d: int) -> np.ndarray:
+    """(D,H,W) head-like ellipse with a bright blob, values in [0,1]."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    head = ((yy - h / 2) / (0.42 * h)) ** 2 + ((xx - w / 2) / (0.36 * w)) ** 2 < 1
+    blob = ((yy - 0.4 * h) / (0.08 * h)) ** 2 + ((xx - 0.55 * w) / (0.06 * w)) ** 2 < 1
+    sl = (0.4 * head + 0.5 * blob).astype(np.float32)
+    return np.repeat(sl[None], d, axis=0)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    own, flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, nargs=3, default=(512, 512, 60), metavar=("H", "W", "D"))
+    p.add_argument("--classes", type=int, default=5)
+    opts = p.parse_args(own)
+    warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")
+    args = cfg.parse_args(["-dataset", "demo", "-distributed", "none", "-pcsw", "0", *flags], script="3d")
+    device = runtime.select_device(args)
+    net = build_sss_net(args, opts.classes, device=device)
+    with torch.no_grad():   # class 1 wins everywhere: every slice gets a prompt
+        net.head.cls.bias.copy_(torch.tensor([0.0, 8.0] + [0.0] * (opts.classes - 1)))
+    h, w, d = opts.size
+    image = phantom(h, w, d)
+    autocast = lambda: runtime.autocast(device, args.amp)  # noqa: E731
+    PIPELINE_3D.predict(net, image[:2], None, args, device, autocast)          # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    pred = PIPELINE_3D.predict(net, image, None, args, device, autocast)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    dt = time.perf_counter() - t0
+    print(f"volume {h}x{w}x{d}, {args.sam_config} @ {args.image_size}px, {opts.classes} classes, "
+          f"prompt_freq {args.prompt_freq}, {device}: {dt:.1f} s per volume, {dt / d:.2f} s per slice, "
+          f"foreground {100 * (pred > 0).mean():.1f}%")
+    if device.type == "cuda":
+        print(f"peak CUDA memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB "
+              f"(weights and buffers before the volume: {base / 2**30:.2f} GiB)")
+    print(f"process peak RSS grew by {(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 2**10:.0f} MiB "
+          f"during the volume (peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
