@@ -8,6 +8,7 @@ S image size, s = S/4 coarse/low-res size.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,7 @@ from dataset.transforms import sample_cutmix_partners
 from sam2_train.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.pcsw import PCSWConfig
 from sam2_train.semi import (body_mask, choose_prompts, gt_prompts, mix, mix_prompts, one_hot_fg,
-                             sample_box_masks, strong_view_features, total_loss)
+                             run_step, sample_box_masks, strong_view_features)
 from sam2_train.sss_net import SlicePrompts, SSSNet, prompts_from_probs, pseudo_labels, upsample
 
 
@@ -99,13 +100,10 @@ class Student2D(nn.Module):
         return {"loss_x": loss_x, "loss_u": loss_u, "mask_ratio": valid_px.float().mean().detach()}
 
 
-def train_step(student: nn.Module, teacher: SSSNet | None, batch_l: dict, batch_u: dict | None, args,
-               iteration: int, autocast) -> dict:
-    """Forward of one iteration; returns {"loss": total, ...terms}. The caller steps the optimiser."""
-    with autocast():
-        targets = None
-        if batch_u is not None and args.method != "supervised":
-            targets = teacher_targets(teacher, batch_u, args.slab_len, PCSWConfig.from_args(args),
-                                      bool(args.pcsw), args.cutmix_p)
-        out = student(batch_l["image"], batch_l["label"], targets)
-    return total_loss(out, args, iteration)
+def unlabeled_targets(teacher: SSSNet, batch_u: dict, args) -> UnlabeledTargets:
+    """:func:`teacher_targets` with the settings of ``args``."""
+    return teacher_targets(teacher, batch_u, args.slab_len, PCSWConfig.from_args(args), bool(args.pcsw), args.cutmix_p)
+
+
+# train_step(student, teacher, batch_l, batch_u, args, iteration, autocast) -> {"loss", ...}
+train_step = functools.partial(run_step, unlabeled_targets)

@@ -21,6 +21,7 @@ several (frames and objects are always batched).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +33,7 @@ from sam2_train.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.pcsw import PCSWConfig
 from sam2_train.sam2_model import ImageFeatures, upsample_logits
 from sam2_train.semi import (body_mask, choose_prompts, clip_cutmix_partners, gt_prompts, mix, mix_prompts,
-                             one_hot_fg, sample_box_masks, strong_view_features, thin_prompt_frames, total_loss)
+                             one_hot_fg, run_step, sample_box_masks, strong_view_features, thin_prompt_frames)
 from sam2_train.sss_net import NEG, SlicePrompts, SSSNet, prompts_from_probs, pseudo_labels, upsample
 
 
@@ -200,13 +201,11 @@ class Student3D(nn.Module):
         return {"loss_x": loss_x, "loss_u": loss_u, "mask_ratio": valid_px.float().mean().detach()}
 
 
-def train_step(student: nn.Module, teacher: SSSNet | None, batch_l: dict, batch_u: dict | None, args,
-               iteration: int, autocast) -> dict:
-    """Forward of one iteration; returns {"loss": total, ...terms}. The caller steps the optimiser."""
-    with autocast():
-        targets = None
-        if batch_u is not None and args.method != "supervised":
-            targets = teacher_targets(teacher, batch_u, PCSWConfig.from_args(args), bool(args.pcsw),
-                                      args.cutmix_p, args.prompt_freq)
-        out = student(batch_l["image"], batch_l["label"], targets)
-    return total_loss(out, args, iteration)
+def unlabeled_targets(teacher: SSSNet, batch_u: dict, args):
+    """:func:`teacher_targets` with the settings of ``args``."""
+    return teacher_targets(teacher, batch_u, PCSWConfig.from_args(args), bool(args.pcsw), args.cutmix_p,
+                           args.prompt_freq)
+
+
+# train_step(student, teacher, batch_l, batch_u, args, iteration, autocast) -> {"loss", ...}
+train_step = functools.partial(run_step, unlabeled_targets)

@@ -145,3 +145,16 @@ def total_loss(out: dict, args, iteration: int) -> dict:
     """Adds ``out["loss"] = loss_x + lambda_u(iteration) * loss_u`` (loss_x alone without unlabeled data)."""
     out["loss"] = out["loss_x"] + (lambda_u(args, iteration) * out["loss_u"] if "loss_u" in out else 0.0)
     return out
+
+
+def run_step(make_targets, student, teacher, batch_l: dict, batch_u: dict | None, args, iteration: int,
+             autocast) -> dict:
+    """Forward of one iteration (2D or 3D): teacher targets for the unlabeled batch (``make_targets(teacher,
+    batch_u, args)``, skipped for ``-method supervised``), then the student; returns {"loss", ...terms}.
+    The caller steps the optimiser."""
+    with autocast():
+        targets = None
+        if batch_u is not None and args.method != "supervised":
+            targets = make_targets(teacher, batch_u, args)
+        out = student(batch_l["image"], batch_l["label"], targets)
+    return total_loss(out, args, iteration)
