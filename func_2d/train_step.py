@@ -19,8 +19,8 @@ from torch.profiler import record_function
 from dataset.transforms import sample_cutmix_partners
 from sam2_train.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.pcsw import PCSWConfig
-from sam2_train.semi import (body_mask, choose_prompts, gt_prompts, mix, mix_prompts, one_hot_fg,
-                             run_step, sample_box_masks, strong_view_features)
+from sam2_train.semi import (body_mask, choose_prompts, gt_prompts, mix_strong_views, one_hot_fg, run_step,
+                             sample_box_masks, strong_view_features)
 from sam2_train.sss_net import SlicePrompts, SSSNet, prompts_from_probs, pseudo_labels, upsample
 
 
@@ -55,12 +55,7 @@ def teacher_targets(teacher: SSSNet, views: dict, slab_len: int, cfg: PCSWConfig
     # partner: for each row of the stacked (view 1, view 2) batch, a row of the same view.
     partner = torch.cat([sample_cutmix_partners(n), sample_cutmix_partners(n) + n]).to(xw.device)  # (2N,)
     box_masks = sample_box_masks(2 * n, size, cutmix_p, xw.device)                                # (2N,S,S)
-    rep = lambda t: torch.cat([t, t])                                                             # noqa: E731
-    return UnlabeledTargets(
-        images=torch.cat([xw, mix(torch.cat([xs1, xs2]), partner, box_masks)]), box_masks=box_masks,
-        partner=partner, labels=mix(rep(labels), partner, box_masks), conf=mix(rep(conf), partner, box_masks),
-        prompts=mix_prompts(SlicePrompts(rep(prompts.boxes), rep(prompts.points), rep(prompts.valid),
-                                         rep(prompts.masks)), partner, box_masks, size, cfg.margin))
+    return UnlabeledTargets(**mix_strong_views(xw, xs1, xs2, labels, conf, prompts, partner, box_masks, cfg.margin))
 
 
 class Student2D(nn.Module):

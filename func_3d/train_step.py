@@ -32,7 +32,7 @@ from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from sam2_train.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.pcsw import PCSWConfig
 from sam2_train.sam2_model import ImageFeatures, upsample_logits
-from sam2_train.semi import (body_mask, choose_prompts, clip_cutmix_partners, gt_prompts, mix, mix_prompts,
+from sam2_train.semi import (body_mask, choose_prompts, clip_cutmix_partners, gt_prompts, mix_strong_views,
                              one_hot_fg, run_step, sample_box_masks, strong_view_features, thin_prompt_frames)
 from sam2_train.sss_net import NEG, SlicePrompts, SSSNet, prompts_from_probs, pseudo_labels, upsample
 
@@ -139,13 +139,8 @@ def teacher_targets(teacher: SSSNet, views: dict, cfg: PCSWConfig, use_pcsw: boo
     # same clip reversed when there is one clip); images, pseudo-labels, confidences and prompts alike.
     partner = torch.cat([clip_cutmix_partners(bu, t, xw.device), clip_cutmix_partners(bu, t, xw.device) + n])
     box_masks = sample_box_masks(2 * bu, size, cutmix_p, xw.device).repeat_interleave(t, dim=0)  # (2N,S,S)
-    rep = lambda x: torch.cat([x, x])                                                             # noqa: E731
-    return UnlabeledTargets(
-        images=torch.cat([xw, mix(torch.cat([xs1, xs2]), partner, box_masks)]), box_masks=box_masks,
-        partner=partner, labels=mix(rep(labels), partner, box_masks), conf=mix(rep(conf), partner, box_masks),
-        prompts=mix_prompts(SlicePrompts(rep(prompts.boxes), rep(prompts.points), rep(prompts.valid),
-                                         rep(prompts.masks)), partner, box_masks, size, cfg.margin),
-        num_clips=2 * bu)
+    return UnlabeledTargets(**mix_strong_views(xw, xs1, xs2, labels, conf, prompts, partner, box_masks, cfg.margin),
+                            num_clips=2 * bu)
 
 
 class Student3D(nn.Module):
@@ -166,7 +161,7 @@ class Student3D(nn.Module):
         of the classes present on the frame; otherwise the PCSW (box + point) prompts of the clip's own
         coarse probabilities ``probs`` (N,K+1,s,s).
         """
-        net, k, size = self.net, self.net.num_classes, self.net.image_size
+        k, size = self.net.num_classes, self.net.image_size
         s = probs.shape[-1]
         own = prompts_from_probs(probs.view(b, t, *probs.shape[1:]), size, self.pcsw_cfg, self.use_pcsw,
                                  body=body_mask(images, s).view(b, t, s, s))

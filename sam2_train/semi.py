@@ -86,6 +86,23 @@ def mix_prompts(prompts: SlicePrompts, partner: torch.Tensor, box_masks: torch.T
     return SlicePrompts(boxes=boxes, points=points, valid=valid, masks=masks)
 
 
+def mix_strong_views(xw: torch.Tensor, xs1: torch.Tensor, xs2: torch.Tensor, labels: torch.Tensor,
+                     conf: torch.Tensor, prompts: SlicePrompts, partner: torch.Tensor, box_masks: torch.Tensor,
+                     margin: int) -> dict:
+    """The teacher's weak-view targets carried to both CutMix-ed strong views (rows: view 1 then view 2).
+
+    xw, xs1, xs2 (N,1,S,S); labels, conf (N,s,s); prompts (N,K); partner (2N,) rows of the stacked strong
+    views (a row of the same view); box_masks (2N,S,S). Returns the fields ``images`` (3N: weak, mixed
+    strong 1, mixed strong 2), ``box_masks``, ``partner``, ``labels``, ``conf``, ``prompts`` (2N), all mixed
+    by the same boxes.
+    """
+    rep = lambda t: torch.cat([t, t])                                                             # noqa: E731
+    return dict(images=torch.cat([xw, mix(torch.cat([xs1, xs2]), partner, box_masks)]), box_masks=box_masks,
+                partner=partner, labels=mix(rep(labels), partner, box_masks), conf=mix(rep(conf), partner, box_masks),
+                prompts=mix_prompts(SlicePrompts(rep(prompts.boxes), rep(prompts.points), rep(prompts.valid),
+                                                 rep(prompts.masks)), partner, box_masks, xw.shape[-1], margin))
+
+
 def lambda_u(args, iteration: int) -> float:
     """Unlabeled-loss weight with optional sigmoid ramp-up (Laine & Aila) over ``-rampup`` iterations."""
     if args.rampup <= 0:

@@ -11,12 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from tests.test_train_2d import run_dirs, scalar_series
+from tests.test_train_2d import kill_after_first_checkpoint, run_dirs, scalar_series
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "sam2_train", "configs", "sam2_hiera_test.yaml")
@@ -54,19 +53,9 @@ def test_train_3d_kill9_and_resume_continue_exactly(bhsd_root, tmp_path):
     assert sorted(reference) == [1, 2, 3, 4]
 
     log_dir = tmp_path / "logs"
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_3d.py"), *args_3d(bhsd_root, log_dir)],
-                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, ckpt = time.time() + 300, None
-    while time.time() < deadline and proc.poll() is None:
-        dirs = run_dirs(log_dir) if log_dir.exists() else []
-        if dirs and os.path.exists(os.path.join(dirs[0], "checkpoints", "last.pt")):
-            ckpt = os.path.join(dirs[0], "checkpoints", "last.pt")
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ckpt, returncode = kill_after_first_checkpoint("train_3d.py", args_3d(bhsd_root, log_dir), log_dir, env=ENV)
     assert ckpt is not None, "no checkpoint appeared before the run ended"
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert torch.load(ckpt, weights_only=True)["iteration"] == 2
     run = os.path.dirname(os.path.dirname(ckpt))
     assert not os.path.exists(os.path.join(run, "summary.json"))

@@ -37,6 +37,23 @@ def run_dirs(log_dir):
     return sorted(os.path.join(log_dir, d) for d in os.listdir(log_dir) if os.path.isdir(os.path.join(log_dir, d)))
 
 
+def kill_after_first_checkpoint(script, args, log_dir, env=ENV, timeout=300):
+    """Start ``script args`` and SIGKILL it as soon as its first ``last.pt`` exists under ``log_dir``.
+    Returns (checkpoint path or None, the process's return code)."""
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, ckpt = time.time() + timeout, None
+    while time.time() < deadline and proc.poll() is None:
+        dirs = run_dirs(log_dir) if os.path.exists(log_dir) else []
+        if dirs and os.path.exists(os.path.join(dirs[0], "checkpoints", "last.pt")):
+            ckpt = os.path.join(dirs[0], "checkpoints", "last.pt")
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return ckpt, proc.returncode
+
+
 def scalar_series(run_dir, tag="train/loss"):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
@@ -76,18 +93,7 @@ def test_kill9_and_resume_continue_exactly(demo_root, finished_run, tmp_path):
     uninterrupted run (CPU, same seed)."""
     reference = scalar_series(finished_run[0])
     log_dir = tmp_path / "logs"
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_2d.py"), *base_args(demo_root, log_dir, 6)],
-                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    ckpt = None
-    while time.time() < deadline and proc.poll() is None:
-        dirs = run_dirs(log_dir) if log_dir.exists() else []
-        if dirs and os.path.exists(os.path.join(dirs[0], "checkpoints", "last.pt")):
-            ckpt = os.path.join(dirs[0], "checkpoints", "last.pt")
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ckpt, _ = kill_after_first_checkpoint("train_2d.py", base_args(demo_root, log_dir, 6), log_dir)
     assert ckpt is not None, "no checkpoint appeared before the run ended"
     it = torch.load(ckpt, weights_only=True)["iteration"]
     assert it == 2
