@@ -8,9 +8,11 @@ slices. Memory is bounded by a few frames, never by the volume:
 2. PCSW over all D slices -> prompts; prompt frames are the PCSW-prompted slices, thinned to every
    ``prompt_freq``-th of them (:func:`sam2_train.semi.thin_prompt_frames`);
 3. pass 2 streams frames through :class:`sam2_train.sam2_model.SAM2Tracker`: the prompt frames are
-   re-encoded (``chunk`` at a time) and added as conditioning frames; then frames are tracked forwards from
-   the first prompt frame to the last slice and, after ``clear_non_cond``, backwards to slice 0, encoding
-   one frame at a time. The tracker keeps the memories of at most ``num_maskmem`` recent frames (plus
+   re-encoded (``chunk`` at a time) and added as conditioning frames of the classes prompted on them (a
+   class not prompted on a prompt frame is tracked into it from its own memory, as in SAM-2's video
+   predictor); then frames are tracked forwards from the first prompt frame to the last slice and, after
+   ``clear_non_cond``, backwards to slice 0, encoding one frame at a time (a frame prompted for every
+   tracked class is not encoded again). The tracker keeps the memories of at most ``num_maskmem`` recent frames (plus
    object pointers and the conditioning frames' memories), so peak memory is: one chunk of encoder
    activations + that memory bank + the (D,K+1,s,s) probabilities + the (D,H,W) output labels.
 
@@ -105,24 +107,19 @@ def predict_volume(net: SSSNet, image: np.ndarray, spacing=None, *, device: torc
             lab = labels_from_refined(mask_unprompted(upsample(logits.float(), (size, size)), obj_prompted))
             out[t] = F.interpolate(lab[:, None].float(), size=(h, w), mode="nearest")[0, 0].to(torch.uint8)
 
-        # pass 2: prompt frames -> conditioning memories; then stream forwards and backwards
-        tracker = net.sam.tracker(d, k, memory_dtype=memory_dtype)
+        # pass 2: prompt frames -> conditioning memories of the classes prompted there; then stream forwards
+        # and backwards, encoding a frame only where some class is tracked into it
+        tracker = net.sam.tracker(valid, memory_dtype=memory_dtype)
         for i in range(0, len(prompt_idx), chunk):
             ids = prompt_idx[i:i + chunk]
-            f = features(ids)
             sel = torch.tensor(ids, device=valid.device)
-            res = tracker.add_prompts(ids, f, boxes=prompts.boxes[sel], box_valid=valid[sel],
-                                      points=points[sel], point_labels=point_labels[sel])
-            for j, t in enumerate(ids):
-                emit(t, res.masks[j:j + 1])
-            del f
+            tracker.add_prompts(ids, features(ids), boxes=prompts.boxes[sel], box_valid=valid[sel],
+                                points=points[sel], point_labels=point_labels[sel])
         start = prompt_idx[0]
-        for reverse in (False, True):
+        for reverse, order in ((False, range(start, d)), (True, range(start - 1, -1, -1))):
             if reverse:
                 tracker.clear_non_cond()
-            for t in (range(start, -1, -1) if reverse else range(start, d)):
-                if t in tracker.cond_frames:
-                    continue
-                emit(t, tracker.step(t, features(slice(t, t + 1)), reverse=reverse).masks)
+            for t in order:
+                emit(t, tracker.step(t, lambda t=t: features(slice(t, t + 1)), reverse=reverse).masks)
     return out.long().cpu().numpy()
 

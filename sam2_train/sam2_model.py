@@ -10,7 +10,8 @@ Shapes (S = model image size, h = w = S/4 low-res mask size, B images, K objects
   with masks (B,K,h,w) logits, ious (B,K), object_scores (B,K) (``multimask=True``: (B,K,3,h,w), (B,K,3)).
 - :meth:`SAM2Seg.track` / :meth:`SAM2Seg.forward_clip`: T frames, prompts on some frames, K objects ->
   :class:`TrackOutput` with masks (T,K,h,w), ious (T,K), object_scores (T,K).
-- :class:`SAM2Tracker`: the same tracking, streamed one frame at a time (memory of old frames dropped).
+- :class:`SAM2Tracker`: the same tracking, streamed one frame at a time (memory of old frames dropped); each
+  object is conditioned on its own prompted frames only (:class:`SAM2GroupTracker` per set of such frames).
 
 No global state; objects are batched as SAM-2's batch dimension (no loops over samples or objects).
 Precision: weights stay fp32; wrap calls in ``torch.autocast("cuda", dtype=torch.bfloat16)`` on CUDA.
@@ -270,10 +271,11 @@ class SAM2Seg(nn.Module):
     upsample_logits = staticmethod(upsample_logits)
 
     # ------------------------------------------------------------------ 3D (slice sequence)
-    def tracker(self, num_frames: int, num_objects: int, memory_dtype: torch.dtype | None = None,
+    def tracker(self, prompted: torch.Tensor, memory_dtype: torch.dtype | None = None,
                 prune: bool = True) -> "SAM2Tracker":
-        """A streaming :class:`SAM2Tracker` over a volume of ``num_frames`` slices and ``num_objects`` objects."""
-        return SAM2Tracker(self, num_frames, num_objects, memory_dtype=memory_dtype, prune=prune)
+        """A streaming :class:`SAM2Tracker` over a volume; ``prompted`` (D,K) bool: the frames each object
+        gets a prompt on (its conditioning frames)."""
+        return SAM2Tracker(self, prompted, memory_dtype=memory_dtype, prune=prune)
 
     def track(self, feats: ImageFeatures | Sequence[torch.Tensor], boxes: torch.Tensor | None = None,
               box_valid: torch.Tensor | None = None, points: torch.Tensor | None = None,
@@ -282,12 +284,14 @@ class SAM2Seg(nn.Module):
               memory_dtype: torch.dtype | None = None) -> TrackOutput:
         """Differentiable SAM-2 tracking of K objects through the T frames whose features are given.
 
-        Prompted frames (any object with a valid box or a non-padding point there) are decoded first, all in
-        one batched call, as conditioning frames without memory (as ``SAM2VideoPredictor`` does with prompts
-        added before propagation); then the other frames are tracked from memory, forwards from
-        ``start_frame`` (default: first prompted frame) to T-1 and/or backwards from it to 0. The backward
-        pass of "both" starts from the conditioning frames only (forward-tracked memories are cleared, so
-        the result does not depend on memory pruning; SAM2VideoPredictor would reuse them).
+        An object's prompted frames (a valid box or a non-padding point for it there) are its conditioning
+        frames, decoded first without memory (as ``SAM2VideoPredictor`` does with prompts added before
+        propagation; one batched call per group of objects with the same prompted frames, see
+        :class:`SAM2Tracker`); every other frame of the object is tracked from its memory, forwards from
+        ``start_frame`` (default: the first prompted frame of any object) to T-1 and/or backwards to 0. The
+        backward pass of "both" starts from the conditioning frames only (forward-tracked memories are
+        cleared, so the result does not depend on memory pruning; SAM2VideoPredictor would reuse them).
+        Objects without any prompt are not tracked (masks and object scores ``NO_OBJ_SCORE``).
 
         Args:
             feats: :class:`ImageFeatures` of the T frames (batch dim = T), encoded in one batched call.
@@ -303,47 +307,45 @@ class SAM2Seg(nn.Module):
         T = f.batch_size
         K = self._num_objects(boxes, points, None)
         dev = f.feats[-1].device
-        is_prompt = torch.zeros(T, dtype=torch.bool, device=dev)
+        prompted = torch.zeros(T, K, dtype=torch.bool, device=dev)                     # (T,K)
         if boxes is not None:
             bv = box_valid.bool() if box_valid is not None else torch.ones(T, K, dtype=torch.bool, device=dev)
-            is_prompt |= bv.any(dim=1)
+            prompted |= bv
         if points is not None:
-            is_prompt |= (point_labels >= 0).flatten(1).any(dim=1)
-        prompt_idx = torch.nonzero(is_prompt).flatten().tolist()  # one host sync per clip
+            prompted |= (point_labels >= 0).any(dim=-1)
+        tr = SAM2Tracker(self, prompted, memory_dtype=memory_dtype)                    # one host sync per clip
+        prompt_idx = tr.prompt_frames
         if not prompt_idx:
             raise ValueError("track needs at least one prompted frame (a valid box or point for some object)")
-
-        tr = SAM2Tracker(self, T, K, memory_dtype=memory_dtype)
         sel = torch.tensor(prompt_idx, device=dev)
-        cond = tr.add_prompts(
+        tr.add_prompts(
             prompt_idx, f.select(sel),
             boxes=None if boxes is None else boxes[sel],
             box_valid=None if boxes is None else bv[sel],
             points=None if points is None else points[sel],
             point_labels=None if points is None else point_labels[sel])
-        per_frame: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {
-            t: (cond.masks[i], cond.ious[i], cond.object_scores[i]) for i, t in enumerate(prompt_idx)}
 
         start = prompt_idx[0] if start_frame is None else int(start_frame)
-        passes = {"both": [False, True], "forward": [False], "reverse": [True]}[direction]
-        for i, reverse in enumerate(passes):
+        orders = {"both": [range(start, T), range(start - 1, -1, -1)], "forward": [range(start, T)],
+                  "reverse": [range(start, -1, -1)]}[direction]
+        per_frame: dict[int, FrameOutput] = {}
+        for i, order in enumerate(orders):
+            reverse = direction == "reverse" or i == 1
             if i:  # the backward pass starts from the prompts only (not from forward-tracked memories)
                 tr.clear_non_cond()
-            order = range(start, -1, -1) if reverse else range(start, T)
             for t in order:
-                if t in tr.cond_frames:
-                    continue
-                out = tr.step(t, f.select(t), reverse=reverse)
-                per_frame[t] = (out.masks[0], out.ious[0], out.object_scores[0])
+                per_frame[t] = tr.step(t, lambda t=t: f.select(t), reverse=reverse)
 
         h = self.low_res_size
-        ref = cond.masks
-        fill_m = ref.new_full((K, h, h), NO_OBJ_SCORE)
-        fill_s = ref.new_full((K,), NO_OBJ_SCORE)
-        fill_i = ref.new_zeros((K,))
-        masks = torch.stack([per_frame[t][0] if t in per_frame else fill_m for t in range(T)])
-        ious = torch.stack([per_frame[t][1] if t in per_frame else fill_i for t in range(T)])
-        scores = torch.stack([per_frame[t][2] if t in per_frame else fill_s for t in range(T)])
+        ref = f.feats[-1]
+        fill = FrameOutput(ref.new_full((1, K, h, h), NO_OBJ_SCORE, dtype=torch.float32),
+                           ref.new_zeros((1, K), dtype=torch.float32),
+                           ref.new_full((1, K), NO_OBJ_SCORE, dtype=torch.float32))
+        outs = [per_frame.get(t, fill) for t in range(T)]
+        masks = torch.cat([o.masks for o in outs])
+        ious = torch.cat([o.ious for o in outs])
+        scores = torch.cat([o.object_scores for o in outs])
+        is_prompt = prompted.any(dim=1)
         return TrackOutput(masks=masks, ious=ious, object_scores=scores, prompt_frames=is_prompt)
 
     def forward_clip(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
@@ -363,17 +365,20 @@ class FrameOutput:
     object_scores: torch.Tensor
 
 
-class SAM2Tracker:
-    """SAM-2 memory state of K objects over a volume of ``num_frames`` slices, fed one frame at a time.
+class SAM2GroupTracker:
+    """SAM-2 memory state of K objects that share their conditioning frames, fed one frame at a time.
 
-    Usage (evaluation streams frames; training uses :meth:`SAM2Seg.track`, which drives this class)::
+    This is one SAM-2 batch (the K objects are its batch dimension); :class:`SAM2Tracker` runs one of these
+    per group of objects with the same prompted frames.
 
-        tr = model.tracker(num_frames=D, num_objects=K)
+    Usage (the same calls as :class:`SAM2Tracker`, for objects prompted on the same frames)::
+
+        tr = SAM2GroupTracker(model, num_frames=D, num_objects=K)
         tr.add_prompts(frame_ids, feats_of_those_frames, boxes=..., box_valid=...)   # conditioning frames
         for t in range(start, D):                        # forwards
             out = tr.step(t, model.encode(vol[t:t+1]))   # FrameOutput with n = 1
         tr.clear_non_cond()                              # backward pass from the prompts only
-        for t in range(start, -1, -1):                   # then backwards
+        for t in range(start - 1, -1, -1):               # then backwards
             out = tr.step(t, model.encode(vol[t:t+1]), reverse=True)
 
     Only memories SAM-2 can still read are kept: non-conditioning frames farther than
@@ -535,3 +540,101 @@ class SAM2Tracker:
             self._prune(frame_idx)
         return FrameOutput(low_res.float().view(1, K, *low_res.shape[-2:]),
                            ious.float().max(dim=-1).values.view(1, K), obj_scores.float().view(1, K))
+
+
+class SAM2Tracker:
+    """SAM-2 memory of K objects over a volume of ``num_frames`` slices, each object with its own prompts.
+
+    As in ``SAM2VideoPredictor`` (sam2 >= 1.1, independent per-object inference), a frame is a conditioning
+    frame only for the objects prompted on it: an object without a prompt there is tracked into it from its
+    own memory, and its memory bank holds only its own prompted frames as conditioning frames. Objects with
+    the same set of prompted frames share one :class:`SAM2GroupTracker` (one SAM-2 batch), so the usual cases
+    -- one object, or all objects prompted on the same frames -- run as a single batch; otherwise there is
+    one batch per distinct set (at most K). Objects never prompted are not tracked (masks and object scores
+    ``NO_OBJ_SCORE``).
+
+    Usage (evaluation streams frames; training uses :meth:`SAM2Seg.track`, which drives this class)::
+
+        tr = model.tracker(prompted)                     # (D,K) bool: where each object gets a prompt
+        tr.add_prompts(frame_ids, feats_of_those_frames, boxes=..., box_valid=..., points=..., point_labels=...)
+        for t in range(start, D):                        # forwards from the first prompted frame
+            out = tr.step(t, lambda: encode(t))          # FrameOutput (1,K,...); features only if needed
+        tr.clear_non_cond()                              # backward pass from the prompts only
+        for t in range(start - 1, -1, -1):
+            out = tr.step(t, lambda: encode(t), reverse=True)
+    """
+
+    def __init__(self, model: SAM2Seg, prompted: torch.Tensor, memory_dtype: torch.dtype | None = None,
+                 prune: bool = True):
+        if prompted.dim() != 2:
+            raise ValueError(f"prompted must be (num_frames, num_objects) bool, got shape {tuple(prompted.shape)}")
+        self.model = model
+        self.num_frames, self.num_objects = int(prompted.shape[0]), int(prompted.shape[1])
+        cols = prompted.bool().t().cpu().tolist()                          # one host copy: (K, D) lists
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, col in enumerate(cols):
+            frames = tuple(t for t, on in enumerate(col) if on)
+            if frames:
+                groups.setdefault(frames, []).append(k)
+        self.groups = [(set(frames), objs, SAM2GroupTracker(model, self.num_frames, len(objs), memory_dtype, prune))
+                       for frames, objs in groups.items()]
+        dev = model.device
+        self._index = [torch.tensor(objs, device=dev) for _, objs, _ in self.groups]
+        self.prompt_frames = sorted(set().union(*(g[0] for g in self.groups))) if self.groups else []
+
+    def needs_features(self, frame_idx: int) -> bool:
+        """Whether :meth:`step` on this frame tracks some group (i.e. not a prompted frame of every group)."""
+        return any(frame_idx not in frames for frames, _, _ in self.groups)
+
+    def add_prompts(self, frame_indices: Sequence[int], feats: ImageFeatures | Sequence[torch.Tensor],
+                    boxes: torch.Tensor | None = None, box_valid: torch.Tensor | None = None,
+                    points: torch.Tensor | None = None, point_labels: torch.Tensor | None = None) -> None:
+        """Decode the prompts of n frames (prompts as in :meth:`SAM2GroupTracker.add_prompts`, (n,K,...)).
+
+        Each group decodes the frames among ``frame_indices`` that are its prompted frames, for its objects,
+        in one batched call; prompts of an object on a frame it is not prompted on (per ``prompted``) are
+        ignored. The outputs are returned by :meth:`step` on those frames.
+        """
+        f = self.model._as_features(feats)
+        frame_indices = [int(t) for t in frame_indices]
+        for (frames, _, tr), objs in zip(self.groups, self._index):
+            rows = [i for i, t in enumerate(frame_indices) if t in frames]
+            if not rows:
+                continue
+            r = torch.tensor(rows, device=objs.device)
+            pick = (lambda x: None if x is None else x[r][:, objs])
+            tr.add_prompts([frame_indices[i] for i in rows], f.select(r), boxes=pick(boxes),
+                           box_valid=pick(box_valid), points=pick(points), point_labels=pick(point_labels))
+
+    def step(self, frame_idx: int, feats, reverse: bool = False) -> FrameOutput:
+        """Outputs of all K objects on ``frame_idx`` (n = 1): stored prompt outputs for the groups prompted
+        there, tracking from memory for the others. ``feats``: the frame's features (batch 1), or a
+        zero-argument callable returning them, called only if some group needs them."""
+        frame_idx = int(frame_idx)
+        h = self.model.low_res_size
+        outs = []
+        for frames, objs, tr in self.groups:
+            if frame_idx in frames:
+                if frame_idx not in tr._cond_results:
+                    raise RuntimeError(f"frame {frame_idx} is a prompted frame of objects {objs}: add_prompts first")
+                outs.append(tr._cond_results[frame_idx])
+                continue
+            if callable(feats):
+                feats = feats()
+            outs.append(tr.step(frame_idx, feats, reverse))
+        if len(outs) == 1 and len(self.groups[0][1]) == self.num_objects:
+            return outs[0]
+        ref = outs[0].masks if outs else torch.empty(0, device=self.model.device)
+        masks = ref.new_full((1, self.num_objects, h, h), NO_OBJ_SCORE)
+        ious = ref.new_zeros((1, self.num_objects))
+        scores = ref.new_full((1, self.num_objects), NO_OBJ_SCORE)
+        for out, objs in zip(outs, self._index):
+            masks = masks.index_copy(1, objs, out.masks)
+            ious = ious.index_copy(1, objs, out.ious)
+            scores = scores.index_copy(1, objs, out.object_scores)
+        return FrameOutput(masks, ious, scores)
+
+    def clear_non_cond(self) -> None:
+        """Forget all tracked (non-conditioning) memories of every group, e.g. before the backward pass."""
+        for _, _, tr in self.groups:
+            tr.clear_non_cond()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
 from _model_fixtures import S, TEST_CFG, build_tiny, smooth_frames
 from cfg import CKPT_FOR_CONFIG, SAM_CONFIG_NAMES
@@ -195,6 +196,30 @@ def test_track_matches_sam2_video_predictor_reverse_clicks(model_eval, frames_di
         assert (ours[t] - ref[t][:, 0]).abs().max() <= LOGIT_TOL_VIDEO, t
 
 
+def test_track_matches_sam2_video_predictor_per_object_prompt_frames(model_eval, frames_dir):
+    """Object 1 is boxed on frames 0 and 2, object 2 on frame 0 only: SAM-2's predictor tracks object 2 into
+    frame 2 from its own memory (frame 2 is a conditioning frame of object 1 only); so must we."""
+    from sam2.utils.misc import load_video_frames
+
+    m = model_eval
+    vp = _video_predictor_like(m.sam)
+    b0 = torch.tensor([[10., 12, 40, 50], [3, 5, 60, 30]])
+    b2 = torch.tensor([14., 10, 44, 52])
+    _, ref = _run_video_predictor(vp, frames_dir, [(1, dict(frame_idx=0, box=b0[0])), (2, dict(frame_idx=0, box=b0[1])),
+                                                   (1, dict(frame_idx=2, box=b2))], start=0, reverse=False)
+    imgs, _, _ = load_video_frames(frames_dir, S, False, compute_device=torch.device("cpu"))
+    T = imgs.shape[0]
+    boxes = torch.zeros(T, 2, 4)
+    boxes[0], boxes[2, 0] = b0, b2
+    valid = torch.zeros(T, 2, dtype=torch.bool)
+    valid[0], valid[2, 0] = True, True
+    with torch.no_grad():
+        out = m.track(m.encode_normalized(imgs), boxes=boxes, box_valid=valid, memory_dtype=torch.bfloat16)
+    ours = upsample_logits(out.masks, S)
+    for t in range(T):
+        assert (ours[t] - ref[t][:, 0]).abs().max() <= LOGIT_TOL_VIDEO, t
+
+
 # ---------------------------------------------------------------------------------------------- gradients
 def test_track_gradients_reach_all_trained_modules():
     sam = build_tiny(seed=1)  # train mode
@@ -232,38 +257,60 @@ def test_streaming_tracker_prunes_and_matches_unpruned():
     boxes = torch.tensor([[8., 8, 40, 40], [20, 10, 60, 50]]).expand(T, K, 4)
     valid = torch.zeros(T, K, dtype=torch.bool)
     valid[2] = True
-    valid[5, 0] = True  # frame 5: object 1 has no prompt -> padding-only prompt there
+    valid[5, 0] = True  # frame 5: a prompt for object 0 only -> object 1 is tracked into it
     with torch.no_grad():
         feats = m.encode(clip)
         full = m.track(feats, boxes=boxes, box_valid=valid)  # direction "both" from frame 2
         outs = {}
         for prune in (True, False):
-            tr = m.tracker(T, K, prune=prune)
+            tr = m.tracker(valid, prune=prune)
             tr.add_prompts([2, 5], feats.select([2, 5]), boxes=boxes[[2, 5]], box_valid=valid[[2, 5]])
-            res, sizes = {}, []
-            for reverse, order in ((False, range(2, T)), (True, range(2, -1, -1))):
+            res, sizes, asked = {}, [], []
+            for reverse, order in ((False, range(2, T)), (True, range(1, -1, -1))):
                 if reverse:
                     tr.clear_non_cond()
-                for t in order:
-                    res[t] = tr.step(t, feats.select(t), reverse=reverse)  # one frame's features at a time
-                    nc = tr.output_dict["non_cond_frame_outputs"]
-                    sizes.append((len(nc), sum("maskmem_features" in e for e in nc.values())))
-            outs[prune] = (res, sizes, tr)
-    assert tr.cond_frames == [2, 5]
-    res_p, sizes_p, tr_p = outs[True]
-    res_u, sizes_u, _ = outs[False]
-    assert max(n for n, _ in sizes_p) <= 2 * tr_p.ptr_window + 1
-    assert max(k for _, k in sizes_p) <= 2 * tr_p.mem_window + 1
-    fwd_u, fwd_p = sizes_u[T - 3], sizes_p[T - 3]  # after the forward pass (frames 3, 4, 6, 7 tracked)
-    assert fwd_u == (4, 4)  # unpruned keeps every tracked frame
-    assert fwd_p[1] < fwd_u[1]  # pruning dropped spatial memories
+                for t in order:  # one frame's features at a time, computed only when some object needs them
+                    res[t] = tr.step(t, lambda t=t: asked.append(t) or feats.select(t), reverse=reverse)
+                    for _, _, g in tr.groups:
+                        nc = g.output_dict["non_cond_frame_outputs"]
+                        sizes.append((len(nc), sum("maskmem_features" in e for e in nc.values())))
+            outs[prune] = (res, sizes, tr, asked)
+    res_p, sizes_p, tr_p, asked = outs[True]
+    assert tr_p.prompt_frames == [2, 5]
+    assert [objs for _, objs, _ in tr_p.groups] == [[0], [1]]       # objects 0 and 1 have different prompt frames
+    assert asked == [3, 4, 5, 6, 7, 1, 0]                           # frame 2 is prompted for both: never encoded
+    g0 = tr_p.groups[0][2]
+    assert max(n for n, _ in sizes_p) <= 2 * g0.ptr_window + 1
+    assert max(k for _, k in sizes_p) <= 2 * g0.mem_window + 1
+    assert max(k for _, k in sizes_p) < max(k for _, k in outs[False][1])  # pruning dropped spatial memories
     for t in range(T):
-        torch.testing.assert_close(res_p[t].masks, res_u[t].masks, rtol=0, atol=0)
+        torch.testing.assert_close(res_p[t].masks, outs[False][0][t].masks, rtol=0, atol=0)
         torch.testing.assert_close(full.masks[t], res_p[t].masks[0], rtol=0, atol=0)
         assert res_p[t].masks.shape == (1, K, S // 4, S // 4)
     assert full.prompt_frames.tolist() == [t in (2, 5) for t in range(T)]
     # frames are tracked from memory, not re-decoded from the prompt: tracked frames differ from prompt frames
     assert not torch.allclose(full.masks[3], full.masks[2])
+    # object 1 on frame 5 comes from its memory; a padding-only prompt decode there would differ
+    cond5 = m.decode(feats.select(5), boxes=boxes[5:6], box_valid=valid[5:6])
+    assert not torch.allclose(full.masks[5, 1], cond5.masks[0, 1], atol=1e-3)
+
+
+def test_tracker_without_prompted_objects_and_step_before_prompts():
+    sam = build_tiny(seed=2).eval()
+    m = SAM2Seg(sam)
+    T, K = 4, 3
+    feats = m.encode(smooth_frames(T, seed=1)[:, :1])
+    valid = torch.zeros(T, K, dtype=torch.bool)
+    valid[1, 2] = True                                             # only object 2 is ever prompted
+    tr = m.tracker(valid)
+    with pytest.raises(RuntimeError, match="add_prompts first"):
+        tr.step(1, feats.select(1))
+    with torch.no_grad():
+        tr.add_prompts([1], feats.select([1]), boxes=torch.tensor([[[8., 8, 40, 40]] * K]), box_valid=valid[[1]])
+        out = tr.step(2, feats.select(2))
+    assert out.masks.shape == (1, K, S // 4, S // 4)
+    assert (out.masks[0, :2] == NO_OBJ_SCORE).all() and (out.object_scores[0, :2] == NO_OBJ_SCORE).all()
+    assert (out.masks[0, 2] != NO_OBJ_SCORE).any()
 
 
 def test_track_requires_a_prompt(model_eval):

@@ -147,7 +147,7 @@ def test_step_returns_all_terms_and_skips_unprompted_clips():
 # ------------------------------------------------------------------------------------------------ inference
 @pytest.mark.parametrize("depth", [24, 60])
 def test_streamed_inference_any_depth_bounded_memory(depth, monkeypatch):
-    from sam2_train.sam2_model import SAM2Tracker
+    from sam2_train.sam2_model import SAM2GroupTracker
     args = make_args("-prompt_freq", "2")
     net = intensity_coarse_head(make_net(args))
     vol = blob_volume(depth, 80, 96, depth // 3, depth // 3 + 8)
@@ -155,7 +155,7 @@ def test_streamed_inference_any_depth_bounded_memory(depth, monkeypatch):
     enc = net.encode
     net.encode = lambda images: batches.append(images.shape[0]) or enc(images)
     held = []
-    step = SAM2Tracker.step
+    step = SAM2GroupTracker.step
 
     def recording_step(self, frame_idx, feats, reverse=False):
         out = step(self, frame_idx, feats, reverse)
@@ -164,7 +164,7 @@ def test_streamed_inference_any_depth_bounded_memory(depth, monkeypatch):
                      len(self.output_dict["cond_frame_outputs"]), self.mem_window, self.ptr_window))
         return out
 
-    monkeypatch.setattr(SAM2Tracker, "step", recording_step)
+    monkeypatch.setattr(SAM2GroupTracker, "step", recording_step)
     pred = predictor(net, args)(vol, (5.0, 0.5, 0.5))
     assert pred.shape == (depth, 80, 96) and pred.dtype == np.int64
     assert set(np.unique(pred)) <= {0, 2} and (pred == 2).any()
