@@ -114,7 +114,7 @@ class H5VolumeRef(VolumeRef):
             if arrs[1].shape != img.shape:
                 raise DatasetError(f"{self.image_path}: image shape {img.shape} != label shape {arrs[1].shape}")
             lab = dio.check_label(arrs[1], self.num_classes, self.image_path)
-        return dio.normalise(img, ("unit",)), lab, None, None
+        return dio.normalise(img, ("unit",), self.image_path), lab, None, None
 
 
 class H5SliceStackRef(VolumeRef):
@@ -145,7 +145,7 @@ class H5SliceStackRef(VolumeRef):
             if arrs[1].shape != img.shape:
                 raise DatasetError(f"{path}: image shape {img.shape} != label shape {arrs[1].shape}")
             lab = dio.check_label(arrs[1], self.num_classes, path)
-        return dio.normalise(img, ("unit",)), lab
+        return dio.normalise(img, ("unit",), path), lab
 
     def load_slices(self, idx: Sequence[int], with_label: bool = True):
         got = [self._read(int(z), with_label) for z in idx]
@@ -184,7 +184,7 @@ class NiftiVolumeRef(VolumeRef):
                 raise DatasetError(f"{self.label_path}: label shape {lab.shape} (D,H,W) != image shape "
                                    f"{img.shape} of {self.image_path}")
             lab = dio.check_label(lab, self.num_classes, self.label_path)
-        return dio.normalise(img, self.intensity), lab, spacing, affine
+        return dio.normalise(img, self.intensity, self.image_path), lab, spacing, affine
 
 
 class PngVolumeRef(VolumeRef):
@@ -206,7 +206,7 @@ class PngVolumeRef(VolumeRef):
         shapes = {a.shape for a in imgs}
         if len(shapes) > 1:
             raise DatasetError(f"{os.path.dirname(self.paths[0])}: slices of case {self.name} differ in size {sorted(shapes)}")
-        img = dio.normalise(np.stack(imgs).astype(np.float32), self.intensity)
+        img = dio.normalise(np.stack(imgs).astype(np.float32), self.intensity, os.path.dirname(self.paths[0]))
         lab = None
         if with_label and self.has_label:
             labs = []

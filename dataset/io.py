@@ -31,8 +31,17 @@ def minmax(x: np.ndarray) -> np.ndarray:
     return (x - np.float32(lo)) / np.float32(hi - lo)
 
 
-def normalise(x: np.ndarray, intensity) -> np.ndarray:
-    """``intensity``: ("window", lo, hi) | ("minmax",) | ("unit",) (already in [0, 1], clipped)."""
+def normalise(x: np.ndarray, intensity, path: str) -> np.ndarray:
+    """``intensity``: ("window", lo, hi) | ("minmax",) | ("unit",) (already in [0, 1], clipped).
+
+    DatasetError naming ``path`` for an empty image or one with NaN/inf values (clipping or min-max would
+    otherwise turn them into silent garbage)."""
+    if np.asarray(x).size == 0:
+        raise DatasetError(f"{path}: image is empty (shape {np.asarray(x).shape})")
+    if np.asarray(x).dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        if bad:
+            raise DatasetError(f"{path}: image has {bad} non-finite values (NaN/inf); expected finite intensities")
     kind = intensity[0]
     if kind == "window":
         return window(x, intensity[1], intensity[2])

@@ -55,8 +55,21 @@ def test_acdc_bad_inputs(tmp_path):
     write_h5(p, image=np.zeros((8, 8), np.float32), label=np.full((8, 8), 7, np.uint8))
     msg = _first_error(lambda: [s.labeled[i] for i in range(len(s.labeled))])
     assert p in msg and "outside the class range 0..3" in msg
-    # volume with bad label in val
+    # NaN in an image (a slice, then a volume) and an empty volume
+    img = np.zeros((8, 8), np.float32)
+    img[2, 3] = np.nan
+    write_h5(p, image=img, label=np.zeros((8, 8), np.uint8))
+    msg = _first_error(lambda: [s.labeled[i] for i in range(len(s.labeled))])
+    assert p in msg and "1 non-finite values" in msg
     vp = os.path.join(root, "data", "patient002_frame01.h5")
+    write_h5(vp, image=np.full((2, 8, 8), np.inf, np.float32), label=np.zeros((2, 8, 8), np.uint8))
+    msg = _first_error(lambda: s.val[0])
+    assert vp in msg and "128 non-finite values" in msg
+    write_h5(vp, image=np.zeros((0, 8, 8), np.float32), label=np.zeros((0, 8, 8), np.uint8))
+    msg = _first_error(lambda: s.val[0])
+    assert vp in msg and "image is empty" in msg
+    write_h5(p, image=np.zeros((8, 8), np.float32), label=np.zeros((8, 8), np.uint8))
+    # volume with bad label in val
     write_h5(vp, image=np.zeros((2, 8, 8), np.float32), label=np.full((2, 8, 8), 4, np.uint8))
     msg = _first_error(lambda: s.val[0])
     assert vp in msg and "[4]" in msg
@@ -83,6 +96,12 @@ def test_bhsd_bad_inputs(tmp_path):
     save_nifti(bad, hu[:, :, :10], LAS, np.int16)
     msg = _first_error(lambda: s.test[0])
     assert "label shape (6, 20, 24)" in msg and "!= image shape (6, 20, 10)" in msg
+    # NaN intensities in a float NIfTI
+    nan_hu = hu.astype(np.float32)
+    nan_hu[0, 0, :2] = np.nan
+    save_nifti(bad, nan_hu, LAS, np.float32)
+    msg = _first_error(lambda: s.test[0])
+    assert bad in msg and "2 non-finite values" in msg
     # label value outside 0..5
     save_nifti(bad, hu, LAS, np.int16)
     lp = os.path.join(gt, os.path.basename(bad))
