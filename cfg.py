@@ -173,7 +173,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("data")
     g.add_argument("-labeled_num", type=positive_int, default=None,
-                   help="ACDC: labeled cases (1, 3, 7, ...; default 3); BHSD/custom: labeled volumes")
+                   help="ACDC: labeled cases (1, 3, 7, ...; default 3); BHSD/custom: labeled volumes (default: BHSD 96, the whole training half; custom 1); demo: 2 patients (2D) / all 6 training volumes (3D)")
     g.add_argument("-labeled_ratio", type=unit_float, default=None,
                    help="BHSD/custom: labeled fraction of the training volumes (overrides -labeled_num)")
     g.add_argument("-b_u", type=positive_int, default=None,
@@ -192,7 +192,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-pcsw", type=str2bool, default=True, metavar="{0,1}", help="PCSW prompts (0: unconstrained coarse boxes)")
     g.add_argument("-ema", type=unit_float, default=0.99, help="EMA teacher decay (0 = the student is its own teacher)")
     g.add_argument("-lambda_u", type=float, default=1.0, help="weight of the unlabeled loss")
-    g.add_argument("-rampup", type=nonneg_int, default=0, help="sigmoid ramp-up of lambda_u over N iterations")
+    g.add_argument("-rampup", type=nonneg_int, default=None,
+                   help="sigmoid ramp-up of lambda_u over N iterations (default 0; 3D demo 100)")
     g.add_argument("-tau_u", type=unit_float, default=0.95, help="pseudo-label confidence threshold")
     g.add_argument("-p_gt", type=unit_float, default=0.5,
                    help="labeled images: probability of a (jittered) ground-truth box prompt instead of PCSW")
@@ -228,17 +229,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 # Dataset-dependent defaults: (2D, 3D) where they differ.
 _DEFAULTS = {
     "demo": dict(image_size=128, sam_config="sam2_hiera_t", sam_ckpt="none", lr=1e-3, epochs=None,
-                 max_iters=(300, 150), video_length=8, b=(4, 1), exp_name="demo", val_freq=(1, 5),
-                 val_volumes=(0, 2), encoder_lr_mult=0.0),
+                 max_iters=300, video_length=8, b=(4, 1), exp_name="demo", val_freq=(1, 5),
+                 val_volumes=(0, 2), encoder_lr_mult=0.0, rampup=(0, 100)),
     "acdc": dict(image_size=1024, sam_config="sam2_hiera_s", sam_ckpt=None, lr=1e-4,
                  epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="ACDC", val_freq=1, val_volumes=0,
-                 encoder_lr_mult=1.0),
+                 encoder_lr_mult=1.0, rampup=0),
     "bhsd": dict(image_size=1024, sam_config="sam2_hiera_s", sam_ckpt=None, lr=1e-4,
                  epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="BHSD", val_freq=1, val_volumes=0,
-                 encoder_lr_mult=1.0),
+                 encoder_lr_mult=1.0, rampup=0),
     "custom": dict(image_size=1024, sam_config="sam2_hiera_s", sam_ckpt=None, lr=1e-4,
                    epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="custom", val_freq=1,
-                   val_volumes=0, encoder_lr_mult=1.0),
+                   val_volumes=0, encoder_lr_mult=1.0, rampup=0),
 }
 
 # Official checkpoint file for each built-in config name (see checkpoints/README.md).
@@ -260,7 +261,7 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
             setattr(args, name, pick(value) if isinstance(value, tuple) else value)
 
     for name in ("image_size", "sam_config", "lr", "epochs", "max_iters", "video_length", "b", "exp_name",
-                 "val_freq", "val_volumes", "encoder_lr_mult"):
+                 "val_freq", "val_volumes", "encoder_lr_mult", "rampup"):
         fill(name, d[name])
     if args.epochs is None:  # demo: the run length is set by -max_iters
         args.epochs = 1000
@@ -273,8 +274,7 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
         args.data_path = os.path.join("data", f"demo_{'acdc' if script == '2d' else 'bhsd'}"
                                       if args.dataset == "demo" else args.dataset.upper()
                                       if args.dataset == "acdc" else args.dataset)
-    if args.labeled_num is None:
-        args.labeled_num = {"acdc": 3, "demo": 2, "bhsd": 96, "custom": 1}[args.dataset]
+    fill("labeled_num", {"acdc": 3, "demo": (2, 6), "bhsd": 96, "custom": 1}[args.dataset])
     if args.b_u is None:
         args.b_u = args.b if script == "2d" else 1
     if args.num_workers is None:

@@ -1,6 +1,6 @@
 """Demo data: learnable ACDC-format and BHSD-format phantoms, deterministic by seed.
 
-``python -m dataset.demo OUT [--kind acdc|bhsd|both] [--seed S] [--scale F]``
+``python -m dataset.demo OUT [--kind acdc|bhsd|both] [--seed S] [--scale F] [--lesion_scale G]``
 
 * ``--kind acdc``: OUT is an ACDC root in the SSL4MIS layout (h5, gzip): 16 patients x 2 frames
   (frame01 = ED, frame02 = ES), 6-10 slices (base -> apex), in-plane 96-160 px; per-volume min-max
@@ -12,7 +12,10 @@
   uint16 labels (1 EDH, 2 IPH, 3 IVH, 4 SAH, 5 SDH). Shapes, spacings and orientations (qform,
   qfac -1) come from real BHSD headers (``bhsd_label_headers.csv``; a built-in copy of a few rows is used
   when the file is absent), with the 512 px in-plane grid divided by ``--scale`` (default 4 -> 128 px,
-  spacing x 4 so the anatomy keeps its size in mm). Two labeled volumes have no hemorrhage.
+  spacing x 4 so the anatomy keeps its size in mm). Two labeled volumes have no hemorrhage. The bleeds, the
+  ventricles and the fissure are ``--lesion_scale`` (default 3) times wider than real ones, so that a
+  randomly initialised model at the demo's 128 px (a 32 x 32 coarse map) can resolve them on a CPU in
+  minutes; ``--lesion_scale 1`` gives realistic sizes.
 * ``--kind both``: OUT/demo_acdc and OUT/demo_bhsd (the default -data_path of -dataset demo is
   data/demo_acdc for train_2d.py and data/demo_bhsd for train_3d.py).
 
@@ -45,7 +48,7 @@ _FALLBACK_HEADERS = [
 ]
 
 ACDC_DEMO = dict(patients=16, train=10, val=2, test=4, slices=(6, 10), size=(96, 160))
-BHSD_DEMO = dict(labeled=12, unlabeled=8, no_bleed=2, scale=4)
+BHSD_DEMO = dict(labeled=12, unlabeled=8, no_bleed=2, scale=4, lesion_scale=3.0)
 
 
 # =============================================================================================
@@ -215,8 +218,13 @@ def file_shape_for(affine: np.ndarray, dhw: tuple) -> tuple:
     return tuple(ras[int(ornt[i, 0])] for i in range(3))
 
 
-def _bhsd_volume(rng: np.random.Generator, D: int, H: int, W: int, spacing: tuple, bleeds: list[str]):
-    """Head CT phantom in canonical (D=z inferior->superior, H=y posterior->anterior, W=x) HU."""
+def _bhsd_volume(rng: np.random.Generator, D: int, H: int, W: int, spacing: tuple, bleeds: list[str],
+                 lesion_scale: float = 1.0):
+    """Head CT phantom in canonical (D=z inferior->superior, H=y posterior->anterior, W=x) HU.
+
+    ``lesion_scale`` multiplies the in-plane thickness/radius of the bleeds, the ventricles' width and the
+    fissure/sulcus width (1 = realistic sizes in mm)."""
+    g = float(lesion_scale)
     sz, sy, sx = spacing
     zz = (np.arange(D, dtype=np.float32) * sz)[:, None, None]
     yy = ((np.arange(H, dtype=np.float32) - H / 2 + 0.5) * sy)[None, :, None]
@@ -247,12 +255,12 @@ def _bhsd_volume(rng: np.random.Generator, D: int, H: int, W: int, spacing: tupl
     vz = np.clip(1.0 - ((zz - zc) / (0.2 * extent + 8.0)) ** 2, 0.0, 1.0)
     vent = np.zeros((D, H, W), bool)
     for side in (-1, 1):
-        vx = side * rng.uniform(7, 10)
-        v = ((xr - vx) / (5.5 * vz + 1e-3)) ** 2 + ((yr - 2.0) / (24.0 * vz + 1e-3)) ** 2 <= 1.0
+        vx = side * rng.uniform(7, 10) * (1.0 + 0.5 * (g - 1.0))
+        v = ((xr - vx) / (5.5 * g * vz + 1e-3)) ** 2 + ((yr - 2.0) / (24.0 * vz + 1e-3)) ** 2 <= 1.0
         vent |= v & (vz > 0.15)
     vent &= brain
     hu = np.where(vent, 6.0, hu)
-    fissure = brain & (np.abs(xr) < 0.7 * sx) & (np.abs(yr) > 28.0) & ~vent
+    fissure = brain & (np.abs(xr) < 0.7 * sx * g) & (np.abs(yr) > 28.0) & ~vent
     hu = np.where(fissure, 10.0, hu)
     lab = np.zeros((D, H, W), np.uint16)
 
@@ -266,7 +274,7 @@ def _bhsd_volume(rng: np.random.Generator, D: int, H: int, W: int, spacing: tupl
         z0 = rng.uniform(bz_lo, bz_hi)
         if kind == "EDH":     # lens against the skull: thick centre, thin ends, limited extent
             half_len = rng.uniform(20, 32)
-            thick = rng.uniform(8, 16) * np.sqrt(zwin(z0, rng.uniform(8, 14)))
+            thick = g * rng.uniform(8, 16) * np.sqrt(zwin(z0, rng.uniform(8, 14)))
             along = -(xr) * uy + (yr) * ux                   # tangential coordinate
             facing = (xr * ux + yr * uy) > 0
             prof = thick * np.clip(1.0 - (along / half_len) ** 2, 0.0, 1.0)
@@ -276,11 +284,11 @@ def _bhsd_volume(rng: np.random.Generator, D: int, H: int, W: int, spacing: tupl
             width = rng.uniform(90, 160) * np.pi / 180
             ang = np.arctan2(yr, xr)
             dang = np.angle(np.exp(1j * (ang - phi)))
-            thick = rng.uniform(4, 9) * np.sqrt(zwin(z0, rng.uniform(15, 30)))
+            thick = g * rng.uniform(4, 9) * np.sqrt(zwin(z0, rng.uniform(15, 30)))
             m = brain & (np.abs(dang) < width / 2) & (bdepth < thick * np.sqrt(np.clip(np.cos(dang / width * np.pi), 0.0, 1.0)))
             code = 5
         elif kind == "IPH":   # irregular blob in the parenchyma
-            r0 = rng.uniform(10, 18)
+            r0 = g * rng.uniform(10, 18)
             dist = rng.uniform(18, 35)
             px_, py_ = dist * ux * 0.8, dist * uy
             rr = np.sqrt(((xr - px_) / r0) ** 2 + ((yr - py_) / (r0 * rng.uniform(0.7, 1.3))) ** 2
@@ -300,7 +308,7 @@ def _bhsd_volume(rng: np.random.Generator, D: int, H: int, W: int, spacing: tupl
                 a0 = rng.uniform(0, 2 * np.pi)
                 ang = np.arctan2(yr, xr)
                 dang = np.angle(np.exp(1j * (ang - a0)))
-                sul = (np.abs(dang) < rng.uniform(0.15, 0.35)) & (np.abs(bdepth - rng.uniform(3, 8)) < 1.0 * sx)
+                sul = (np.abs(dang) < rng.uniform(0.15, 0.35)) & (np.abs(bdepth - rng.uniform(3, 8)) < 1.0 * sx * g)
                 m |= brain & sul & (zwin(rng.uniform(bz_lo, bz_hi), rng.uniform(8, 20)) > 0)
             code = 4
         m = m & brain
@@ -332,7 +340,8 @@ def _save_nifti(path: str, arr_dhw: np.ndarray, affine: np.ndarray):
 
 
 def make_bhsd(out: str, seed: int = 0, labeled: int = BHSD_DEMO["labeled"], unlabeled: int = BHSD_DEMO["unlabeled"],
-              scale: int = BHSD_DEMO["scale"], headers_csv: str | None = None) -> dict:
+              scale: int = BHSD_DEMO["scale"], headers_csv: str | None = None,
+              lesion_scale: float = BHSD_DEMO["lesion_scale"]) -> dict:
     """Write a BHSD-format demo root at ``out`` (must not exist). Returns a summary dict."""
     rng = np.random.default_rng([seed, 11])
     rows = load_headers(headers_csv)
@@ -367,7 +376,7 @@ def make_bhsd(out: str, seed: int = 0, labeled: int = BHSD_DEMO["labeled"], unla
                 bleeds.append(_KINDS[i])        # every type appears in the labeled set
         else:
             bleeds = [] if vrng.random() < 0.4 else list(vrng.choice(_KINDS, size=int(vrng.integers(1, 3)), replace=False))
-        hu, lab = _bhsd_volume(vrng, D, H, W, spacing, bleeds)
+        hu, lab = _bhsd_volume(vrng, D, H, W, spacing, bleeds, lesion_scale)
         key = keys[i] if i < labeled else f"ID_{_hex(vrng, 8)}"
         name = f"{key}_ID_{_hex(vrng, 10)}.nii.gz"
         if i < labeled:
@@ -381,7 +390,7 @@ def make_bhsd(out: str, seed: int = 0, labeled: int = BHSD_DEMO["labeled"], unla
             sub = "anybleed" if bleeds else "nobleed"
             os.makedirs(os.path.join(out, "unlabel_1980", sub), exist_ok=True)
             _save_nifti(os.path.join(out, "unlabel_1980", sub, name), hu, affine)
-    return {"kind": "bhsd", "labeled": labeled, "unlabeled": unlabeled, "scale": scale,
+    return {"kind": "bhsd", "labeled": labeled, "unlabeled": unlabeled, "scale": scale, "lesion_scale": lesion_scale,
             "volumes_with_class": counts, "shapes_dhw": shapes, "names": names}
 
 
@@ -442,6 +451,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=int, default=BHSD_DEMO["scale"],
                    help="BHSD: divide the 512 px in-plane grid by this (1 = full size)")
+    p.add_argument("--lesion_scale", type=float, default=BHSD_DEMO["lesion_scale"],
+                   help="BHSD: widen bleeds, ventricles and fissure by this factor (1 = realistic sizes in mm)")
     a = p.parse_args(argv)
     t0 = time.time()
     try:
@@ -449,7 +460,7 @@ def main(argv=None) -> int:
             ensure_demo(a.out if a.kind == "acdc" else os.path.join(a.out, "demo_acdc"), "acdc", a.seed)
         if a.kind in ("bhsd", "both"):
             ensure_demo(a.out if a.kind == "bhsd" else os.path.join(a.out, "demo_bhsd"), "bhsd", a.seed,
-                        scale=a.scale)
+                        scale=a.scale, lesion_scale=a.lesion_scale)
     except Exception as e:  # one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -195,6 +195,14 @@ def test_demo_deterministic_and_loadable(tmp_path):
     assert len(glob.glob(os.path.join(x, "unlabel_1980", "*", "*.nii.gz"))) == 1
 
 
+def test_bhsd_phantom_lesion_scale():
+    from dataset.demo import _KINDS, _bhsd_volume
+    for c, kind in enumerate(_KINDS, start=1):  # one bleed per volume: present at both scales, wider at 3x
+        n = [int((_bhsd_volume(np.random.default_rng(3), 20, 96, 96, (5.0, 2.0, 2.0), [kind], lesion_scale=g)[1]
+                  == c).sum()) for g in (1.0, 3.0)]
+        assert 0 < n[0] < n[1], (kind, n)
+
+
 def test_ensure_demo_and_demo_dataset(tmp_path, monkeypatch):
     root = str(tmp_path / "demo_acdc")
     ensure_demo(root, "acdc")
