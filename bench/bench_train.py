@@ -1,14 +1,18 @@
-"""Time one 2D training step of each method and split it into its parts, measured in one run.
+"""Time one training step of each method and split it into its parts, measured in one run.
 
-    python bench/bench_train.py                                   # demo data, Hiera-T @ 128 px, CPU or GPU
+    python bench/bench_train.py                                   # 2D demo data, Hiera-T @ 128 px, CPU or GPU
     python bench/bench_train.py --steps 10 -- -dataset acdc -data_path ./data/ACDC -sam_config sam2_hiera_s \
         -sam_ckpt ./checkpoints/sam2_hiera_small.pt -image_size 1024 -b 4 -b_u 4     # the paper settings (GPU)
+    python bench/bench_train.py --script 3d -- -dataset bhsd -data_path ./data/bhsd -sam_config sam2_hiera_s \
+        -sam_ckpt ./checkpoints/sam2_hiera_small.pt -image_size 1024      # 3D seed settings: 8-slice clips (GPU)
 
-Everything after ``--`` is a train_2d.py flag (cfg.py). For each method it runs ``--warmup`` untimed steps
-then ``--steps`` timed ones and prints, per step: data loading, image encoder, DFE, coarse head, PCSW,
-prompt encoder + mask decoder, losses, backward, optimiser + EMA, and the rest (Python glue), each as
-seconds and as a share of the step; the share spent outside the model (data + PCSW + glue); images/s
-(labeled + unlabeled); and peak memory (CUDA allocator peak on a GPU, process peak RSS on CPU).
+Everything after ``--`` is a train_2d.py / train_3d.py flag (cfg.py; ``--script`` picks which). For each
+method it runs ``--warmup`` untimed steps then ``--steps`` timed ones and prints, per step: data loading,
+image encoder, DFE, coarse head, PCSW, prompt encoder + mask decoder (2D), SAM-2 tracking through the clip
+(3D: memory attention, decoder, memory encoder), losses, backward, optimiser + EMA, and the rest (Python
+glue), each as seconds and as a share of the step; the share spent outside the model (data + PCSW + glue);
+images/s (labeled + unlabeled; 3D: slices, and seconds per training volume = per clip); and peak memory
+(CUDA allocator peak on a GPU, process peak RSS on CPU).
 Part times come from the ``sss.*`` ``record_function`` scopes of the model code (GPU time on CUDA).
 """
 from __future__ import annotations
@@ -27,14 +31,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cfg  # noqa: E402
 from dataset import build_datasets  # noqa: E402
-from func_2d.train_step import Student2D, train_step  # noqa: E402
 from sam2_train import runtime  # noqa: E402
 from sam2_train.ema import ModelEMA  # noqa: E402
 from sam2_train.schedule import build_optimizer  # noqa: E402
 from sam2_train.sss_net import build_sss_net  # noqa: E402
 from sam2_train.trainer import _loader, _to  # noqa: E402
 
-PARTS = ("encoder", "dfe", "head", "pcsw", "decoder", "loss")
+PARTS = ("encoder", "dfe", "head", "pcsw", "decoder", "track", "loss")
 
 
 def sync(device):
@@ -54,20 +57,29 @@ def scope_times(prof, device) -> dict:
     return out
 
 
-def bench_method(method: str, flags: list[str], steps: int, warmup: int) -> dict:
-    args = cfg.parse_args(flags + ["-method", method, "-distributed", "none"], script="2d")
+def pipeline_for(script: str):
+    if script == "2d":
+        from func_2d.pipeline import PIPELINE_2D
+        return PIPELINE_2D
+    from func_3d.pipeline import PIPELINE_3D
+    return PIPELINE_3D
+
+
+def bench_method(method: str, flags: list[str], steps: int, warmup: int, script: str = "2d") -> dict:
+    args = cfg.parse_args(flags + ["-method", method, "-distributed", "none"], script=script)
+    pipe = pipeline_for(script)
     device = runtime.select_device(args)
     autocast = lambda: runtime.autocast(device, args.amp)  # noqa: E731
-    splits = build_datasets(args, "2d")
+    splits = build_datasets(args, script)
     dist = runtime.DistInfo(rank=0, local_rank=0, world_size=1, is_main=True, device=device)
     net = build_sss_net(args, splits.num_classes, device=device)
-    student = Student2D(net, args).to(device)
+    student = pipe.make_student(net, args).to(device)
     ema = ModelEMA(net, args.ema) if method != "supervised" and args.ema > 0 else None
     teacher = ema.module if ema is not None else net
     opt = build_optimizer(net, args)
     it_l = iter(runtime.InfiniteLoader(_loader(splits.labeled, args.b, args, dist)))
     semi = method != "supervised"
-    it_u = iter(runtime.InfiniteLoader(_loader(splits.unlabeled, max(1, args.b_u // args.slab_len), args, dist))) \
+    it_u = iter(runtime.InfiniteLoader(_loader(splits.unlabeled, pipe.unlabeled_batch(args), args, dist))) \
         if semi else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -85,7 +97,7 @@ def bench_method(method: str, flags: list[str], steps: int, warmup: int) -> dict
         batch_u = _to(next(it_u), device) if semi else None
         sync(device)
         t1 = time.perf_counter()
-        out = train_step(student, teacher, batch_l, batch_u, args, i, autocast)
+        out = pipe.step(student, teacher, batch_l, batch_u, args, i, autocast)
         sync(device)
         t2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -106,31 +118,38 @@ def bench_method(method: str, flags: list[str], steps: int, warmup: int) -> dict
     step = per["data"] + per["forward"] + per["backward"] + per["optim"]
     model_fwd = sum(parts[p] for p in PARTS if p != "pcsw")
     glue = max(0.0, per["forward"] - model_fwd - parts["pcsw"])
-    images = args.b + (max(1, args.b_u // args.slab_len) * args.slab_len if semi else 0)
+    per_item = args.slab_len if script == "2d" else args.video_length     # images per unlabeled item
+    images = (args.b if script == "2d" else args.b * args.video_length) + \
+        (pipe.unlabeled_batch(args) * per_item if semi else 0)
     peak = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    return dict(method=method, device=str(device), step=step, data=per["data"], parts=parts, glue=glue,
+    return dict(method=method, script=script, clips=args.b + (pipe.unlabeled_batch(args) if semi else 0),
+                device=str(device), step=step, data=per["data"], parts=parts, glue=glue,
                 backward=per["backward"], optim=per["optim"], images=images, peak_gib=peak,
                 peak_kind="CUDA allocator peak" if device.type == "cuda" else "process peak RSS",
                 outside=(per["data"] + parts["pcsw"] + glue) / step, setting=f"{args.sam_config} @ {args.image_size}px, "
-                f"b={args.b}" + (f" + {images - args.b} unlabeled" if semi else ""))
+                + (f"b={args.b}" if script == "2d" else f"b={args.b} clips of {args.video_length} slices")
+                + (f" + {pipe.unlabeled_batch(args)} unlabeled {'slabs' if script == '2d' else 'clips'}" if semi else ""))
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     own, flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--script", choices=["2d", "3d"], default="2d", help="train_2d.py or train_3d.py step")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--methods", nargs="+", default=["supervised", "fixmatch", "sss"],
                    choices=["supervised", "fixmatch", "sss"])
     opts = p.parse_args(own)
     warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")
-    rows = [bench_method(m, flags, opts.steps, opts.warmup) for m in opts.methods]
+    rows = [bench_method(m, flags, opts.steps, opts.warmup, opts.script) for m in opts.methods]
     for r in rows:
         s = r["step"]
         print(f"\n== {r['method']}  ({r['setting']}, {r['device']}, {torch.get_num_threads()} CPU threads)")
-        print(f"step {s:.3f} s   {r['images'] / s:.1f} images/s   peak memory {r['peak_gib']:.2f} GiB ({r['peak_kind']})")
+        per_volume = f"   {s / r['clips']:.3f} s per training volume (clip)" if r["script"] == "3d" else ""
+        print(f"step {s:.3f} s   {r['images'] / s:.1f} images/s{per_volume}   "
+              f"peak memory {r['peak_gib']:.2f} GiB ({r['peak_kind']})")
         items = [("data", r["data"]), *[(k, r["parts"][k]) for k in PARTS], ("backward", r["backward"]),
                  ("optimiser+EMA", r["optim"]), ("python glue", r["glue"])]
         for name, v in items:

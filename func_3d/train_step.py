@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
+from torch.profiler import record_function
 
 from sam2_train.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.pcsw import PCSWConfig
@@ -71,8 +72,9 @@ def track_clips(net: SSSNet, feats: ImageFeatures, prompts: SlicePrompts, num_cl
             masks.append(torch.full((t, k, s, s), NEG, device=dev))
             scores.append(torch.full((t, k), NO_OBJ_SCORE, device=dev))
             continue
-        out = net.sam.track(feats.select(rows), boxes=prompts.boxes[rows], box_valid=box_valid[rows],
-                            points=prompts.points[rows, :, None], point_labels=point_labels[rows])
+        with record_function("sss.track"):
+            out = net.sam.track(feats.select(rows), boxes=prompts.boxes[rows], box_valid=box_valid[rows],
+                                points=prompts.points[rows, :, None], point_labels=point_labels[rows])
         masks.append(out.masks)
         scores.append(out.object_scores)
     obj = per_clip.any(1, keepdim=True).expand(-1, t, -1).reshape(n, k)
@@ -182,7 +184,8 @@ class Student3D(nn.Module):
         prompts, use_box, use_point = self.labeled_prompts(coarse_l.detach().float().softmax(1), x, y, b, t)
         tracked = track_clips(net, enc.replace(f_l), prompts, b, use_box, use_point)
         y_out = F.interpolate(y[:, None].float(), size=self.out_size, mode="nearest")[:, 0].long()
-        loss_x = ce_dice_loss(upsample(coarse_l, self.out_size), y_out) + track_loss(tracked, one_hot_fg(y_out, k))
+        with record_function("sss.loss"):
+            loss_x = ce_dice_loss(upsample(coarse_l, self.out_size), y_out) + track_loss(tracked, one_hot_fg(y_out, k))
         if u is None:
             return {"loss_x": loss_x}
 
@@ -191,8 +194,10 @@ class Student3D(nn.Module):
         enc_u, fs = strong_view_features(net, u.images, u.partner, u.box_masks, self.unsup_encoder_grad)
         valid_px = u.conf >= self.tau_u
         tracked_u = track_clips(net, enc_u.replace(fs), u.prompts, u.num_clips)
-        loss_u = (ce_dice_loss(net.coarse(fs), u.labels, valid_px)
-                  + track_loss(tracked_u, one_hot_fg(u.labels, k), valid_px))
+        coarse_s = net.coarse(fs)
+        with record_function("sss.loss"):
+            loss_u = (ce_dice_loss(coarse_s, u.labels, valid_px)
+                      + track_loss(tracked_u, one_hot_fg(u.labels, k), valid_px))
         return {"loss_x": loss_x, "loss_u": loss_u, "mask_ratio": valid_px.float().mean().detach()}
 
 

@@ -3,7 +3,8 @@
 Everything trainable lives in one ``nn.Module`` so that one state dict, one EMA copy and one DDP wrapper
 cover it. Shapes: B images, K foreground classes, S = image size, s = S/4 (coarse and low-res mask size).
 The ``sss.*`` ``record_function`` scopes (free when no profiler runs) let ``bench/bench_train.py`` split
-a step into encoder, DFE, head, PCSW and decoder time.
+a step into encoder, DFE, head, PCSW and decoder time (the 3D step adds ``sss.track`` around SAM-2 tracking
+and both steps ``sss.loss``).
 """
 from __future__ import annotations
 
