@@ -3,6 +3,8 @@
 ``ModelEMA(model, decay)`` keeps a frozen copy (``requires_grad=False``, eval mode: dropout off) and after
 each optimiser step ``update(model)`` does ``ema = d * ema + (1 - d) * student`` on the floating-point
 parameters with two ``torch._foreach_*`` calls, and copies the buffers (BatchNorm statistics etc.).
+Parameters the student does not train (``requires_grad=False``, e.g. a frozen image encoder) are constant,
+equal in both copies, and skipped.
 With ``warmup=True`` the decay of update ``k`` (0-based) is ``min(decay, 1 - 1/(k + 1))``: the first update
 copies the student, later ones average over the ~k updates seen so far until ``decay`` takes over.
 DDP / ``torch.compile`` wrappers of the student are stripped (``.module`` / ``._orig_mod``).
@@ -48,10 +50,11 @@ class ModelEMA:
             raise ValueError(f"ModelEMA.update: the student has {len(src_params)} floating-point parameters, "
                              f"the EMA copy {len(self._ema_params)}: not the same architecture")
         d = self.current_decay()
-        if src_params:
-            src_data = [p.detach() for p in src_params]
-            torch._foreach_mul_(self._ema_params, d)
-            torch._foreach_add_(self._ema_params, src_data, alpha=1.0 - d)
+        trained = [(e, p.detach()) for e, p in zip(self._ema_params, src_params) if p.requires_grad]
+        if trained:
+            ema_params, src_data = map(list, zip(*trained))
+            torch._foreach_mul_(ema_params, d)
+            torch._foreach_add_(ema_params, src_data, alpha=1.0 - d)
         src_buffers = list(src.buffers())
         if len(src_buffers) != len(self._ema_buffers):
             raise ValueError("ModelEMA.update: the student's buffers do not match the EMA copy's")

@@ -128,13 +128,16 @@ def build_sss_net(args: argparse.Namespace, num_classes: int, device="cpu", sam_
 
     ``sam_ckpt`` overrides ``args.sam_ckpt`` (``"none"`` when the weights come from our own checkpoint).
     For volumes (``args.script == "3d"``) SAM-2 attends to at most ``-memory_bank_size`` conditioning
-    (prompted) frames (``max_cond_frames_in_attn``; no weights depend on it)."""
+    (prompted) frames (``max_cond_frames_in_attn``; no weights depend on it). ``-encoder_lr_mult 0`` freezes
+    the image encoder (``requires_grad=False``: no gradient, no backward through it, not in the optimiser)."""
     overrides = []
     if getattr(args, "script", "2d") == "3d" and getattr(args, "memory_bank_size", None):
         overrides.append(f"++model.max_cond_frames_in_attn={int(args.memory_bank_size)}")
     sam = SAM2Seg(build_sam2_base(args.sam_config, sam_ckpt or args.sam_ckpt, args.image_size, device="cpu",
                                   hydra_overrides_extra=overrides))
     dfe = DFE(levels=tuple(args.dfe_levels), sim=args.dfe_sim) if args.dfe else None
+    if getattr(args, "encoder_lr_mult", 1.0) == 0:
+        sam.sam.image_encoder.requires_grad_(False)
     return SSSNet(sam, num_classes, dfe).to(device)
 
 

@@ -117,8 +117,6 @@ def _train(args, pipeline: Pipeline) -> int:
 
     net = build_sss_net(args, splits.num_classes, device=device,
                         sam_ckpt="none" if resume_state is not None else None)
-    if args.encoder_lr_mult == 0:  # a frozen image encoder: no gradient, no backward through it
-        net.sam.sam.image_encoder.requires_grad_(False)
     if args.pretrain and resume_state is None:
         state = load_checkpoint(args.pretrain)
         check_config_compatible(state["config"], args, source=args.pretrain)

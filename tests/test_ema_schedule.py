@@ -67,6 +67,21 @@ def test_ema_matches_formula_with_warmup_and_buffers():
     assert torch.equal(ema(x), ema(x))
 
 
+def test_ema_skips_parameters_the_student_does_not_train():
+    torch.manual_seed(0)
+    student = Net()
+    student.image_encoder.requires_grad_(False)                  # e.g. -encoder_lr_mult 0
+    ema = ModelEMA(student, decay=0.5, warmup=False)
+    frozen0 = ema.module.image_encoder[0].weight.clone()
+    head0 = ema.module.head.weight.clone()
+    perturb(student, 1)
+    ema.update(student)
+    assert torch.equal(ema.module.image_encoder[0].weight, frozen0)   # not averaged (constant in training)
+    torch.testing.assert_close(ema.module.head.weight, 0.5 * head0 + 0.5 * student.head.weight)
+    # buffers are still copied
+    torch.testing.assert_close(ema.module.image_encoder[1].running_mean, student.image_encoder[1].running_mean)
+
+
 def test_ema_no_warmup_and_state_round_trip():
     student = Net()
     ema = ModelEMA(student, decay=0.75, warmup=False)

@@ -272,3 +272,14 @@ def test_train_3d_and_evaluate_cli(bhsd_root, tmp_path):
     canon = nib.as_closest_canonical(nib.load(src[0]))
     saved = nib.load(os.path.join(ev, "predictions", pred))
     assert saved.shape == canon.shape and np.allclose(saved.affine, canon.affine)
+
+
+def test_encoder_lr_mult_zero_freezes_the_image_encoder():
+    from sam2_train.schedule import build_optimizer
+    for mult, frozen in (("0", True), ("0.5", False)):
+        net = make_net(make_args("-encoder_lr_mult", mult), informative=False)
+        enc = list(net.sam.sam.image_encoder.parameters())
+        assert all(p.requires_grad != frozen for p in enc)
+        assert all(p.requires_grad for p in net.head.parameters()) and all(p.requires_grad for p in net.dfe.parameters())
+        in_opt = {id(p) for g in build_optimizer(net, make_args("-encoder_lr_mult", mult)).param_groups for p in g["params"]}
+        assert all((id(p) in in_opt) != frozen for p in enc)
