@@ -124,7 +124,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-prompt", type=lower_choice(("bbox", "click")), default="bbox",
                    help="3D: ground-truth prompt type on labeled clips")
     g.add_argument("-prompt_freq", type=positive_int, default=2,
-                   help="3D: prompt every k-th frame of a labeled training clip")
+                   help="3D: prompt every k-th frame of a labeled training clip; PCSW prompts (teacher, "
+                        "inference): every k-th of each class's prompted slices")
     g.add_argument("-pretrain", type=str, default=None,
                    help="initialise from a checkpoint of this project (strict load) before training")
     g.add_argument("-val_freq", type=positive_int, default=None, help="validate every N epochs (default 1; 3D demo 5)")

@@ -5,8 +5,8 @@ slices. Memory is bounded by a few frames, never by the volume:
 
 1. pass 1 encodes the slices ``chunk`` at a time and keeps only the coarse class probabilities
    (D,K+1,s,s) (and the body mask); the features are dropped after each chunk;
-2. PCSW over all D slices -> prompts; prompt frames are the PCSW-prompted slices, thinned to every
-   ``prompt_freq``-th of them (:func:`sam2_train.semi.thin_prompt_frames`);
+2. PCSW over all D slices -> prompts; each class keeps every ``prompt_freq``-th of its PCSW-prompted
+   slices, its first one always (:func:`sam2_train.semi.thin_prompt_frames`);
 3. pass 2 streams frames through :class:`sam2_train.sam2_model.SAM2Tracker`: the prompt frames are
    re-encoded (``chunk`` at a time) and added as conditioning frames of the classes prompted on them (a
    class not prompted on a prompt frame is tracked into it from its own memory, as in SAM-2's video

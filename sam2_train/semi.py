@@ -112,17 +112,17 @@ def lambda_u(args, iteration: int) -> float:
 
 
 def thin_prompt_frames(valid: torch.Tensor, freq: int) -> torch.Tensor:
-    """Keep every ``freq``-th prompted frame of each clip/volume: valid (B,T,K) bool -> (B,T,K) bool.
+    """Keep every ``freq``-th prompted frame of each class in each clip/volume: valid (B,T,K) -> (B,T,K) bool.
 
-    A frame is *prompted* when any class has a prompt on it; prompted frames are ranked along T per clip
-    (0, 1, 2, ...) and those of rank 0, freq, 2 freq, ... keep all their prompts (the first prompted frame
-    always stays). ``freq = 1`` returns ``valid`` unchanged.
+    The frames on which a class has a prompt are ranked along T (0, 1, 2, ...) per clip and class, and those
+    of rank 0, freq, 2 freq, ... keep the prompt: every prompted class keeps its first prompted frame, and
+    SAM-2 memory (which conditions each class on its own prompted frames) carries it through the others.
+    ``freq = 1`` returns ``valid`` unchanged.
     """
     if freq <= 1:
         return valid
-    framed = valid.any(-1)                                                   # (B,T)
-    rank = framed.long().cumsum(-1) - 1
-    return valid & (framed & (rank % freq == 0))[..., None]
+    rank = valid.long().cumsum(-2) - 1                                      # (B,T,K)
+    return valid & (rank % freq == 0)
 
 
 def clip_cutmix_partners(num_clips: int, length: int, device=None) -> torch.Tensor:

@@ -91,9 +91,14 @@ def test_thin_prompt_frames_and_clip_partners():
     from sam2_train.semi import clip_cutmix_partners, thin_prompt_frames
     valid = torch.tensor([[[0, 0], [1, 0], [1, 1], [0, 1], [1, 0], [0, 1]]], dtype=torch.bool)
     assert thin_prompt_frames(valid, 1) is valid
-    kept = thin_prompt_frames(valid, 2)[0]
-    assert kept.any(1).tolist() == [False, True, False, True, False, True]    # prompted frames of rank 0, 2, 4
-    assert torch.equal(kept[3], valid[0, 3])                                  # kept frames keep every class
+    kept = thin_prompt_frames(valid, 2)[0]      # per class: its prompted frames of rank 0, 2, ...
+    assert kept.tolist() == [[False, False], [True, False], [False, True], [False, False], [True, False],
+                             [False, True]]
+    late = valid.clone()
+    late[0, :, 1] = False
+    late[0, 5, 1] = True                        # class 1 prompted on the last frame only: kept (rank 0)
+    assert thin_prompt_frames(late, 3)[0].tolist() == [[False, False], [True, False], [False, False],
+                                                      [False, False], [False, False], [False, True]]
     assert clip_cutmix_partners(1, 5).tolist() == [4, 3, 2, 1, 0]              # one clip: reversed in time
     p = clip_cutmix_partners(3, 4).view(3, 4)
     assert (p % 4 == torch.arange(4)).all() and ((p // 4) != torch.arange(3)[:, None]).all()
