@@ -3,8 +3,9 @@
 ``ModelEMA(model, decay)`` keeps a frozen copy (``requires_grad=False``, eval mode: dropout off) and after
 each optimiser step ``update(model)`` does ``ema = d * ema + (1 - d) * student`` on the floating-point
 parameters with two ``torch._foreach_*`` calls, and copies the buffers (BatchNorm statistics etc.).
-Parameters the student does not train (``requires_grad=False``, e.g. a frozen image encoder) are constant,
-equal in both copies, and skipped.
+Parameters the student does not train (``requires_grad=False``, e.g. a frozen image encoder) are constant
+in training: the first update copies them (the student may have changed since the EMA was made, e.g. DDP
+broadcasts rank 0's weights) and later updates skip them.
 With ``warmup=True`` the decay of update ``k`` (0-based) is ``min(decay, 1 - 1/(k + 1))``: the first update
 copies the student, later ones average over the ~k updates seen so far until ``decay`` takes over.
 DDP / ``torch.compile`` wrappers of the student are stripped (``.module`` / ``._orig_mod``).
@@ -51,6 +52,9 @@ class ModelEMA:
                              f"the EMA copy {len(self._ema_params)}: not the same architecture")
         d = self.current_decay()
         trained = [(e, p.detach()) for e, p in zip(self._ema_params, src_params) if p.requires_grad]
+        frozen = [(e, p.detach()) for e, p in zip(self._ema_params, src_params) if not p.requires_grad]
+        if frozen and self.step == 0:
+            torch._foreach_copy_(*map(list, zip(*frozen)))
         if trained:
             ema_params, src_data = map(list, zip(*trained))
             torch._foreach_mul_(ema_params, d)

@@ -72,12 +72,16 @@ def test_ema_skips_parameters_the_student_does_not_train():
     student = Net()
     student.image_encoder.requires_grad_(False)                  # e.g. -encoder_lr_mult 0
     ema = ModelEMA(student, decay=0.5, warmup=False)
-    frozen0 = ema.module.image_encoder[0].weight.clone()
     head0 = ema.module.head.weight.clone()
-    perturb(student, 1)
+    perturb(student, 1)          # e.g. DDP broadcast rank 0's weights after the EMA copy was made
     ema.update(student)
-    assert torch.equal(ema.module.image_encoder[0].weight, frozen0)   # not averaged (constant in training)
+    assert torch.equal(ema.module.image_encoder[0].weight, student.image_encoder[0].weight)   # first update: copied
     torch.testing.assert_close(ema.module.head.weight, 0.5 * head0 + 0.5 * student.head.weight)
+    frozen1 = ema.module.image_encoder[0].weight.clone()
+    with torch.no_grad():
+        student.image_encoder[0].weight.add_(1.0)
+    ema.update(student)
+    assert torch.equal(ema.module.image_encoder[0].weight, frozen1)   # later: skipped (constant in training)
     # buffers are still copied
     torch.testing.assert_close(ema.module.image_encoder[1].running_mean, student.image_encoder[1].running_mean)
 
