@@ -5,7 +5,8 @@
 
 The model architecture comes from the checkpoint's config. Writes ``summary.json`` (same keys as training),
 ``cases.csv`` (one row per volume and class) and, with ``-save_pred``, the predicted label volumes
-(``.h5`` with key ``prediction`` for ACDC-format data, ``.nii.gz`` with the volume's affine for NIfTI data)
+(``.h5`` with key ``prediction`` for ACDC-format data, ``.nii.gz`` on the input image's voxel grid and header for
+NIfTI data)
 into ``<log_dir>/eval_<run>_<split>_<timestamp>/``.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 import cfg
 from dataset import DatasetError, build_datasets
+from dataset.io import write_label_nifti
 from sam2_train import runtime
 from sam2_train.checkpoint import load_checkpoint, load_model_state
 from sam2_train.evaluation import format_summary, write_case_rows
@@ -47,12 +49,16 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def prediction_writer(out_dir: str):
-    """``save_pred(item, pred)``: NIfTI with the volume's affine when it has one, else h5."""
+    """``save_pred(item, pred)``: a NIfTI image on the grid of the source NIfTI (same shape, voxel order and
+    header, so it compares voxel-wise with the input and its label file); a NIfTI in the canonical (RAS)
+    grid when only an affine is known; else h5 (key ``prediction``)."""
     os.makedirs(out_dir, exist_ok=True)
 
     def save(item: dict, pred: np.ndarray) -> None:
-        affine = item.get("affine")
-        if affine is not None:
+        source, affine = item.get("source"), item.get("affine")
+        if source is not None:
+            write_label_nifti(os.path.join(out_dir, f"{item['name']}.nii.gz"), pred, source)
+        elif affine is not None:
             import nibabel as nib
             # (D,H,W) = (z,y,x) in the canonical orientation the loader produced -> (x,y,z) for NIfTI
             img = nib.Nifti1Image(np.ascontiguousarray(pred.transpose(2, 1, 0)).astype(np.uint16), np.asarray(affine))

@@ -395,7 +395,8 @@ class VolumeDataset(Dataset):
                 "label": torch.from_numpy(np.ascontiguousarray(lab)).long(),
                 "name": ref.name,
                 "spacing": None if spacing is None else tuple(float(s) for s in spacing),
-                "affine": None if affine is None else np.asarray(affine, dtype=np.float64)}
+                "affine": None if affine is None else np.asarray(affine, dtype=np.float64),
+                "source": ref.image_path if isinstance(ref, NiftiVolumeRef) else None}
 
 
 def collate_volumes(batch):

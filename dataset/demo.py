@@ -200,16 +200,6 @@ def header_affine(row: tuple, scale: int, nx: int = 512, ny: int = 512):
     return hdr.get_qform()
 
 
-def to_file_orientation(arr_dhw: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Inverse of the loader: canonical (D=z,H=y,W=x) array -> voxel order of a file with ``affine``."""
-    import nibabel as nib
-
-    ras = np.transpose(arr_dhw, (2, 1, 0))
-    file_ornt = nib.orientations.io_orientation(affine)
-    tr = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")), file_ornt)
-    return np.ascontiguousarray(nib.orientations.apply_orientation(ras, tr))
-
-
 def file_shape_for(affine: np.ndarray, dhw: tuple) -> tuple:
     import nibabel as nib
 
@@ -330,6 +320,8 @@ def _hex(rng, n):
 
 def _save_nifti(path: str, arr_dhw: np.ndarray, affine: np.ndarray):
     import nibabel as nib
+
+    from .io import to_file_orientation
 
     data = to_file_orientation(arr_dhw, affine)
     img = nib.Nifti1Image(data, affine)

@@ -171,6 +171,36 @@ def read_nifti(path: str, is_label: bool = False):
     return arr, spacing, np.asarray(canon.affine, dtype=np.float64)
 
 
+def to_file_orientation(arr_dhw: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`read_nifti`'s reorientation: a canonical (D=z, H=y, W=x) array -> the voxel order
+    (x, y, z axes as stored) of a NIfTI file with ``affine``."""
+    import nibabel as nib
+
+    ras = np.transpose(arr_dhw, (2, 1, 0))
+    tr = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")),
+                                         nib.orientations.io_orientation(affine))
+    return np.ascontiguousarray(nib.orientations.apply_orientation(ras, tr))
+
+
+def write_label_nifti(path: str, label_dhw: np.ndarray, source: str) -> None:
+    """Save a canonical (D,H,W) label volume on the voxel grid of the NIfTI image ``source`` (same shape,
+    voxel order, affine, qform/sform codes), so it overlays and compares voxel-wise with that image and
+    its ground truth; uint16, as BHSD's labels."""
+    import nibabel as nib
+
+    src = _nib_load(source)
+    data = to_file_orientation(np.asarray(label_dhw).astype(np.uint16), src.affine)
+    if data.shape != tuple(src.shape[:3]):
+        raise ValueError(f"{source}: prediction of shape {data.shape} (file order) does not fit the image {src.shape[:3]}")
+    hdr = src.header.copy()
+    hdr.set_data_dtype(np.uint16)
+    hdr.set_slope_inter(1.0, 0.0)
+    out = nib.Nifti1Image(data, src.affine, header=hdr)
+    out.set_qform(src.get_qform(), code=int(src.header["qform_code"]))
+    out.set_sform(src.get_sform(), code=int(src.header["sform_code"]))
+    nib.save(out, path)
+
+
 # ---------------------------------------------------------------------------------------------
 # PNG slices
 

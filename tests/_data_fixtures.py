@@ -66,7 +66,7 @@ def canonical_volume(D=6, H=20, W=24, seed=0):
 
 def save_nifti(path, arr_dhw, affine, dtype):
     """Save a canonical (D,H,W) array in the voxel order implied by ``affine``."""
-    from dataset.demo import to_file_orientation
+    from dataset.io import to_file_orientation
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     data = to_file_orientation(arr_dhw.astype(dtype), affine)

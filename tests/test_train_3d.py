@@ -236,12 +236,20 @@ def test_orientation_end_to_end(tmp_path):
         img, spacing, affine = read_nifti(str(tmp_path / f"{name}.nii.gz"))
         np.testing.assert_allclose(img, vol)
         preds.append(predictor(net, args)(img, spacing))
-        prediction_writer(str(tmp_path / "pred"))({"name": name, "affine": affine}, preds[-1])
+        src = str(tmp_path / f"{name}.nii.gz")
+        prediction_writer(str(tmp_path / "pred"))({"name": name, "affine": affine, "source": src}, preds[-1])
+        prediction_writer(str(tmp_path / "canon"))({"name": name, "affine": affine}, preds[-1])
     np.testing.assert_array_equal(preds[0], preds[1])
     assert (preds[0] == 2).any()
+    # with the source file: its grid (voxel order, affine), so the prediction compares voxel-wise with it
     saved = nib.load(str(tmp_path / "pred" / "lpi.nii.gz"))
-    np.testing.assert_allclose(saved.affine, nib.as_closest_canonical(nib.load(str(tmp_path / "lpi.nii.gz"))).affine)
-    np.testing.assert_array_equal(np.asanyarray(saved.dataobj).transpose(2, 1, 0), preds[1])
+    np.testing.assert_allclose(saved.affine, flip)
+    assert saved.get_data_dtype() == np.uint16
+    np.testing.assert_array_equal(np.asanyarray(saved.dataobj), preds[1].transpose(2, 1, 0)[::-1, ::-1, ::-1])
+    # without it (affine only): the canonical grid the loader produced
+    canon = nib.load(str(tmp_path / "canon" / "lpi.nii.gz"))
+    np.testing.assert_allclose(canon.affine, nib.as_closest_canonical(nib.load(str(tmp_path / "lpi.nii.gz"))).affine)
+    np.testing.assert_array_equal(np.asanyarray(canon.dataobj).transpose(2, 1, 0), preds[1])
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -274,9 +282,11 @@ def test_train_3d_and_evaluate_cli(bhsd_root, tmp_path):
     import nibabel as nib
     src = [os.path.join(dp, f) for dp, _, fs in os.walk(bhsd_root) for f in fs if f == pred and "images" in dp]
     assert src, pred
-    canon = nib.as_closest_canonical(nib.load(src[0]))
+    image = nib.load(src[0])               # BHSD-like header: qfac -1, x stored flipped
     saved = nib.load(os.path.join(ev, "predictions", pred))
-    assert saved.shape == canon.shape and np.allclose(saved.affine, canon.affine)
+    assert saved.shape == image.shape and np.allclose(saved.affine, image.affine)
+    assert int(saved.header["qform_code"]) == int(image.header["qform_code"]) == 1
+    assert saved.header["pixdim"][0] == image.header["pixdim"][0] == -1
 
 
 def test_encoder_lr_mult_zero_freezes_the_image_encoder():
