@@ -174,7 +174,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("data")
     g.add_argument("-labeled_num", type=positive_int, default=None,
-                   help="ACDC: labeled cases (1, 3, 7, ...; default 3); BHSD/custom: labeled volumes (default: BHSD 96, the whole training half; custom 1); demo: 2 patients (2D) / all 6 training volumes (3D)")
+                   help="ACDC: labeled cases (1, 3, 7, ...; default 3); BHSD/custom: labeled volumes (default: "
+                        "BHSD 96, the whole training half; custom 1); demo: 2 patients (2D) / all 6 training "
+                        "volumes (3D)")
     g.add_argument("-labeled_ratio", type=unit_float, default=None,
                    help="BHSD/custom: labeled fraction of the training volumes (overrides -labeled_num)")
     g.add_argument("-b_u", type=positive_int, default=None,

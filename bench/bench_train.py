@@ -129,7 +129,8 @@ def bench_method(method: str, flags: list[str], steps: int, warmup: int, script:
                 peak_kind="CUDA allocator peak" if device.type == "cuda" else "process peak RSS",
                 outside=(per["data"] + parts["pcsw"] + glue) / step, setting=f"{args.sam_config} @ {args.image_size}px, "
                 + (f"b={args.b}" if script == "2d" else f"b={args.b} clips of {args.video_length} slices")
-                + (f" + {pipe.unlabeled_batch(args)} unlabeled {'slabs' if script == '2d' else 'clips'}" if semi else ""))
+                + (f" + {pipe.unlabeled_batch(args)} unlabeled {'slabs' if script == '2d' else 'clips'}"
+                   if semi else ""))
 
 
 def main(argv=None) -> int:

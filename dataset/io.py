@@ -191,7 +191,8 @@ def write_label_nifti(path: str, label_dhw: np.ndarray, source: str) -> None:
     src = _nib_load(source)
     data = to_file_orientation(np.asarray(label_dhw).astype(np.uint16), src.affine)
     if data.shape != tuple(src.shape[:3]):
-        raise ValueError(f"{source}: prediction of shape {data.shape} (file order) does not fit the image {src.shape[:3]}")
+        raise ValueError(f"{source}: prediction of shape {data.shape} (file order) does not fit the image "
+                         f"{src.shape[:3]}")
     hdr = src.header.copy()
     hdr.set_data_dtype(np.uint16)
     hdr.set_slope_inter(1.0, 0.0)

@@ -12,9 +12,9 @@ slices. Memory is bounded by a few frames, never by the volume:
    class not prompted on a prompt frame is tracked into it from its own memory, as in SAM-2's video
    predictor); then frames are tracked forwards from the first prompt frame to the last slice and, after
    ``clear_non_cond``, backwards to slice 0, encoding one frame at a time (a frame prompted for every
-   tracked class is not encoded again). The tracker keeps the memories of at most ``num_maskmem`` recent frames (plus
-   object pointers and the conditioning frames' memories), so peak memory is: one chunk of encoder
-   activations + that memory bank + the (D,K+1,s,s) probabilities + the (D,H,W) output labels.
+   tracked class is not encoded again). The tracker keeps the memories of at most ``num_maskmem`` recent
+   frames (plus object pointers and the conditioning frames' memories), so peak memory is: one chunk of
+   encoder activations + that memory bank + the (D,K+1,s,s) probabilities + the (D,H,W) output labels.
 
 Each frame's logits become labels right away (``labels_from_refined`` at model resolution, background
 where no class logit is > 0; classes without any prompt in the volume are masked out), and the labels are

@@ -118,8 +118,8 @@ def teacher_targets(teacher: SSSNet, views: dict, cfg: PCSWConfig, use_pcsw: boo
     """Teacher pass on the weak clips -> tracked pseudo-labels, confidences, prompts; then 3-D CutMix.
 
     views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,T,1,S,S). Prompts: the PCSW prompts of the
-    clip, each class on every ``prompt_freq``-th of its PCSW-prompted frames (:func:`thin_prompt_frames`); SAM-2 tracks
-    them through all frames. Pseudo-labels come from the tracked logits of the prompted classes on frames
+    clip, each class on every ``prompt_freq``-th of its PCSW-prompted frames (:func:`thin_prompt_frames`);
+    SAM-2 tracks them through all frames. Pseudo-labels come from the tracked logits of the prompted classes on frames
     where SAM-2's object score is > 0; elsewhere a class counts as not prompted (coarse-probability
     fallback for the confidence, see :func:`pseudo_labels`).
     """

@@ -52,9 +52,10 @@ class ModelEMA:
                              f"the EMA copy {len(self._ema_params)}: not the same architecture")
         d = self.current_decay()
         trained = [(e, p.detach()) for e, p in zip(self._ema_params, src_params) if p.requires_grad]
-        frozen = [(e, p.detach()) for e, p in zip(self._ema_params, src_params) if not p.requires_grad]
-        if frozen and self.step == 0:
-            torch._foreach_copy_(*map(list, zip(*frozen)))
+        if self.step == 0:
+            frozen = [(e, p.detach()) for e, p in zip(self._ema_params, src_params) if not p.requires_grad]
+            if frozen:
+                torch._foreach_copy_(*map(list, zip(*frozen)))
         if trained:
             ema_params, src_data = map(list, zip(*trained))
             torch._foreach_mul_(ema_params, d)

@@ -13,7 +13,8 @@ Shapes (S = model image size, h = w = S/4 low-res mask size, B images, K objects
 - :class:`SAM2Tracker`: the same tracking, streamed one frame at a time (memory of old frames dropped); each
   object is conditioned on its own prompted frames only (:class:`SAM2GroupTracker` per set of such frames).
 
-No global state; objects are batched as SAM-2's batch dimension (no loops over samples or objects).
+No global state; objects are batched as SAM-2's batch dimension (in tracking, the objects that share their
+prompted frames; no loops over samples).
 Precision: weights stay fp32; wrap calls in ``torch.autocast("cuda", dtype=torch.bfloat16)`` on CUDA.
 """
 from __future__ import annotations
@@ -453,6 +454,10 @@ class SAM2GroupTracker:
             elif d > self.mem_window and "maskmem_features" in nc[t]:
                 nc[t] = {"obj_ptr": nc[t]["obj_ptr"]}
 
+    def prompt_output(self, frame_idx: int) -> FrameOutput | None:
+        """The decoded output of a conditioning frame (None if no prompt was added there)."""
+        return self._cond_results.get(int(frame_idx))
+
     def clear_non_cond(self) -> None:
         """Forget all tracked (non-conditioning) memories, e.g. before a fresh backward pass."""
         self.output_dict["non_cond_frame_outputs"].clear()
@@ -582,10 +587,6 @@ class SAM2Tracker:
         self._index = [torch.tensor(objs, device=dev) for _, objs, _ in self.groups]
         self.prompt_frames = sorted(set().union(*(g[0] for g in self.groups))) if self.groups else []
 
-    def needs_features(self, frame_idx: int) -> bool:
-        """Whether :meth:`step` on this frame tracks some group (i.e. not a prompted frame of every group)."""
-        return any(frame_idx not in frames for frames, _, _ in self.groups)
-
     def add_prompts(self, frame_indices: Sequence[int], feats: ImageFeatures | Sequence[torch.Tensor],
                     boxes: torch.Tensor | None = None, box_valid: torch.Tensor | None = None,
                     points: torch.Tensor | None = None, point_labels: torch.Tensor | None = None) -> None:
@@ -615,9 +616,10 @@ class SAM2Tracker:
         outs = []
         for frames, objs, tr in self.groups:
             if frame_idx in frames:
-                if frame_idx not in tr._cond_results:
+                out = tr.prompt_output(frame_idx)
+                if out is None:
                     raise RuntimeError(f"frame {frame_idx} is a prompted frame of objects {objs}: add_prompts first")
-                outs.append(tr._cond_results[frame_idx])
+                outs.append(out)
                 continue
             if callable(feats):
                 feats = feats()
