@@ -34,6 +34,8 @@ import time
 
 import numpy as np
 
+from .io import to_file_orientation
+
 DEMO_MARKER = "DEMO.json"
 HEADERS_CSV = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "shared", "data", "bhsd_label_headers.csv")
@@ -321,8 +323,6 @@ def _hex(rng, n):
 def _save_nifti(path: str, arr_dhw: np.ndarray, affine: np.ndarray):
     import nibabel as nib
 
-    from .io import to_file_orientation
-
     data = to_file_orientation(arr_dhw, affine)
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
@@ -409,6 +409,13 @@ def ensure_demo(root: str, kind: str = "acdc", seed: int = 0, **kw) -> str:
         raise ValueError(f"kind must be acdc, bhsd or both, got {kind!r}")
     root = os.path.abspath(root)
     if is_complete(root):
+        if kind == "bhsd":  # phantoms of an older version (realistic lesion sizes) do not train in the demo
+            with open(os.path.join(root, DEMO_MARKER)) as f:
+                made = float(json.load(f).get("lesion_scale", 1.0))
+            wanted = float(kw.get("lesion_scale", BHSD_DEMO["lesion_scale"]))
+            if made != wanted:
+                raise DatasetError(f"{root}: demo phantoms made with lesion_scale {made:g}, expected {wanted:g}; "
+                                   f"remove the folder to regenerate it")
         return root
     if os.path.isdir(root) and os.listdir(root):
         raise DatasetError(f"{root}: folder exists but is not a complete demo dataset (no {DEMO_MARKER}); "

@@ -203,6 +203,14 @@ def test_bhsd_phantom_lesion_scale():
         assert 0 < n[0] < n[1], (kind, n)
 
 
+def test_ensure_demo_refuses_bhsd_phantoms_of_another_lesion_scale(tmp_path):
+    root = str(tmp_path / "demo_bhsd")
+    ensure_demo(root, "bhsd", labeled=3, unlabeled=1, lesion_scale=1.0)      # e.g. made by an older version
+    assert ensure_demo(root, "bhsd", lesion_scale=1.0) == root
+    msg = _first_error(lambda: ensure_demo(root, "bhsd"))
+    assert root in msg and "lesion_scale 1, expected 3" in msg and "remove the folder" in msg
+
+
 def test_ensure_demo_and_demo_dataset(tmp_path, monkeypatch):
     root = str(tmp_path / "demo_acdc")
     ensure_demo(root, "acdc")
