@@ -13,12 +13,10 @@ import os
 import sys
 from typing import Sequence
 
+from sam2_train.model.build import CKPT_FILES, SAM_CONFIG_NAMES
+
 DATASETS = ("acdc", "bhsd", "custom", "demo")
 METHODS = ("supervised", "fixmatch", "sss")
-SAM_CONFIG_NAMES = (
-    "sam2_hiera_t", "sam2_hiera_s", "sam2_hiera_b+", "sam2_hiera_l",
-    "sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l",
-)
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
@@ -245,14 +243,6 @@ _DEFAULTS = {
                    val_volumes=0, encoder_lr_mult=1.0, rampup=0),
 }
 
-# Official checkpoint file for each built-in config name (see checkpoints/README.md).
-CKPT_FOR_CONFIG = {
-    "sam2_hiera_t": "sam2_hiera_tiny.pt", "sam2_hiera_s": "sam2_hiera_small.pt",
-    "sam2_hiera_b+": "sam2_hiera_base_plus.pt", "sam2_hiera_l": "sam2_hiera_large.pt",
-    "sam2.1_hiera_t": "sam2.1_hiera_tiny.pt", "sam2.1_hiera_s": "sam2.1_hiera_small.pt",
-    "sam2.1_hiera_b+": "sam2.1_hiera_base_plus.pt", "sam2.1_hiera_l": "sam2.1_hiera_large.pt",
-}
-
 
 def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespace:
     """Fill the ``None`` defaults from the dataset and the script ("2d" or "3d")."""
@@ -270,7 +260,7 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
         args.epochs = 1000
     if args.sam_ckpt is None:
         args.sam_ckpt = d["sam_ckpt"] or os.path.join(
-            "checkpoints", CKPT_FOR_CONFIG.get(args.sam_config, "<checkpoint matching -sam_config>"))
+            "checkpoints", CKPT_FILES.get(args.sam_config, "<checkpoint matching -sam_config>"))
     if args.out_size is None:
         args.out_size = args.image_size
     if args.data_path is None:

@@ -21,12 +21,12 @@ import numpy as np
 import cfg
 from dataset import DatasetError, build_datasets
 from dataset.io import write_label_nifti
-from sam2_train import runtime
-from sam2_train.checkpoint import load_checkpoint, load_model_state
-from sam2_train.evaluation import format_summary, write_case_rows
-from sam2_train.run_dir import console, write_json_atomic
-from sam2_train.sss_net import build_sss_net
-from sam2_train.trainer import USER_ERRORS, validate
+from sam2_train.engine import runtime
+from sam2_train.engine.checkpoint import load_checkpoint, load_model_state
+from sam2_train.evaluation.loop import format_summary, write_case_rows
+from sam2_train.engine.run_dir import console, write_json_atomic
+from sam2_train.model.sss_net import build_sss_net
+from sam2_train.engine.trainer import USER_ERRORS, validate
 
 
 def parse(argv=None) -> argparse.Namespace:

@@ -295,7 +295,7 @@ def _finite(v) -> float | None:
 def merged_dice(val_cases: str, test_cases: str, class_names) -> dict | None:
     """Dice over val+test merged (the UniMatch protocol) from evaluate.py's two ``cases.csv`` files: per
     class the mean over volumes (a class absent from both prediction and label of a volume, NaN in the
-    file, is left out), then the mean over classes (the convention of ``sam2_train.metrics.summarize``)."""
+    file, is left out), then the mean over classes (the convention of ``sam2_train.evaluation.metrics.summarize``)."""
     rows = []
     for path in (val_cases, test_cases):
         with open(path, newline="", encoding="utf-8") as f:

@@ -10,7 +10,7 @@ import sys
 
 import cfg
 from func_2d.pipeline import PIPELINE_2D
-from sam2_train.trainer import run
+from sam2_train.engine.trainer import run
 
 if __name__ == "__main__":
     sys.exit(run(sys.argv[1:], PIPELINE_2D, cfg.parse_args))

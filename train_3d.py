@@ -10,7 +10,7 @@ import sys
 
 import cfg
 from func_3d.pipeline import PIPELINE_3D
-from sam2_train.trainer import run
+from sam2_train.engine.trainer import run
 
 if __name__ == "__main__":
     sys.exit(run(sys.argv[1:], PIPELINE_3D, cfg.parse_args))

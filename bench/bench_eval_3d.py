@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cfg  # noqa: E402
 from func_3d.pipeline import PIPELINE_3D  # noqa: E402
-from sam2_train import runtime  # noqa: E402
-from sam2_train.sss_net import build_sss_net  # noqa: E402
+from sam2_train.engine import runtime  # noqa: E402
+from sam2_train.model.sss_net import build_sss_net  # noqa: E402
 
 
 def phantom(h: int, w: int, d: int) -> np.ndarray:

@@ -31,11 +31,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cfg  # noqa: E402
 from dataset import build_datasets  # noqa: E402
-from sam2_train import runtime  # noqa: E402
-from sam2_train.ema import ModelEMA  # noqa: E402
-from sam2_train.schedule import build_optimizer  # noqa: E402
-from sam2_train.sss_net import build_sss_net  # noqa: E402
-from sam2_train.trainer import _loader, _to  # noqa: E402
+from sam2_train.engine import runtime  # noqa: E402
+from sam2_train.engine.ema import ModelEMA  # noqa: E402
+from sam2_train.engine.schedule import build_optimizer  # noqa: E402
+from sam2_train.model.sss_net import build_sss_net  # noqa: E402
+from sam2_train.engine.trainer import _loader, _to  # noqa: E402
 
 PARTS = ("encoder", "dfe", "head", "pcsw", "decoder", "track", "loss")
 

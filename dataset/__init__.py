@@ -6,8 +6,8 @@ Public API (see docs/data.md):
 * :class:`DatasetError`
 * datasets: LabeledSliceDataset, UnlabeledSlabDataset, LabeledClipDataset, UnlabeledClipDataset,
   VolumeDataset, :func:`collate_volumes`
-* augmentation: :mod:`dataset.transforms` (weak_geometric, strong_photometric, sample_cutmix_boxes,
-  cutmix_box_masks, apply_cutmix, sample_cutmix_partners)
+* augmentation: :mod:`dataset.transforms` (weak_geometric, strong_photometric); batch CutMix is
+  :mod:`sam2_train.model.cutmix`
 * demo data: :func:`dataset.demo.ensure_demo`, ``python -m dataset.demo OUT``
 * ``python -m dataset.convert_acdc RAW_DIR OUT_DIR``
 """
@@ -15,8 +15,7 @@ from .errors import DatasetError
 from .base import (LabeledClipDataset, LabeledSliceDataset, UnlabeledClipDataset, UnlabeledSlabDataset,
                    VolumeDataset, collate_volumes, item_generators)
 from .build import Splits, build_datasets
-from .transforms import (apply_cutmix, cutmix_box_masks, sample_cutmix_boxes, sample_cutmix_partners,
-                         strong_photometric, weak_geometric)
+from .transforms import strong_photometric, weak_geometric
 
 
 def ensure_demo(root: str, kind: str = "both", seed: int = 0):
@@ -26,5 +25,4 @@ def ensure_demo(root: str, kind: str = "both", seed: int = 0):
 
 __all__ = ["DatasetError", "Splits", "build_datasets", "ensure_demo", "collate_volumes", "item_generators",
            "LabeledSliceDataset", "UnlabeledSlabDataset", "LabeledClipDataset", "UnlabeledClipDataset",
-           "VolumeDataset", "apply_cutmix", "cutmix_box_masks", "sample_cutmix_boxes",
-           "sample_cutmix_partners", "strong_photometric", "weak_geometric"]
+           "VolumeDataset", "strong_photometric", "weak_geometric"]

@@ -1,11 +1,11 @@
-"""The 2D pipeline plugged into the shared training loop (``sam2_train.trainer``)."""
+"""The 2D pipeline plugged into the shared training loop (``sam2_train.engine.trainer``)."""
 from __future__ import annotations
 
-from sam2_train.pcsw import PCSWConfig
-from sam2_train.trainer import Pipeline
+from sam2_train.model.pcsw import PCSWConfig
+from sam2_train.engine.trainer import Pipeline
 
-from func_2d.evaluate import predict_volume
-from func_2d.train_step import Student2D, train_step
+from func_2d.predict import predict_volume
+from func_2d.step import Student2D, train_step
 
 
 def predict(net, image, spacing, args, device, autocast):

@@ -1,11 +1,11 @@
-"""The 3D pipeline plugged into the shared training loop (``sam2_train.trainer``)."""
+"""The 3D pipeline plugged into the shared training loop (``sam2_train.engine.trainer``)."""
 from __future__ import annotations
 
-from sam2_train.pcsw import PCSWConfig
-from sam2_train.trainer import Pipeline
+from sam2_train.model.pcsw import PCSWConfig
+from sam2_train.engine.trainer import Pipeline
 
-from func_3d.evaluate import memory_dtype_for, predict_volume
-from func_3d.train_step import Student3D, train_step
+from func_3d.predict import memory_dtype_for, predict_volume
+from func_3d.step import Student3D, train_step
 
 
 def predict(net, image, spacing, args, device, autocast):

@@ -1,1 +1,1 @@
-"""SAM-2 training core of SSS: model wrapper, DFE, coarse head, PCSW, losses, metrics, run utilities."""
+"""SAM-2 training library of SSS: ``model`` (the method), ``engine`` (the run machinery), ``evaluation``."""

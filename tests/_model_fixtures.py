@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from sam2_train.build import build_sam2_base
+from sam2_train.model.build import build_sam2_base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_CFG = os.path.join(ROOT, "sam2_train", "configs", "sam2_hiera_test.yaml")

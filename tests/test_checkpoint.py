@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from sam2_train.checkpoint import (CHECKPOINT_VERSION, CheckpointError, CheckpointNotFoundError,
+from sam2_train.engine.checkpoint import (CHECKPOINT_VERSION, CheckpointError, CheckpointNotFoundError,
                                    ConfigMismatchError, apply_saved_config, capture_rng_state,
                                    check_config_compatible, config_differences, gather_rng_states,
                                    load_checkpoint, make_checkpoint, model_state_dict, restore_rng_state,
                                    restore_training_state, save_checkpoint, to_plain)
-from sam2_train.ema import ModelEMA
-from sam2_train.schedule import build_optimizer, build_scheduler
+from sam2_train.engine.ema import ModelEMA
+from sam2_train.engine.schedule import build_optimizer, build_scheduler
 
 
 class Boom:
@@ -39,7 +39,7 @@ def test_atomic_save_failure_keeps_old_checkpoint(tmp_path, monkeypatch):
     save_checkpoint(path, {"model": {"w": torch.ones(3)}, "version": 1})
     before = path.read_bytes()
     # an object that raises during pickling (bypassing to_plain's type check)
-    monkeypatch.setattr("sam2_train.checkpoint.to_plain", lambda s, *a: s)
+    monkeypatch.setattr("sam2_train.engine.checkpoint.to_plain", lambda s, *a: s)
     with pytest.raises(RuntimeError, match="boom"):
         save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "bad": Boom(), "version": 1})
     assert path.read_bytes() == before

@@ -2,8 +2,8 @@
 import numpy as np
 import torch
 
-from dataset.transforms import (apply_cutmix, apply_weak, cutmix_box_masks, sample_cutmix_boxes,
-                                sample_cutmix_partners, sample_weak, scale_boxes, strong_photometric)
+from dataset.transforms import apply_weak, sample_weak, strong_photometric
+from sam2_train.model.cutmix import apply_cutmix, cutmix_box_masks, sample_cutmix_boxes, sample_cutmix_partners
 
 
 def _blobs(n=3, H=48, W=40, seed=0):
@@ -92,5 +92,3 @@ def test_cutmix_boxes_consistent_across_images_labels_masks():
     assert app.all()
     never, app = sample_cutmix_boxes(4, H, W, p=0.0, generator=g)
     assert not app.any() and torch.all(never == 0)
-    sb = scale_boxes(torch.tensor([[4, 8, 20, 16], [0, 0, 0, 0]]), (32, 40), (8, 10))
-    assert sb.tolist() == [[1, 2, 5, 4], [0, 0, 0, 0]]

@@ -1,11 +1,11 @@
-"""DFE (sam2_train/dfe.py) and the coarse head (sam2_train/coarse_head.py)."""
+"""DFE (sam2_train/model/dfe.py) and the coarse head (sam2_train/model/coarse_head.py)."""
 import argparse
 
 import pytest
 import torch
 
-from sam2_train.coarse_head import CoarseHead
-from sam2_train.dfe import DFE, DFEConfig
+from sam2_train.model.coarse_head import CoarseHead
+from sam2_train.model.dfe import DFE, DFEConfig
 
 CH = (32, 64, 256)
 

@@ -1,7 +1,7 @@
 """train_2d.py under torchrun: 2 CPU processes, gloo, DDP.
 
 Design of the check (no test hook in production code). A probe script, written by the test, runs the real
-``sam2_train.trainer.run`` with the 2D pipeline under ``torch.distributed.run --nproc_per_node 2``; it only
+``sam2_train.engine.trainer.run`` with the 2D pipeline under ``torch.distributed.run --nproc_per_node 2``; it only
 wraps two functions from the outside: the pipeline's step (to record each rank's losses) and the trainer's
 ``_final_evaluation`` (called on every rank after the last step, to dump each rank's student and EMA weights).
 The DDP invariant is then checked where it matters:
@@ -33,7 +33,7 @@ PROBE = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import cfg
     from func_2d.pipeline import PIPELINE_2D
-    from sam2_train import trainer
+    from sam2_train.engine import trainer
 
     out_dir = {out!r}
     rank = int(os.environ["RANK"])

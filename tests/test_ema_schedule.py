@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from sam2_train.ema import ModelEMA
-from sam2_train.schedule import (build_optimizer, build_param_groups, build_scheduler, current_lrs, lr_factor)
+from sam2_train.engine.ema import ModelEMA
+from sam2_train.engine.schedule import (build_optimizer, build_param_groups, build_scheduler, current_lrs, lr_factor)
 
 
 class Net(torch.nn.Module):

@@ -1,10 +1,10 @@
-"""Losses (sam2_train/losses.py)."""
+"""Losses (sam2_train/model/losses.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
-from sam2_train.losses import bce_dice_loss, ce_dice_loss
+from sam2_train.model.losses import bce_dice_loss, ce_dice_loss
 
 
 def rand_case(B=2, C=4, H=16, W=16, seed=0):

@@ -1,4 +1,4 @@
-"""Metrics (sam2_train/metrics.py) against medpy.metric.binary.
+"""Metrics (sam2_train/evaluation/metrics.py) against medpy.metric.binary.
 
 Tolerances: Dice/Jaccard rtol 1e-6 (MONAI computes them in float32); distances rtol 1e-5 (MONAI returns
 float32 surface distances, medpy float64). Surfaces are defined identically (erosion with the
@@ -12,7 +12,7 @@ from scipy import ndimage
 
 medpy_binary = pytest.importorskip("medpy.metric.binary")
 
-from sam2_train.metrics import summarize, volume_metrics  # noqa: E402
+from sam2_train.evaluation.metrics import summarize, volume_metrics  # noqa: E402
 
 RTOL_OVERLAP, RTOL_DIST = 1e-6, 1e-5
 

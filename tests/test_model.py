@@ -18,12 +18,12 @@ from PIL import Image
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
 from _model_fixtures import S, TEST_CFG, build_tiny, smooth_frames
-from cfg import CKPT_FOR_CONFIG, SAM_CONFIG_NAMES
-from sam2_train.build import (CKPT_FILES, CheckpointMismatchError, build_sam2_base, compose_sam_config,
+from sam2_train.model.build import SAM_CONFIG_NAMES
+from sam2_train.model.build import (CKPT_FILES, CheckpointMismatchError, build_sam2_base, compose_sam_config,
                               image_size_overrides, load_model_state, resolve_sam_config)
-from sam2_train.prompts import (boxes_to_points, jitter_boxes, masks_to_boxes, sample_click, scale_boxes,
+from sam2_train.model.prompts import (boxes_to_points, jitter_boxes, masks_to_boxes, sample_click, scale_boxes,
                                 scale_points)
-from sam2_train.sam2_model import SAM2Seg, upsample_logits
+from sam2_train.model.sam2_model import SAM2Seg, upsample_logits
 
 LOGIT_TOL_2D, IOU_TOL_2D = 1e-4, 1e-5
 LOGIT_TOL_VIDEO, LOGIT_TOL_VIDEO_FP32_MEM = 1e-3, 5e-2
@@ -391,7 +391,7 @@ def test_random_init_warns_loudly(caplog):
 def test_resolve_all_config_names_and_compose():
     from hydra.core.global_hydra import GlobalHydra
 
-    assert set(SAM_CONFIG_NAMES) == set(CKPT_FILES) and CKPT_FILES is CKPT_FOR_CONFIG
+    assert set(SAM_CONFIG_NAMES) == set(CKPT_FILES)
     for name in SAM_CONFIG_NAMES:
         resolved = resolve_sam_config(name)
         sub = "sam2.1" if name.startswith("sam2.1_") else "sam2"

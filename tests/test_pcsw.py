@@ -1,11 +1,11 @@
-"""PCSW prompt generator and the unconstrained coarse boxes (sam2_train/pcsw.py), on hand-built maps."""
+"""PCSW prompt generator and the unconstrained coarse boxes (sam2_train/model/pcsw.py), on hand-built maps."""
 import argparse
 
 import numpy as np
 import pytest
 import torch
 
-from sam2_train.pcsw import (PCSWConfig, PromptGenerator, Prompts, _argmax_masks, coarse_box_prompts,
+from sam2_train.model.pcsw import (PCSWConfig, PromptGenerator, Prompts, _argmax_masks, coarse_box_prompts,
                              pcsw_prompts)
 
 H = W = 32

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam2_train.run_dir import RunDir
+from sam2_train.engine.run_dir import RunDir
 
 
 def events(path):

@@ -11,8 +11,8 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, Dataset
 
-from sam2_train import runtime
-from sam2_train.runtime import (DistInfo, InfiniteLoader, NonFiniteGuard, ResumableSampler, TrainingDiverged,
+from sam2_train.engine import runtime
+from sam2_train.engine.runtime import (DistInfo, InfiniteLoader, NonFiniteGuard, ResumableSampler, TrainingDiverged,
                                 amp_dtype, autocast, init_distributed, seed_everything, select_device,
                                 unwrap_model, wrap_ddp)
 
@@ -220,7 +220,7 @@ def _ddp_worker(rank, world, port, out_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from sam2_train.runtime import all_reduce_mean as arm, cleanup, init_distributed as initd
+    from sam2_train.engine.runtime import all_reduce_mean as arm, cleanup, init_distributed as initd
     info = initd(argparse.Namespace(device="cpu", gpu_device=0, distributed="auto"))
     assert info.rank == rank and info.world_size == world and info.is_main == (rank == 0)
     seed_everything(0, info.rank)  # different init per rank: DDP must broadcast rank 0's weights

@@ -128,10 +128,10 @@ def test_predictions_do_not_depend_on_labels(finished_run, demo_root):
     import cfg
     from dataset import build_datasets
     from func_2d.pipeline import PIPELINE_2D
-    from sam2_train.checkpoint import load_checkpoint, load_model_state
-    from sam2_train.evaluation import evaluate_volumes
-    from sam2_train.runtime import autocast
-    from sam2_train.sss_net import build_sss_net
+    from sam2_train.engine.checkpoint import load_checkpoint, load_model_state
+    from sam2_train.evaluation.loop import evaluate_volumes
+    from sam2_train.engine.runtime import autocast
+    from sam2_train.model.sss_net import build_sss_net
 
     run, _ = finished_run
     state = load_checkpoint(os.path.join(run, "checkpoints", "last.pt"))

@@ -32,7 +32,7 @@ def make_args(*extra):
 
 
 def make_net(args, seed=0, informative=True):
-    from sam2_train.sss_net import build_sss_net
+    from sam2_train.model.sss_net import build_sss_net
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -81,14 +81,15 @@ def intensity_coarse_head(net, cls=2, thresh=0.7):
 
 def predictor(net, args):
     from func_3d.pipeline import PIPELINE_3D
-    from sam2_train.runtime import autocast
+    from sam2_train.engine.runtime import autocast
     return lambda img, sp: PIPELINE_3D.predict(net, img, sp, args, torch.device("cpu"),  # noqa: E731
                                                lambda: autocast("cpu", "off"))
 
 
 # ------------------------------------------------------------------------------------------------ training
 def test_thin_prompt_frames_and_clip_partners():
-    from sam2_train.semi import clip_cutmix_partners, thin_prompt_frames
+    from sam2_train.model.cutmix import clip_cutmix_partners
+    from sam2_train.model.semi import thin_prompt_frames
     valid = torch.tensor([[[0, 0], [1, 0], [1, 1], [0, 1], [1, 0], [0, 1]]], dtype=torch.bool)
     assert thin_prompt_frames(valid, 1) is valid
     kept = thin_prompt_frames(valid, 2)[0]      # per class: its prompted frames of rank 0, 2, ...
@@ -106,7 +107,7 @@ def test_thin_prompt_frames_and_clip_partners():
 
 def test_labeled_clip_loss_falls():
     """10 optimiser steps on one fixed labeled clip (ground-truth boxes on frames 0 and 2) lower the loss."""
-    from func_3d.train_step import Student3D
+    from func_3d.step import Student3D
     args = make_args("-p_gt", "1", "-prompt", "bbox", "-prompt_freq", "2", "-method", "supervised")
     net = make_net(args)
     assert net.sam.sam.max_cond_frames_in_attn == args.memory_bank_size == 16     # -memory_bank_size in 3D
@@ -132,7 +133,7 @@ def test_step_returns_all_terms_and_skips_unprompted_clips():
     """sss step with an unlabeled clip: same keys as 2D; a labeled clip without any prompt (no GT class on
     the prompt frames, p_gt=1) keeps only the coarse term (no tracking)."""
     import contextlib
-    from func_3d.train_step import Student3D, train_step
+    from func_3d.step import Student3D, train_step
     args = make_args("-p_gt", "1", "-b_u", "1")
     net = make_net(args)
     vol = torch.from_numpy(blob_volume(4, 64, 64, 1, 2))[:, None][None]
@@ -152,7 +153,7 @@ def test_step_returns_all_terms_and_skips_unprompted_clips():
 # ------------------------------------------------------------------------------------------------ inference
 @pytest.mark.parametrize("depth", [24, 60])
 def test_streamed_inference_any_depth_bounded_memory(depth, monkeypatch):
-    from sam2_train.sam2_model import SAM2GroupTracker
+    from sam2_train.model.sam2_model import SAM2GroupTracker
     args = make_args("-prompt_freq", "2")
     net = intensity_coarse_head(make_net(args))
     vol = blob_volume(depth, 80, 96, depth // 3, depth // 3 + 8)
@@ -198,7 +199,7 @@ def test_no_prompt_gives_background():
 def test_predictions_do_not_depend_on_labels(bhsd_root):
     """The evaluation loop gives the predictor the image only: replacing every label changes nothing."""
     from dataset import build_datasets
-    from sam2_train.evaluation import evaluate_volumes
+    from sam2_train.evaluation.loop import evaluate_volumes
     args = make_args("-data_path", bhsd_root)
     args.class_names = BHSD_CLASSES
     net = intensity_coarse_head(make_net(args), thresh=0.8)
@@ -290,7 +291,7 @@ def test_train_3d_and_evaluate_cli(bhsd_root, tmp_path):
 
 
 def test_encoder_lr_mult_zero_freezes_the_image_encoder():
-    from sam2_train.schedule import build_optimizer
+    from sam2_train.engine.schedule import build_optimizer
     for mult, frozen in (("0", True), ("0.5", False)):
         net = make_net(make_args("-encoder_lr_mult", mult), informative=False)
         enc = list(net.sam.sam.image_encoder.parameters())

@@ -16,11 +16,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from sam2_train.build import build_sam2_base
-from sam2_train.coarse_head import CoarseHead
-from sam2_train.dfe import DFE
-from sam2_train.pcsw import PCSWConfig, coarse_box_prompts, pcsw_prompts
-from sam2_train.sam2_model import SAM2Seg
+from sam2_train.model.build import build_sam2_base
+from sam2_train.model.coarse_head import CoarseHead
+from sam2_train.model.dfe import DFE
+from sam2_train.model.pcsw import PCSWConfig, coarse_box_prompts, pcsw_prompts
+from sam2_train.model.sam2_model import SAM2Seg
 
 # The architecture is fixed by these flags; a checkpoint records them and refuses to load under others.
 ARCH_KEYS = ("sam_config", "image_size", "num_classes", "dfe", "dfe_sim", "dfe_levels")

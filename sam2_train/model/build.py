@@ -5,7 +5,7 @@ Public API
 - :func:`resolve_sam_config` -- ``-sam_config`` value -> what hydra can compose.
 - :func:`build_sam2_base` -- config + checkpoint + image size -> fp32 ``SAM2Base`` in train mode.
 - :func:`load_model_state` -- strict ``load_state_dict`` with a readable :class:`CheckpointMismatchError`.
-- :data:`CKPT_FILES` -- built-in config name -> official checkpoint file name (from ``cfg.CKPT_FOR_CONFIG``).
+- :data:`CKPT_FILES` -- built-in config name -> official checkpoint file name .
 
 All model code comes from the ``sam2`` package (``sam2.build_sam.build_sam2``); nothing is vendored.
 """
@@ -20,12 +20,22 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from cfg import CKPT_FOR_CONFIG, SAM_CONFIG_NAMES
 
 logger = logging.getLogger(__name__)
 
+#: built-in ``-sam_config`` names: SAM 2.0 and SAM 2.1, Hiera tiny / small / base+ / large
+SAM_CONFIG_NAMES = (
+    "sam2_hiera_t", "sam2_hiera_s", "sam2_hiera_b+", "sam2_hiera_l",
+    "sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l",
+)
+
 #: built-in ``-sam_config`` name -> official checkpoint file (``checkpoints/<file>``)
-CKPT_FILES: Mapping[str, str] = CKPT_FOR_CONFIG
+CKPT_FILES: Mapping[str, str] = {
+    "sam2_hiera_t": "sam2_hiera_tiny.pt", "sam2_hiera_s": "sam2_hiera_small.pt",
+    "sam2_hiera_b+": "sam2_hiera_base_plus.pt", "sam2_hiera_l": "sam2_hiera_large.pt",
+    "sam2.1_hiera_t": "sam2.1_hiera_tiny.pt", "sam2.1_hiera_s": "sam2.1_hiera_small.pt",
+    "sam2.1_hiera_b+": "sam2.1_hiera_base_plus.pt", "sam2.1_hiera_l": "sam2.1_hiera_large.pt",
+}
 
 #: built-in ``-sam_config`` name -> hydra config name inside the ``sam2`` package
 HYDRA_CONFIG_NAMES: Mapping[str, str] = {

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dfe import SAM2_CHANNELS
+from sam2_train.model.dfe import SAM2_CHANNELS
 
 
 class CoarseHead(nn.Module):

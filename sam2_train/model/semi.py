@@ -10,9 +10,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dataset.transforms import apply_cutmix, cutmix_box_masks, sample_cutmix_boxes, sample_cutmix_partners
-from sam2_train.prompts import jitter_boxes, masks_to_boxes, sample_click
-from sam2_train.sss_net import SlicePrompts
+from sam2_train.model.cutmix import mix
+from sam2_train.model.prompts import jitter_boxes, masks_to_boxes, sample_click
+from sam2_train.model.sss_net import SlicePrompts
 
 
 def body_mask(images: torch.Tensor, s: int, thresh: float = 0.02) -> torch.Tensor:
@@ -41,21 +41,7 @@ def choose_prompts(use_a: torch.Tensor, a: SlicePrompts, b: SlicePrompts) -> Sli
                         valid=torch.where(use_a, a.valid, b.valid))
 
 
-def sample_box_masks(n: int, size: int, p: float, device) -> torch.Tensor:
-    """CutMix regions of n images: (n,S,S) bool (all False where CutMix is not applied)."""
-    boxes, _ = sample_cutmix_boxes(n, size, size, p, None)
-    return cutmix_box_masks(boxes.to(device), size, size)
 
-
-def resize_masks(box_masks: torch.Tensor, size) -> torch.Tensor:
-    """(n,S,S) bool -> (n,h,w) bool by nearest neighbour (for feature levels and coarse maps)."""
-    return F.interpolate(box_masks[:, None].float(), size=size, mode="nearest")[:, 0].bool()
-
-
-def mix(x: torch.Tensor, partner: torch.Tensor, box_masks: torch.Tensor) -> torch.Tensor:
-    """CutMix ``x`` (n,...,h,w) with ``x[partner]`` inside ``box_masks`` (n,S,S), resized to x's grid."""
-    m = box_masks if box_masks.shape[-2:] == x.shape[-2:] else resize_masks(box_masks, x.shape[-2:])
-    return apply_cutmix(x, x[partner], m)
 
 
 def _inside(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -124,22 +110,6 @@ def thin_prompt_frames(valid: torch.Tensor, freq: int) -> torch.Tensor:
     rank = valid.long().cumsum(-2) - 1                                      # (B,T,K)
     return valid & (rank % freq == 0)
 
-
-def clip_cutmix_partners(num_clips: int, length: int, device=None) -> torch.Tensor:
-    """CutMix partners for ``num_clips`` clips of ``length`` frames, flattened clip-major: (num_clips*length,).
-
-    With several clips, frame t of a clip takes frame t of another clip (a random roll of the clips);
-    with one clip it takes frame ``length-1-t`` of the same clip (the clip reversed in time), so the pasted
-    content still moves smoothly from frame to frame (the middle frame of an odd-length clip mixes with
-    itself, i.e. keeps its own content).
-    """
-    t = torch.arange(length)
-    if num_clips > 1:
-        clips = sample_cutmix_partners(num_clips)
-        idx = clips[:, None] * length + t[None]
-    else:
-        idx = (length - 1 - t)[None]
-    return idx.flatten().to(device)
 
 
 def strong_view_features(net, images: torch.Tensor, partner: torch.Tensor, box_masks: torch.Tensor,

@@ -19,17 +19,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dataset import DatasetError, build_datasets, collate_volumes
-from sam2_train import runtime
-from sam2_train.build import CheckpointMismatchError
-from sam2_train.checkpoint import (CheckpointError, ConfigMismatchError, check_config_compatible, gather_rng_states,
+from sam2_train.engine import runtime
+from sam2_train.model.build import CheckpointMismatchError
+from sam2_train.engine.checkpoint import (CheckpointError, ConfigMismatchError, check_config_compatible, gather_rng_states,
                                    load_checkpoint, load_model_state, make_checkpoint, restore_training_state,
                                    save_checkpoint)
-from sam2_train.ema import ModelEMA
-from sam2_train.evaluation import evaluate_volumes, format_summary, write_case_rows
-from sam2_train.run_dir import RunDir, console
-from sam2_train.schedule import build_optimizer, build_scheduler, current_lrs
-from sam2_train.sss_net import SSSNet, build_sss_net
-from sam2_train.vis import save_overlays
+from sam2_train.engine.ema import ModelEMA
+from sam2_train.evaluation.loop import evaluate_volumes, format_summary, write_case_rows
+from sam2_train.engine.run_dir import RunDir, console
+from sam2_train.engine.schedule import build_optimizer, build_scheduler, current_lrs
+from sam2_train.model.sss_net import SSSNet, build_sss_net
+from sam2_train.evaluation.vis import save_overlays
 
 USER_ERRORS = (DatasetError, FileNotFoundError, CheckpointError, CheckpointMismatchError, ConfigMismatchError)
 

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import torch
 
-from .runtime import get_rank, get_world_size, is_dist, unwrap_model
+from sam2_train.engine.runtime import get_rank, get_world_size, is_dist, unwrap_model
 
 __all__ = [
     "CHECKPOINT_VERSION", "ARCH_KEYS", "CheckpointError", "CheckpointNotFoundError", "ConfigMismatchError",

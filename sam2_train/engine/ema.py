@@ -16,7 +16,7 @@ import copy
 
 import torch
 
-from .runtime import unwrap_model
+from sam2_train.engine.runtime import unwrap_model
 
 __all__ = ["ModelEMA"]
 

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from sam2_train.metrics import summarize, volume_metrics
+from sam2_train.evaluation.metrics import summarize, volume_metrics
 
 # predict(image (D,H,W) float32 in [0,1], spacing or None) -> label volume (D,H,W) int
 PredictFn = Callable[[np.ndarray, "tuple[float, float, float] | None"], np.ndarray]

@@ -16,12 +16,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from dataset.transforms import sample_cutmix_partners
-from sam2_train.losses import bce_dice_loss, ce_dice_loss
-from sam2_train.pcsw import PCSWConfig
-from sam2_train.semi import (body_mask, choose_prompts, gt_prompts, mix_strong_views, one_hot_fg, run_step,
-                             sample_box_masks, strong_view_features)
-from sam2_train.sss_net import SlicePrompts, SSSNet, prompts_from_probs, pseudo_labels, upsample
+from sam2_train.model.cutmix import sample_box_masks, sample_cutmix_partners
+from sam2_train.model.losses import bce_dice_loss, ce_dice_loss
+from sam2_train.model.pcsw import PCSWConfig
+from sam2_train.model.semi import (body_mask, choose_prompts, gt_prompts, mix_strong_views, one_hot_fg, run_step,
+                             strong_view_features)
+from sam2_train.model.sss_net import SlicePrompts, SSSNet, prompts_from_probs, pseudo_labels, upsample
 
 
 @dataclass

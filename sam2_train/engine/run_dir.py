@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .runtime import is_main_process
+from sam2_train.engine.runtime import is_main_process
 
 __all__ = ["RunDir", "console", "write_json_atomic"]
 
@@ -120,7 +120,7 @@ class RunDir:
                timestamp: Optional[str] = None, tensorboard: bool = True) -> "RunDir":
         """A new run directory ``<log_dir>/<exp_name>_<YYYYmmdd-HHMMSS>`` (``_2``, ``_3``, ... appended if it
         exists) with ``config.json``. ``config``: args (Namespace) or dict. Only the main rank creates it;
-        share ``run.path`` with :func:`sam2_train.runtime.broadcast_object` if other ranks need it."""
+        share ``run.path`` with :func:`sam2_train.engine.runtime.broadcast_object` if other ranks need it."""
         if not is_main:
             return cls(None, is_main=False)
         stamp = timestamp or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

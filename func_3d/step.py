@@ -1,7 +1,7 @@
 """One 3D training step on clips of consecutive slices: ``-method supervised | fixmatch | sss``.
 
 Slices of a volume are SAM-2 video frames. Read ``teacher_targets`` and ``Student3D.forward`` top to bottom;
-they mirror ``func_2d.train_step`` with SAM-2 memory tracking in place of the per-slice decoder:
+they mirror ``func_2d.step`` with SAM-2 memory tracking in place of the per-slice decoder:
 
 - labeled clips: all frames encoded in one call, DFE(W=S), coarse head (CE+Dice); prompts on frames
   0, f, 2f, ... (f = ``-prompt_freq``): a jittered ground-truth box (``-prompt bbox``) or click
@@ -11,7 +11,7 @@ they mirror ``func_2d.train_step`` with SAM-2 memory tracking in place of the pe
   prompted frame); every frame is supervised (:func:`track_loss`).
 - unlabeled clips: the teacher tracks its own PCSW prompts through the weak clip -> pseudo-labels and
   confidences on every frame; two strong clips are CutMix-ed with one box per clip (the same box on all of
-  its frames, a cuboid) and a partner clip (:func:`sam2_train.semi.clip_cutmix_partners`); the student
+  its frames, a cuboid) and a partner clip (:func:`sam2_train.model.cutmix.clip_cutmix_partners`); the student
   (encoder without autograd by default) goes through DFE(W, S), the coarse head and SAM-2 tracking with the
   mixed prompts, against the mixed pseudo-labels (pixels with confidence < ``-tau_u`` ignored).
 
@@ -30,12 +30,13 @@ import torch.nn.functional as F
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from torch.profiler import record_function
 
-from sam2_train.losses import bce_dice_loss, ce_dice_loss
-from sam2_train.pcsw import PCSWConfig
-from sam2_train.sam2_model import ImageFeatures, upsample_logits
-from sam2_train.semi import (body_mask, choose_prompts, clip_cutmix_partners, gt_prompts, mix_strong_views,
-                             one_hot_fg, run_step, sample_box_masks, strong_view_features, thin_prompt_frames)
-from sam2_train.sss_net import NEG, SlicePrompts, SSSNet, prompts_from_probs, pseudo_labels, upsample
+from sam2_train.model.losses import bce_dice_loss, ce_dice_loss
+from sam2_train.model.pcsw import PCSWConfig
+from sam2_train.model.sam2_model import ImageFeatures, upsample_logits
+from sam2_train.model.cutmix import clip_cutmix_partners, sample_box_masks
+from sam2_train.model.semi import (body_mask, choose_prompts, gt_prompts, mix_strong_views, one_hot_fg, run_step,
+                                  strong_view_features, thin_prompt_frames)
+from sam2_train.model.sss_net import NEG, SlicePrompts, SSSNet, prompts_from_probs, pseudo_labels, upsample
 
 
 @dataclass

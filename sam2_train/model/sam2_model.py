@@ -118,7 +118,7 @@ class SAM2Seg(nn.Module):
     """SAM-2 wrapper with a differentiable image and slice-sequence forward.
 
     Args:
-        sam: a ``SAM2Base`` (e.g. from :func:`sam2_train.build.build_sam2_base`), stored as ``self.sam``.
+        sam: a ``SAM2Base`` (e.g. from :func:`sam2_train.model.build.build_sam2_base`), stored as ``self.sam``.
     """
 
     def __init__(self, sam: SAM2Base):

@@ -6,8 +6,8 @@ slices. Memory is bounded by a few frames, never by the volume:
 1. pass 1 encodes the slices ``chunk`` at a time and keeps only the coarse class probabilities
    (D,K+1,s,s) (and the body mask); the features are dropped after each chunk;
 2. PCSW over all D slices -> prompts; each class keeps every ``prompt_freq``-th of its PCSW-prompted
-   slices, its first one always (:func:`sam2_train.semi.thin_prompt_frames`);
-3. pass 2 streams frames through :class:`sam2_train.sam2_model.SAM2Tracker`: the prompt frames are
+   slices, its first one always (:func:`sam2_train.model.semi.thin_prompt_frames`);
+3. pass 2 streams frames through :class:`sam2_train.model.sam2_model.SAM2Tracker`: the prompt frames are
    re-encoded (``chunk`` at a time) and added as conditioning frames of the classes prompted on them (a
    class not prompted on a prompt frame is tracked into it from its own memory, as in SAM-2's video
    predictor); then frames are tracked forwards from the first prompt frame to the last slice and, after
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sam2_train.pcsw import PCSWConfig
-from sam2_train.semi import body_mask, thin_prompt_frames
-from sam2_train.sss_net import SSSNet, labels_from_refined, mask_unprompted, prompts_from_probs, upsample
+from sam2_train.model.pcsw import PCSWConfig
+from sam2_train.model.semi import body_mask, thin_prompt_frames
+from sam2_train.model.sss_net import SSSNet, labels_from_refined, mask_unprompted, prompts_from_probs, upsample
 
 
 class _Frames:

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sam2_train.pcsw import PCSWConfig
-from sam2_train.sss_net import SSSNet, labels_from_refined, mask_unprompted, prompts_from_probs, upsample
+from sam2_train.model.pcsw import PCSWConfig
+from sam2_train.model.sss_net import SSSNet, labels_from_refined, mask_unprompted, prompts_from_probs, upsample
 
-from sam2_train.semi import body_mask
+from sam2_train.model.semi import body_mask
 
 
 @torch.no_grad()

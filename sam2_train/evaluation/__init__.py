@@ -1,0 +1,1 @@
+"""Label-free evaluation: metrics, the evaluation loop over volumes, visualisation."""
