@@ -9,7 +9,8 @@
     <root>/imagesTr/*.nii.gz + labelsTr/       (optional imagesTs + labelsTs = the test half)
     <root>/imagesUnlabeled/**/*.nii.gz         (or unlabel_*) unlabeled CT
 
-Labels 0 bg, 1 EDH, 2 IPH, 3 IVH, 4 SAH, 5 SDH. Default split 96 train / 96 test by patient key
+Labels 0 bg, 1 EDH, 2 IPH, 3 IVH, 4 SAH, 5 SDH. Default split 96 train / 96 test by patient key, a patient-grouped tenth of the training half held out for
+validation
 (:func:`dataset.splits.split_by_patient`), or the user's split (``splits/*.txt`` or ``dataset.json``).
 """
 from __future__ import annotations
@@ -99,7 +100,7 @@ def nifti_sources(root, labeled_num, labeled_ratio, intensity, class_names, test
             "test_refs": test_refs, "test_missing": None if test_refs else f"{root}: no test volumes",
             "unlabeled_missing": missing, "class_names": tuple(class_names),
             "info": {"layout": layout, "split": r["origin"], "labeled": r["labeled"], "test": r["test"],
-                     "val_is_test": r["val"] == r["test"], "unlabeled_dirs": unl_dirs,
+                     "unlabeled_dirs": unl_dirs,
                      "intensity": list(intensity)}}
 
 

@@ -23,6 +23,7 @@ class Splits:
     test_missing: Optional[str] = None     # why ``test`` is None
     unlabeled_missing: Optional[str] = None
     info: dict = field(default_factory=dict)
+    case_names: dict = field(default_factory=dict)  # split -> case names (labeled, unlabeled, val, test)
 
     def require_test(self):
         """The test split, or DatasetError saying why it is unavailable."""
@@ -78,10 +79,16 @@ def assemble(src: dict, args, script: str, dataset: str, root: str) -> Splits:
                                f"(lower -labeled_num, add unlabeled volumes, or use -method supervised)")
     val = VolumeDataset(src["val_refs"], "validation")
     test = None if src.get("test_refs") is None else VolumeDataset(src["test_refs"], "test")
+    names = lambda refs: [r.name for r in refs or []]  # noqa: E731
+    case_names = {"labeled": names(src["labeled_refs"]), "unlabeled": names(unl_refs),
+                  "val": names(src["val_refs"]), "test": names(src.get("test_refs"))}
+    clash = set(case_names["val"]) & set(case_names["test"])
+    if clash:
+        raise DatasetError(f"{root}: case {sorted(clash)[0]} is in both the validation and the test split")
     return Splits(labeled=labeled, unlabeled=unlabeled, val=val, test=test, class_names=class_names,
                   num_classes=len(class_names), dataset=dataset, root=root,
                   test_missing=src.get("test_missing"), unlabeled_missing=unl_missing,
-                  info=src.get("info", {}))
+                  info=src.get("info", {}), case_names=case_names)
 
 
 def build_datasets(args, script: str) -> Splits:

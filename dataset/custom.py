@@ -4,7 +4,7 @@ NIfTI layout (nnU-Net-like; ``_0000`` channel suffixes are accepted)::
 
     <root>/imagesTr/<case>.nii.gz      + <root>/labelsTr/<case>.nii.gz    labeled pool (required)
     <root>/imagesTs/ + labelsTs/       optional test volumes (else 20% of the pool, grouped by case)
-    <root>/imagesVal/ + labelsVal/     optional validation volumes (else val = test)
+    <root>/imagesVal/ + labelsVal/     optional validation volumes (else a patient-grouped 10 % of the training volumes)
     <root>/imagesUnlabeled/**/*.nii.gz optional unlabeled volumes
 
 PNG layout (one folder of slices per case, slices sorted by the number in the file name)::
@@ -147,7 +147,7 @@ def png_sources(root, labeled_num, labeled_ratio, intensity, class_names):
             "unlabeled_missing": None if unl_refs else f"{root}: no unlabeled cases",
             "class_names": class_names,
             "info": {"layout": "png", "split": r["origin"], "labeled": r["labeled"], "test": r["test"],
-                     "val_is_test": r["val"] == r["test"], "intensity": list(intensity)}}
+                     "intensity": list(intensity)}}
 
 
 def custom_sources(root: str, labeled_num=None, labeled_ratio=None, hu_window=(0.0, 80.0), class_names=None):

@@ -11,6 +11,7 @@ import numpy as np
 from .errors import DatasetError
 
 SPLIT_SEED = 2023  # the default split does not depend on -seed: every run sees the same test set
+VAL_FRACTION = 0.1  # default validation split: a patient-grouped tenth of the training half, never the test set
 _ID_RE = re.compile(r"^(ID_[0-9A-Za-z]+)")
 NIFTI_EXT = (".nii.gz", ".nii")
 
@@ -138,7 +139,11 @@ def resolve(pool: dict, explicit_test: dict | None, explicit_val: dict | None, u
             labeled_num: int | None, labeled_ratio: float | None, test_fraction: float, root: str,
             user: dict | None = None) -> dict:
     """Common split logic for labeled pools. Returns case-name lists
-    ``labeled``, ``train_unlabeled``, ``test``, ``val`` and where the split came from."""
+    ``labeled``, ``train_unlabeled``, ``test``, ``val`` and where the split came from.
+
+    Without a user ``val.txt`` or a validation folder, the validation cases are a patient-grouped
+    :data:`VAL_FRACTION` of the training half (at least one patient group), taken out before the labeled
+    cases are chosen: a checkpoint is never selected on the test split."""
     origin = "default"
     if user:
         origin = "user"
@@ -164,8 +169,20 @@ def resolve(pool: dict, explicit_test: dict | None, explicit_val: dict | None, u
         origin = "folders"
     else:
         train, test = split_by_patient(list(pool), test_fraction)
+    val = None
+    if user and "val" in user:
+        val = check(*user["val"])
+    elif explicit_val:
+        val = sorted(explicit_val)
+    else:
+        _, val = split_by_patient(train, VAL_FRACTION, seed=SPLIT_SEED + 1)
+        if not val:  # fewer than 10 training volumes: hold out one patient group
+            _, val = split_by_patient(train, 1.0 / max(2, len(train)), seed=SPLIT_SEED + 1)
+        train = [n for n in train if n not in set(val)]   # the training order (labeled rows first) is kept
+        if not train:
+            raise DatasetError(f"{root}: too few training volumes to hold out a validation split")
     if user and "labeled" in user:
-        labeled = check(*user["labeled"])
+        labeled = [n for n in check(*user["labeled"]) if n not in set(val)]
         bad = [n for n in labeled if n not in set(train)]
         if bad and "train" in user:
             raise DatasetError(f"{user['labeled'][1]}: {bad[0]} is not in the training split")
@@ -182,11 +199,9 @@ def resolve(pool: dict, explicit_test: dict | None, explicit_val: dict | None, u
         raise DatasetError(f"{root}: the labeled training set is empty")
     lab_set = set(labeled)
     train_unl = [n for n in train if n not in lab_set]
-    if user and "val" in user:
-        val = check(*user["val"])
-    elif explicit_val:
-        val = sorted(explicit_val)
-    else:
-        val = list(test)
+    overlap = set(map(patient_key, val)) & set(map(patient_key, test))
+    if overlap:
+        raise DatasetError(f"{root}: patient key {sorted(overlap)[0]} is in both the validation and the test split "
+                           f"(checkpoints must never be selected on the reported split)")
     return {"labeled": labeled, "train_unlabeled": train_unl, "test": test, "val": val,
             "unlabeled_pool": list(unlabeled_pool), "origin": origin}

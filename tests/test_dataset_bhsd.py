@@ -24,13 +24,15 @@ def test_bhsd_layouts(tmp_path, layout, gt):
     names = make_bhsd_root(str(tmp_path), n=6, layout=layout, gt_dir=gt or "", unlabeled=3)
     s = build_datasets(_b(tmp_path, labeled_num=2, image_size=32, video_length=4), "3d")
     assert s.class_names == ("EDH", "IPH", "IVH", "SAH", "SDH") and s.num_classes == 5
-    assert len(s.labeled) == 2 and len(s.test) == 3 and len(s.val) == 3
-    assert len(s.unlabeled) == 1 + 3               # rest of the training half + the unlabeled pool
+    assert len(s.labeled) == 2 and len(s.test) == 3 and len(s.val) == 1   # val: a patient of the training half
+    assert len(s.unlabeled) == 0 + 3               # rest of the training half (none left) + the unlabeled pool
+    assert not set(s.case_names["val"]) & set(s.case_names["test"])
+    assert not set(s.case_names["val"]) & set(s.case_names["labeled"] + s.case_names["unlabeled"])
     assert set(s.labeled.volume_names + s.test.volume_names) <= set(names)
     c = s.labeled[0]
     assert c["image"].shape == (4, 1, 32, 32) and c["label"].shape == (4, 32, 32)
     assert c["label"].dtype == torch.int64 and int(c["label"].max()) <= 5
-    u = s.unlabeled[3]
+    u = s.unlabeled[2]
     assert u["image_w"].shape == (4, 1, 32, 32) and u["image_s2"].shape == (4, 1, 32, 32)
     v = s.test[0]
     hu, lab = canonical_volume(seed=names.index(v["name"]))
@@ -74,8 +76,10 @@ def test_user_split_files(tmp_path):
     (tmp_path / "splits" / "train.txt").write_text("\n".join(n + ".nii.gz" for n in names[:4]) + "\n")
     (tmp_path / "splits" / "test.txt").write_text("\n".join(names[4:]) + "\n")
     s = build_datasets(_b(tmp_path, labeled_num=1), "3d")
-    assert s.labeled.volume_names == names[:1] and s.test.volume_names == names[4:]
-    assert s.unlabeled.volume_names == names[1:4] and s.info["split"] == "user"
+    (val,) = s.case_names["val"]                    # one patient of train.txt held out for validation
+    rest = [n for n in names[:4] if n != val]
+    assert val in names[:4] and s.labeled.volume_names == rest[:1] and s.test.volume_names == names[4:]
+    assert s.unlabeled.volume_names == rest[1:] and s.info["split"] == "user"
     (tmp_path / "splits" / "test.txt").write_text("ID_nope_ID_0000000000\n")
     with pytest.raises(DatasetError, match="test.txt names ID_nope"):
         build_datasets(_b(tmp_path, labeled_num=1), "3d")
@@ -91,7 +95,7 @@ def test_custom_nifti_minmax_and_classes(tmp_path):
     (root / "classes.txt").write_text("background\nliver\ntumour\n")
     s = build_datasets(args(dataset="custom", data_path=str(root), labeled_num=2), "3d")
     assert s.class_names == ("liver", "tumour") and s.num_classes == 2
-    assert len(s.labeled) == 2 and len(s.test) == 1 and len(s.unlabeled) == 3   # 4/1 split, 2 + pool
+    assert len(s.labeled) == 2 and len(s.test) == 1 and len(s.val) == 1 and len(s.unlabeled) == 2  # 4/1 split, 1 val
     v = s.test[0]
     assert float(v["image"].min()) == 0.0 and float(v["image"].max()) == 1.0      # per-volume min-max
     s = build_datasets(args(dataset="custom", data_path=str(root), labeled_num=2, class_names="a,b,c"), "3d")
@@ -115,19 +119,21 @@ def test_custom_png(tmp_path):
             for k in (1, 2, 10):   # numeric order: 1, 2, 10
                 img = (rng.random((24, 20)) * 200).astype(np.uint8)
                 img[0, 0] = k
-                _png(str(root / split / "images" / f"c{c}" / f"{k}.png"), img)
+                case = f"{split[0] if split != 'train' else 'c'}{c}"   # case names are unique across splits
+                _png(str(root / split / "images" / case / f"{k}.png"), img)
                 if split != "unlabeled":
                     m = np.zeros((24, 20), np.uint8)
                     m[4:9, 3:8] = 1 + (k % 2)
-                    _png(str(root / split / "masks" / f"c{c}" / f"{k}.png"), m)
+                    _png(str(root / split / "masks" / case / f"{k}.png"), m)
     s = build_datasets(args(dataset="custom", data_path=str(root), labeled_num=1, class_names="a,b",
                             image_size=32), "2d")
-    assert len(s.labeled) == 3 and len(s.unlabeled) == 2 + 2 and len(s.test) == 1 and len(s.val) == 1
+    assert len(s.labeled) == 3 and len(s.unlabeled) == 1 + 2 and len(s.test) == 1 and len(s.val) == 1
+    assert not set(s.case_names["val"]) & set(s.case_names["test"])
     v = s.test[0]
     assert v["image"].shape == (3, 24, 20) and v["label"].shape == (3, 24, 20)
     assert v["label"][2, 5, 5] == 1 and v["label"][1, 5, 5] == 1 and v["label"][0, 5, 5] == 2
     it = s.labeled[0]
-    assert it["image"].shape == (1, 32, 32) and it["name"] == "c0_slice_1"
+    assert it["image"].shape == (1, 32, 32) and it["name"] == s.case_names["labeled"][0] + "_slice_1"
     with pytest.raises(DatasetError, match="no class names"):
         build_datasets(args(dataset="custom", data_path=str(root), labeled_num=1), "2d")
     os.remove(root / "train" / "masks" / "c1" / "10.png")

@@ -81,7 +81,7 @@ def test_acdc_bad_inputs(tmp_path):
 def test_bhsd_bad_inputs(tmp_path):
     names = make_bhsd_root(str(tmp_path), n=4, unlabeled=1)
     b = lambda **kw: build_datasets(args(dataset="bhsd", data_path=str(tmp_path), **kw), "3d")  # noqa: E731
-    assert "larger than the 2 volumes" in _first_error(lambda: b(labeled_num=3))
+    assert "larger than the 1 volumes" in _first_error(lambda: b(labeled_num=3))   # 2 training volumes, 1 held out for val
     s = b(labeled_num=1)
     gt = os.path.join(str(tmp_path), "label_192", "ground truths")
     img_dir = os.path.join(str(tmp_path), "label_192", "images")
