@@ -1,10 +1,12 @@
 """Command-line configuration shared by ``train_2d.py``, ``train_3d.py`` and ``evaluate.py``.
 
-One parser, ``parse_args(argv=None, script="2d")``. The seed flags of the SSS / Medical-SAM2 README keep
-their single-dash spelling; the flags this project adds are grouped by what they control. Values that
-depend on the dataset (image size, model, data path, ...) default to ``None`` in the parser and are filled
-in by :func:`resolve_defaults`, so ``python train_2d.py -dataset demo`` needs no other flag while the
-paper commands keep the paper's settings.
+``parse_args(argv=None, script="2d")`` parses the flags once: the seed flags of the SSS / Medical-SAM2 README
+keep their single-dash spelling; the flags this project adds are grouped by what they control. Values that
+depend on the dataset default to ``None`` in the parser and come from the dataset's preset in
+``configs/presets.yaml`` (:func:`resolve_defaults`), so ``python train_2d.py -dataset demo`` needs no other
+flag while the paper commands keep the paper's settings. :func:`to_config` turns the parsed flags into the
+frozen dataclasses the library takes (:class:`sam2_train.engine.trainer.TrainConfig`); the library never sees
+the argparse namespace.
 """
 from __future__ import annotations
 
@@ -13,10 +15,19 @@ import os
 import sys
 from typing import Sequence
 
+from omegaconf import OmegaConf
+
+from sam2_train.engine.schedule import OptimConf
+from sam2_train.engine.trainer import RunConf, TrainConfig
 from sam2_train.model.build import CKPT_FILES, SAM_CONFIG_NAMES
+from sam2_train.model.pcsw import PCSWConfig
+from sam2_train.model.semi import SemiConf
+from sam2_train.model.sss_net import ModelConf
 
 DATASETS = ("acdc", "bhsd", "custom", "demo")
 METHODS = ("supervised", "fixmatch", "sss")
+INFER_MODES = ("coarse", "boxes", "pcsw")
+PRESETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "presets.yaml")
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
@@ -118,7 +129,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-net", type=lower_choice(("sam2",)), default="sam2", help="network family (only sam2)")
     g.add_argument("-exp_name", type=str, default=None, help="run name; outputs go to <log_dir>/<exp_name>_<timestamp>/")
     _bool_flag(g, "-vis", False, "write PNG overlays of validation predictions")
-    _bool_flag(g, "-train_vis", False, "write PNG overlays of training batches")
     g.add_argument("-prompt", type=lower_choice(("bbox", "click")), default="bbox",
                    help="3D: ground-truth prompt type on labeled clips")
     g.add_argument("-prompt_freq", type=positive_int, default=2,
@@ -126,7 +136,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "inference): every k-th of each class's prompted slices")
     g.add_argument("-pretrain", type=str, default=None,
                    help="initialise from a checkpoint of this project (strict load) before training")
-    g.add_argument("-val_freq", type=positive_int, default=None, help="validate every N epochs (default 1; 3D demo 5)")
+    g.add_argument("-val_freq", type=positive_int, default=1,
+                   help="validate every N x -val_every iterations (the seed commands' 1 = every -val_every)")
     g.add_argument("-gpu_device", type=nonneg_int, default=0, help="CUDA device index (single-process runs)")
     g.add_argument("-image_size", type=image_size, default=None,
                    help="model input size, a multiple of 32 (default 1024; demo 128)")
@@ -154,9 +165,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-amp", type=lower_choice(("auto", "bf16", "off")), default="auto",
                    help="auto = bf16 autocast on CUDA, off on CPU")
     g.add_argument("-seed", type=int, default=0)
-    g.add_argument("-epochs", type=positive_int, default=None, help="training epochs (default 100; demo: see -max_iters)")
-    g.add_argument("-max_iters", type=nonneg_int, default=None,
-                   help="stop after this many iterations (0 = run all epochs)")
+    g.add_argument("-max_iters", type=positive_int, default=None,
+                   help="training budget in iterations, the same for every -method (preset: ACDC 30000, BHSD "
+                        "20000, demo 300)")
+    g.add_argument("-val_every", type=positive_int, default=None,
+                   help="validate every N iterations, for every -method (preset: ACDC 300, BHSD 500, demo 75/60)")
+    g.add_argument("-infer", type=lower_choice(INFER_MODES), default=None,
+                   help="inference mode of validation and the reported test numbers: coarse (the coarse head "
+                        "alone), boxes (coarse boxes -> SAM-2 decoder), pcsw (PCSW prompts -> decoder). Default "
+                        "pcsw for every method; boxes for the '-pcsw 0' ablation. The final evaluation reports "
+                        "all three")
     g.add_argument("-resume", type=str, default=None, help="continue the run saved in this checkpoint (last.pt)")
     g.add_argument("-num_workers", type=nonneg_int, default=None, help="DataLoader workers (default min(8, cpus))")
     g.add_argument("-log_dir", type=str, default="logs")
@@ -173,8 +191,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("-labeled_num", type=positive_int, default=None,
                    help="ACDC: labeled cases (1, 3, 7, ...; default 3); BHSD/custom: labeled volumes (default: "
-                        "BHSD 96, the whole training half; custom 1); demo: 2 patients (2D) / all 6 training "
-                        "volumes (3D)")
+                        "BHSD every training volume not held out for validation; custom 1); demo: 2 patients (2D) / "
+                        "every training volume (3D)")
     g.add_argument("-labeled_ratio", type=unit_float, default=None,
                    help="BHSD/custom: labeled fraction of the training volumes (overrides -labeled_num)")
     g.add_argument("-b_u", type=positive_int, default=None,
@@ -190,8 +208,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g = p.add_argument_group("method")
     g.add_argument("-method", type=lower_choice(METHODS), default="sss")
     g.add_argument("-dfe", type=str2bool, default=True, metavar="{0,1}", help="discriminative feature enhancement")
-    g.add_argument("-pcsw", type=str2bool, default=True, metavar="{0,1}", help="PCSW prompts (0: unconstrained coarse boxes)")
-    g.add_argument("-ema", type=unit_float, default=0.99, help="EMA teacher decay (0 = the student is its own teacher)")
+    g.add_argument("-pcsw", type=str2bool, default=None, metavar="{0,1}",
+                   help="PCSW prompts in training (0: unconstrained coarse boxes; default 1 for sss, 0 for the baselines)")
+    g.add_argument("-ema", type=unit_float, default=0.99,
+                   help="EMA decay of the weights: the teacher of the semi-supervised methods and, for every method, "
+                        "the weights that are validated and reported (0 = the raw student)")
     g.add_argument("-lambda_u", type=float, default=1.0, help="weight of the unlabeled loss")
     g.add_argument("-rampup", type=nonneg_int, default=None,
                    help="sigmoid ramp-up of lambda_u over N iterations (default 0; 3D demo 100)")
@@ -227,55 +248,75 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-# Dataset-dependent defaults: (2D, 3D) where they differ.
-_DEFAULTS = {
-    "demo": dict(image_size=128, sam_config="sam2_hiera_t", sam_ckpt="none", lr=1e-3, epochs=None,
-                 max_iters=300, video_length=8, b=(4, 1), exp_name="demo", val_freq=(1, 5),
-                 val_volumes=(0, 2), encoder_lr_mult=0.0, rampup=(0, 100)),
-    "acdc": dict(image_size=1024, sam_config="sam2_hiera_s", sam_ckpt=None, lr=1e-4,
-                 epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="ACDC", val_freq=1, val_volumes=0,
-                 encoder_lr_mult=1.0, rampup=0),
-    "bhsd": dict(image_size=1024, sam_config="sam2_hiera_s", sam_ckpt=None, lr=1e-4,
-                 epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="BHSD", val_freq=1, val_volumes=0,
-                 encoder_lr_mult=1.0, rampup=0),
-    "custom": dict(image_size=1024, sam_config="sam2_hiera_s", sam_ckpt=None, lr=1e-4,
-                   epochs=100, max_iters=0, video_length=8, b=(4, 1), exp_name="custom", val_freq=1,
-                   val_volumes=0, encoder_lr_mult=1.0, rampup=0),
-}
+
+PRESET_KEYS = ("exp_name", "sam_config", "sam_ckpt", "image_size", "lr", "b", "max_iters", "val_every", "val_volumes",
+               "labeled_num", "encoder_lr_mult", "rampup")
+
+
+def load_preset(dataset: str, script: str) -> dict:
+    """The dataset's block of ``configs/presets.yaml`` with (2D, 3D) pairs resolved for ``script``."""
+    block = OmegaConf.to_container(OmegaConf.load(PRESETS))[dataset]
+    return {k: (v[0 if script == "2d" else 1] if isinstance(v, list) else v) for k, v in block.items()}
+
+
+def default_data_path(dataset: str, script: str) -> str:
+    """``./data/<dataset>`` (ACDC upper-case); the demo writes ``data/demo_acdc`` (2D) or ``data/demo_bhsd`` (3D)."""
+    if dataset == "demo":
+        return os.path.join("data", f"demo_{'acdc' if script == '2d' else 'bhsd'}")
+    return os.path.join("data", dataset.upper() if dataset == "acdc" else dataset)
 
 
 def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespace:
-    """Fill the ``None`` defaults from the dataset and the script ("2d" or "3d")."""
-    d = _DEFAULTS[args.dataset]
-    pick = (lambda v: v[0] if script == "2d" else v[1])
-
-    def fill(name, value):
-        if getattr(args, name) is None:
-            setattr(args, name, pick(value) if isinstance(value, tuple) else value)
-
-    for name in ("image_size", "sam_config", "lr", "epochs", "max_iters", "video_length", "b", "exp_name",
-                 "val_freq", "val_volumes", "encoder_lr_mult", "rampup"):
-        fill(name, d[name])
-    if args.epochs is None:  # demo: the run length is set by -max_iters
-        args.epochs = 1000
+    """Fill the ``None`` flags from the dataset's preset and the script ("2d" or "3d")."""
+    preset = load_preset(args.dataset, script)
+    for name in PRESET_KEYS:
+        if getattr(args, name) is None and name in preset:
+            setattr(args, name, preset[name])
     if args.sam_ckpt is None:
-        args.sam_ckpt = d["sam_ckpt"] or os.path.join(
-            "checkpoints", CKPT_FILES.get(args.sam_config, "<checkpoint matching -sam_config>"))
+        args.sam_ckpt = os.path.join("checkpoints", CKPT_FILES.get(args.sam_config, "<checkpoint matching -sam_config>"))
     if args.out_size is None:
         args.out_size = args.image_size
+    if args.video_length is None:
+        args.video_length = 8
     if args.data_path is None:
-        args.data_path = os.path.join("data", f"demo_{'acdc' if script == '2d' else 'bhsd'}"
-                                      if args.dataset == "demo" else args.dataset.upper()
-                                      if args.dataset == "acdc" else args.dataset)
-    fill("labeled_num", {"acdc": 3, "demo": (2, 6), "bhsd": 96, "custom": 1}[args.dataset])
+        args.data_path = default_data_path(args.dataset, script)
     if args.b_u is None:
         args.b_u = args.b if script == "2d" else 1
     if args.num_workers is None:
         args.num_workers = min(8, os.cpu_count() or 1)
-    if args.method != "sss":  # DFE and PCSW are parts of SSS; the baselines run without them.
+    if args.infer is None:  # the same mode for every method; only the no-PCSW ablation uses coarse boxes
+        args.infer = "boxes" if (args.method == "sss" and args.pcsw is False) else "pcsw"
+    if args.method != "sss":  # DFE and PCSW are parts of SSS; the baselines train without them
         args.dfe, args.pcsw = False, False
+    elif args.pcsw is None:
+        args.pcsw = True
     args.script = script
     return args
+
+
+def to_config(args: argparse.Namespace, num_classes: int) -> TrainConfig:
+    """The typed settings of a run: model, semi-supervised method, PCSW, optimisation, run."""
+    model = ModelConf(sam_config=args.sam_config, sam_ckpt=args.sam_ckpt, image_size=args.image_size,
+                      num_classes=num_classes, dfe=bool(args.dfe), dfe_sim=args.dfe_sim,
+                      dfe_levels=tuple(args.dfe_levels),
+                      memory_bank_size=args.memory_bank_size if args.script == "3d" else None,
+                      freeze_encoder=args.encoder_lr_mult == 0)
+    semi = SemiConf(method=args.method, lambda_u=args.lambda_u, rampup=args.rampup, tau_u=args.tau_u, p_gt=args.p_gt,
+                    cutmix_p=args.cutmix_p, unsup_encoder_grad=bool(args.unsup_encoder_grad), out_size=args.out_size,
+                    slab_len=args.slab_len, prompt=args.prompt, prompt_freq=args.prompt_freq, use_pcsw=bool(args.pcsw))
+    pcsw = PCSWConfig(thresh=args.pcsw_thresh, tau=args.pcsw_tau, tau_conf=args.pcsw_tau_conf,
+                      min_len=args.pcsw_min_len, max_len=args.pcsw_max_len, min_voxels=args.pcsw_min_voxels,
+                      min_area=args.pcsw_min_area, max_area=args.pcsw_max_area, margin=args.pcsw_margin,
+                      select=args.pcsw_select)
+    optim = OptimConf(lr=args.lr, weight_decay=args.weight_decay, encoder_lr_mult=args.encoder_lr_mult,
+                      sched=args.sched, warmup_iters=args.warmup_iters)
+    run = RunConf(script=args.script, exp_name=args.exp_name, log_dir=args.log_dir, seed=args.seed, amp=args.amp,
+                  max_iters=args.max_iters, val_every=args.val_every * args.val_freq, val_volumes=args.val_volumes,
+                  log_freq=args.log_freq, save_freq=args.save_freq, max_bad_steps=args.max_bad_steps,
+                  batch_size=args.b, batch_size_u=args.b_u, num_workers=args.num_workers, ema=args.ema,
+                  infer=args.infer, protocol=args.protocol, resume=args.resume, pretrain=args.pretrain,
+                  vis=bool(args.vis), compile=bool(args.compile))
+    return TrainConfig(model=model, semi=semi, pcsw=pcsw, optim=optim, run=run)
 
 
 def parse_args(argv: Sequence[str] | None = None, script: str = "2d") -> argparse.Namespace:

@@ -21,12 +21,13 @@ import numpy as np
 import cfg
 from dataset import DatasetError, build_datasets
 from dataset.io import write_label_nifti
+from run_training import USER_ERRORS, task_for
 from sam2_train.engine import runtime
 from sam2_train.engine.checkpoint import load_checkpoint, load_model_state
-from sam2_train.evaluation.loop import format_summary, write_case_rows
 from sam2_train.engine.run_dir import console, write_json_atomic
+from sam2_train.engine.trainer import evaluate_model
+from sam2_train.evaluation.loop import format_summary, write_case_rows
 from sam2_train.model.sss_net import build_sss_net
-from sam2_train.engine.trainer import USER_ERRORS, validate
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -38,7 +39,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("-protocol", type=cfg.lower_choice(("ssl4mis", "unimatch")), default=None,
                    help="ACDC resize rule (default: the checkpoint's)")
     p.add_argument("-weights", type=cfg.lower_choice(("auto", "ema", "student")), default="auto",
-                   help="auto: the EMA teacher when the checkpoint has one (what validation selected on)")
+                   help="auto: the EMA of the weights when the checkpoint has one (what validation selected on)")
+    p.add_argument("-infer", type=cfg.lower_choice(cfg.INFER_MODES), default=None,
+                   help="coarse | boxes | pcsw (default: the checkpoint's run)")
     p.add_argument("-save_pred", type=cfg.str2bool, nargs="?", const=True, default=False, metavar="{0,1}")
     p.add_argument("-log_dir", default="logs")
     p.add_argument("-device", type=cfg.lower_choice(("auto", "cuda", "cpu")), default="auto")
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
     try:
         state = load_checkpoint(opts.ckpt)
         args = argparse.Namespace(**state["config"])
-        for key in ("dataset", "data_path", "protocol"):
+        for key in ("dataset", "data_path", "protocol", "infer"):
             if getattr(opts, key) is not None:
                 setattr(args, key, getattr(opts, key))
         for key in ("device", "gpu_device", "amp"):
@@ -83,11 +86,9 @@ def main(argv=None) -> int:
         args.distributed = "none"
         args.hu_window = tuple(args.hu_window)
         args.dfe_levels = tuple(args.dfe_levels)
+        if getattr(args, "infer", None) is None:  # a checkpoint from before -infer existed
+            args.infer = "pcsw" if args.pcsw else "boxes"
         script = args.script
-        if script == "2d":
-            from func_2d.pipeline import PIPELINE_2D as pipeline
-        else:
-            from func_3d.pipeline import PIPELINE_3D as pipeline
         saved_classes = list(args.class_names)
         splits = build_datasets(args, script)
         if list(splits.class_names) != saved_classes:
@@ -95,9 +96,9 @@ def main(argv=None) -> int:
                                f"{saved_classes}")
         volumes = splits.require_test() if opts.split == "test" else splits.val
 
-        dist = runtime.init_distributed(args)
-        device = dist.device
-        net = build_sss_net(args, len(saved_classes), device=device, sam_ckpt="none")
+        config = cfg.to_config(args, len(saved_classes))
+        device = runtime.init_distributed(device=args.device, gpu_device=args.gpu_device, distributed="none").device
+        net = build_sss_net(config.model, device=device, sam_ckpt="none")
         use_ema = opts.weights == "ema" or (opts.weights == "auto" and state.get("ema") is not None)
         if use_ema and state.get("ema") is None:
             raise DatasetError(f"{opts.ckpt}: -weights ema, but the checkpoint has no EMA teacher")
@@ -107,11 +108,11 @@ def main(argv=None) -> int:
         out = os.path.join(opts.log_dir, f"eval_{run_name}_{opts.split}_{dt.datetime.now():%Y%m%d-%H%M%S}")
         os.makedirs(out, exist_ok=True)
         save = prediction_writer(os.path.join(out, "predictions")) if opts.save_pred else None
-        res = validate(pipeline, net, volumes, saved_classes, args, device,
-                       lambda: runtime.autocast(device, args.amp), split=opts.split, save_pred=save,
-                       max_volumes=opts.max_volumes)
+        res = evaluate_model(task_for(script), net, volumes, saved_classes, config, infer=args.infer, device=device,
+                             autocast=lambda: runtime.autocast(device, args.amp), split=opts.split, save_pred=save,
+                             max_volumes=opts.max_volumes)
         summary = dict(res.summary, checkpoint=os.path.abspath(opts.ckpt), weights="ema" if use_ema else "student",
-                       dataset=args.dataset, data_path=args.data_path)
+                       dataset=args.dataset, data_path=args.data_path, method=args.method)
         write_json_atomic(os.path.join(out, "summary.json"), summary)
         write_case_rows(os.path.join(out, "cases.csv"), res.rows)
         console(format_summary(summary, saved_classes))

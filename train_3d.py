@@ -8,9 +8,7 @@ Flags: ``python train_3d.py -h`` (all of them live in cfg.py). Multi-GPU: ``torc
 """
 import sys
 
-import cfg
-from func_3d.pipeline import PIPELINE_3D
-from sam2_train.engine.trainer import run
+import run_training
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:], PIPELINE_3D, cfg.parse_args))
+    sys.exit(run_training.main(sys.argv[1:], "3d"))

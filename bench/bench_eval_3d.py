@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cfg  # noqa: E402
-from func_3d.pipeline import PIPELINE_3D  # noqa: E402
+from func_3d.step import TASK_3D  # noqa: E402
 from sam2_train.engine import runtime  # noqa: E402
 from sam2_train.model.sss_net import build_sss_net  # noqa: E402
 
@@ -47,21 +47,24 @@ def main(argv=None) -> int:
     opts = p.parse_args(own)
     warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")
     args = cfg.parse_args(["-dataset", "demo", "-distributed", "none", "-pcsw", "0", *flags], script="3d")
-    device = runtime.select_device(args)
-    net = build_sss_net(args, opts.classes, device=device)
+    device = runtime.select_device(args.device, args.gpu_device)
+    config = cfg.to_config(args, opts.classes)
+    net = build_sss_net(config.model, device=device)
     with torch.no_grad():   # class 1 wins everywhere: every slice gets a prompt
         net.head.cls.bias.copy_(torch.tensor([0.0, 8.0] + [0.0] * (opts.classes - 1)))
     h, w, d = opts.size
     image = phantom(h, w, d)
     autocast = lambda: runtime.autocast(device, args.amp)  # noqa: E731
-    PIPELINE_3D.predict(net, image[:2], None, args, device, autocast)          # warm-up
+    predict = lambda img: TASK_3D.predict(net, img, config=config, infer="boxes", device=device,  # noqa: E731
+                                          autocast=autocast)
+    predict(image[:2])                                                         # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    pred = PIPELINE_3D.predict(net, image, None, args, device, autocast)
+    pred = predict(image)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     dt = time.perf_counter() - t0

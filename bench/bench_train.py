@@ -32,10 +32,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cfg  # noqa: E402
 from dataset import build_datasets  # noqa: E402
 from sam2_train.engine import runtime  # noqa: E402
+from run_training import task_for  # noqa: E402
 from sam2_train.engine.ema import ModelEMA  # noqa: E402
 from sam2_train.engine.schedule import build_optimizer  # noqa: E402
+from sam2_train.engine.trainer import _to, make_loader  # noqa: E402
 from sam2_train.model.sss_net import build_sss_net  # noqa: E402
-from sam2_train.engine.trainer import _loader, _to  # noqa: E402
 
 PARTS = ("encoder", "dfe", "head", "pcsw", "decoder", "track", "loss")
 
@@ -57,30 +58,24 @@ def scope_times(prof, device) -> dict:
     return out
 
 
-def pipeline_for(script: str):
-    if script == "2d":
-        from func_2d.pipeline import PIPELINE_2D
-        return PIPELINE_2D
-    from func_3d.pipeline import PIPELINE_3D
-    return PIPELINE_3D
-
-
 def bench_method(method: str, flags: list[str], steps: int, warmup: int, script: str = "2d") -> dict:
     args = cfg.parse_args(flags + ["-method", method, "-distributed", "none"], script=script)
-    pipe = pipeline_for(script)
-    device = runtime.select_device(args)
+    task = task_for(script)
+    device = runtime.select_device(args.device, args.gpu_device)
     autocast = lambda: runtime.autocast(device, args.amp)  # noqa: E731
     splits = build_datasets(args, script)
+    config = cfg.to_config(args, splits.num_classes)
     dist = runtime.DistInfo(rank=0, local_rank=0, world_size=1, is_main=True, device=device)
-    net = build_sss_net(args, splits.num_classes, device=device)
-    student = pipe.make_student(net, args).to(device)
-    ema = ModelEMA(net, args.ema) if method != "supervised" and args.ema > 0 else None
-    teacher = ema.module if ema is not None else net
-    opt = build_optimizer(net, args)
-    it_l = iter(runtime.InfiniteLoader(_loader(splits.labeled, args.b, args, dist)))
+    net = build_sss_net(config.model, device=device)
+    ema = ModelEMA(net, args.ema) if args.ema > 0 else None
     semi = method != "supervised"
-    it_u = iter(runtime.InfiniteLoader(_loader(splits.unlabeled, pipe.unlabeled_batch(args), args, dist))) \
-        if semi else None
+    teacher = ema.module if ema is not None and semi else net
+    student = task.make_student(net, teacher, config, autocast).to(device)
+    opt = build_optimizer(net, config.optim)
+    loader = lambda ds, b: make_loader(ds, b, seed=args.seed, num_workers=args.num_workers, dist=dist)  # noqa: E731
+    n_u = task.unlabeled_batch(config)
+    it_l = iter(runtime.InfiniteLoader(loader(splits.labeled, args.b)))
+    it_u = iter(runtime.InfiniteLoader(loader(splits.unlabeled, n_u))) if semi else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -97,7 +92,7 @@ def bench_method(method: str, flags: list[str], steps: int, warmup: int, script:
         batch_u = _to(next(it_u), device) if semi else None
         sync(device)
         t1 = time.perf_counter()
-        out = pipe.step(student, teacher, batch_l, batch_u, args, i, autocast)
+        out = student(batch_l, batch_u, i)
         sync(device)
         t2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -120,16 +115,16 @@ def bench_method(method: str, flags: list[str], steps: int, warmup: int, script:
     glue = max(0.0, per["forward"] - model_fwd - parts["pcsw"])
     per_item = args.slab_len if script == "2d" else args.video_length     # images per unlabeled item
     images = (args.b if script == "2d" else args.b * args.video_length) + \
-        (pipe.unlabeled_batch(args) * per_item if semi else 0)
+        (n_u * per_item if semi else 0)
     peak = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    return dict(method=method, script=script, clips=args.b + (pipe.unlabeled_batch(args) if semi else 0),
+    return dict(method=method, script=script, clips=args.b + (n_u if semi else 0),
                 device=str(device), step=step, data=per["data"], parts=parts, glue=glue,
                 backward=per["backward"], optim=per["optim"], images=images, peak_gib=peak,
                 peak_kind="CUDA allocator peak" if device.type == "cuda" else "process peak RSS",
                 outside=(per["data"] + parts["pcsw"] + glue) / step, setting=f"{args.sam_config} @ {args.image_size}px, "
                 + (f"b={args.b}" if script == "2d" else f"b={args.b} clips of {args.video_length} slices")
-                + (f" + {pipe.unlabeled_batch(args)} unlabeled {'slabs' if script == '2d' else 'clips'}"
+                + (f" + {n_u} unlabeled {'slabs' if script == '2d' else 'clips'}"
                    if semi else ""))
 
 

@@ -1,6 +1,8 @@
-"""2D inference on whole volumes: E -> DFE(W=S) -> H -> PCSW over the volume's slices -> decoder -> labels.
+"""2D inference on whole volumes: E -> DFE(W=S) -> H -> prompts over the volume's slices -> decoder -> labels.
 
-``predict_volume`` receives the image only; it never sees a label.
+``predict_volume`` receives the image only; it never sees a label. Inference modes (``-infer``): ``coarse``
+(the coarse head's argmax alone), ``boxes`` (unconstrained per-slice boxes of the coarse argmax -> SAM-2
+decoder), ``pcsw`` (PCSW prompts -> SAM-2 decoder).
 """
 from __future__ import annotations
 
@@ -9,14 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from sam2_train.model.pcsw import PCSWConfig
-from sam2_train.model.sss_net import SSSNet, labels_from_refined, mask_unprompted, prompts_from_probs, upsample
-
 from sam2_train.model.semi import body_mask
+from sam2_train.model.sss_net import SSSNet, labels_from_refined, mask_unprompted, prompts_from_probs, upsample
 
 
 @torch.no_grad()
-def predict_volume(net: SSSNet, image: np.ndarray, *, device: torch.device, autocast, cfg: PCSWConfig,
-                   use_pcsw: bool, protocol: str = "ssl4mis", chunk: int = 8) -> np.ndarray:
+def predict_volume(net: SSSNet, image: np.ndarray, *, device: torch.device, autocast, pcsw: PCSWConfig,
+                   infer: str = "pcsw", protocol: str = "ssl4mis", chunk: int = 8) -> np.ndarray:
     """Label volume (D,H,W) int64 for an image volume (D,H,W) float in [0,1] at its native size.
 
     Slices are resized (bilinear) to the model size and encoded ``chunk`` at a time; PCSW sees the coarse
@@ -36,8 +37,10 @@ def predict_volume(net: SSSNet, image: np.ndarray, *, device: torch.device, auto
             feats.append(f)
             probs.append(net.coarse(f).float().softmax(1))
         probs = torch.cat(probs)                                              # (D,K+1,s,s)
+        if infer == "coarse":
+            return coarse_to_labels(probs, (h, w), size, protocol).cpu().numpy()
         s = probs.shape[-1]
-        prompts = prompts_from_probs(probs[None], size, cfg, use_pcsw, body=body_mask(x, s)[None])
+        prompts = prompts_from_probs(probs[None], size, pcsw, infer == "pcsw", body=body_mask(x, s)[None])
         refined = []
         for j, f in enumerate(feats):
             i = j * chunk
@@ -46,6 +49,16 @@ def predict_volume(net: SSSNet, image: np.ndarray, *, device: torch.device, auto
             refined.append(net.refine(f, p).float())
         refined = mask_unprompted(torch.cat(refined), prompts.valid)          # (D,K,s,s)
     return logits_to_labels(refined, (h, w), size, protocol).cpu().numpy()
+
+
+def coarse_to_labels(probs: torch.Tensor, size: tuple[int, int], model_size: int, protocol: str) -> torch.Tensor:
+    """(D,K+1,s,s) coarse class probabilities -> (D,H,W) argmax labels at the native ``size``, resized by the
+    protocol's rule (``unimatch``: probabilities bilinearly to the native size; ``ssl4mis``: labels at the
+    model size, then nearest neighbour)."""
+    if protocol == "unimatch":
+        return upsample(probs, size).argmax(1)
+    labels = upsample(probs, (model_size, model_size)).argmax(1)
+    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
 def logits_to_labels(refined: torch.Tensor, size: tuple[int, int], model_size: int, protocol: str) -> torch.Tensor:

@@ -1,104 +1,95 @@
-"""One 2D training step: ``-method supervised | fixmatch | sss``.
+"""One 2D training step (``-method supervised | fixmatch | sss``): read :meth:`Student2D.forward` top to bottom.
 
-Read ``teacher_targets`` and ``Student2D.forward`` top to bottom: the teacher's pseudo-labels with PCSW
-prompts on the weak view, CutMix of the two strong views (images, pseudo-labels, confidences and prompts
-mixed by the same boxes), then the student's labeled loss and weak-to-strong loss through DFE.
-Shapes: B labeled slices, N = b_u unlabeled slices in slabs of L consecutive slices, K foreground classes,
-S image size, s = S/4 coarse/low-res size.
+Shapes: B labeled slices, N unlabeled slices in slabs of L consecutive slices (PCSW needs neighbours), K
+foreground classes, S image size, s = S/4 coarse/low-res size. Prompts are in model-input pixels.
 """
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+import contextlib
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.profiler import record_function
 
+from func_2d.predict import predict_volume
+from sam2_train.engine.trainer import Task, TrainConfig
 from sam2_train.model.cutmix import sample_box_masks, sample_cutmix_partners
 from sam2_train.model.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.model.pcsw import PCSWConfig
-from sam2_train.model.semi import (body_mask, choose_prompts, gt_prompts, mix_strong_views, one_hot_fg, run_step,
-                             strong_view_features)
-from sam2_train.model.sss_net import SlicePrompts, SSSNet, prompts_from_probs, pseudo_labels, upsample
-
-
-@dataclass
-class UnlabeledTargets:
-    """What the teacher hands the student (strong views stacked: view 1 rows then view 2 rows)."""
-    images: torch.Tensor        # (3N,1,S,S): weak, mixed strong 1, mixed strong 2
-    box_masks: torch.Tensor     # (2N,S,S) bool, CutMix region of each strong view
-    partner: torch.Tensor       # (2N,) row of the stacked strong views (view 1 then 2) pasted into each box
-    labels: torch.Tensor        # (2N,s,s) int64 pseudo-labels, mixed
-    conf: torch.Tensor          # (2N,s,s) confidence, mixed
-    prompts: SlicePrompts       # (2N,K) prompts, mixed
+from sam2_train.model.semi import (UnlabeledTargets, body_mask, choose_prompts, gt_prompts, lambda_u, mix_strong_views,
+                                   one_hot_fg, strong_view_features)
+from sam2_train.model.sss_net import SSSNet, prompts_from_probs, pseudo_labels, upsample
 
 
 @torch.no_grad()
-def teacher_targets(teacher: SSSNet, views: dict, slab_len: int, cfg: PCSWConfig, use_pcsw: bool,
+def teacher_targets(teacher: SSSNet, views: dict, *, slab_len: int, pcsw: PCSWConfig, use_pcsw: bool,
                     cutmix_p: float) -> UnlabeledTargets:
-    """Teacher pass on the weak view -> pseudo-labels, confidences, prompts; then CutMix of both strong views.
-
-    views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,L,1,S,S).
-    """
-    xw, xs1, xs2 = (views[key].flatten(0, 1) for key in ("image_w", "image_s1", "image_s2"))
-    n, size = xw.shape[0], xw.shape[-1]
-    fw, _ = teacher.enhance(teacher.encode(xw).feats)
-    probs = teacher.coarse(fw).float().softmax(1)                               # (N,K+1,s,s)
-    s = probs.shape[-1]
-    prompts = prompts_from_probs(probs.view(-1, slab_len, *probs.shape[1:]), size, cfg, use_pcsw,
-                                 body=body_mask(xw, s).view(-1, slab_len, s, s))
-    labels, conf = pseudo_labels(teacher.refine(fw, prompts), prompts.valid, probs)
-
-    # CutMix: each strong view takes a box from another weak-batch row (pseudo-labels and prompts alike).
-    # partner: for each row of the stacked (view 1, view 2) batch, a row of the same view.
-    partner = torch.cat([sample_cutmix_partners(n), sample_cutmix_partners(n) + n]).to(xw.device)  # (2N,)
-    box_masks = sample_box_masks(2 * n, size, cutmix_p, xw.device)                                # (2N,S,S)
-    return UnlabeledTargets(**mix_strong_views(xw, xs1, xs2, labels, conf, prompts, partner, box_masks, cfg.margin))
+    """Teacher pass on the weak view -> PCSW prompts, pseudo-labels, confidences; then CutMix of both strong
+    views by the same boxes. views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,L,1,S,S)."""
+    img_u_w, img_u_s1, img_u_s2 = (views[key].flatten(0, 1) for key in ("image_w", "image_s1", "image_s2"))
+    n, size = img_u_w.shape[0], img_u_w.shape[-1]
+    feats_u_w, _ = teacher.enhance(teacher.encode(img_u_w).feats)
+    probs_u_w = teacher.coarse(feats_u_w).float().softmax(1)                         # (N,K+1,s,s)
+    s = probs_u_w.shape[-1]
+    prompts_u_w = prompts_from_probs(probs_u_w.view(-1, slab_len, *probs_u_w.shape[1:]), size, pcsw, use_pcsw,
+                                     body=body_mask(img_u_w, s).view(-1, slab_len, s, s))
+    mask_u_w, conf_u_w = pseudo_labels(teacher.refine(feats_u_w, prompts_u_w), prompts_u_w.valid, probs_u_w)
+    # each strong view takes a box from another row of the same view (stacked rows: view 1, then view 2)
+    partner = torch.cat([sample_cutmix_partners(n), sample_cutmix_partners(n) + n]).to(img_u_w.device)   # (2N,)
+    box_masks = sample_box_masks(2 * n, size, cutmix_p, img_u_w.device)                                # (2N,S,S)
+    return mix_strong_views(img_u_w, img_u_s1, img_u_s2, mask_u_w, conf_u_w, prompts_u_w, partner, box_masks,
+                            pcsw.margin)
 
 
 class Student2D(nn.Module):
-    """The student's forward for one step, as one call (one DDP forward): returns the loss terms."""
+    """The whole 2D step as one forward (one DDP call): ``forward(batch_l, batch_u, iteration) -> losses``.
 
-    def __init__(self, net: SSSNet, args):
+    The teacher (the EMA of the student, or the student itself) is held outside the module tree: it is not
+    trained, saved with the student or wrapped by DDP."""
+
+    def __init__(self, net: SSSNet, teacher: SSSNet, config: TrainConfig, autocast=contextlib.nullcontext):
         super().__init__()
-        self.net = net
-        self.use_pcsw, self.p_gt, self.tau_u = bool(args.pcsw), args.p_gt, args.tau_u
-        self.out_size, self.unsup_encoder_grad = args.out_size, args.unsup_encoder_grad
-        self.pcsw_cfg = PCSWConfig.from_args(args)
+        self.net, self._teacher, self.semi, self.pcsw, self.autocast = net, (teacher,), config.semi, config.pcsw, autocast
 
-    def forward(self, image_l: torch.Tensor, label_l: torch.Tensor, u: UnlabeledTargets | None = None) -> dict:
-        net, k, size = self.net, self.net.num_classes, self.net.image_size
-        # Labeled: coarse head (CE+Dice) + refined masks (BCE+Dice) of the classes that got a prompt: a
-        # jittered ground-truth box with probability p_gt, else PCSW on the model's own coarse prediction.
-        f_l, _ = net.enhance(net.encode(image_l).feats)
-        coarse_l = net.coarse(f_l)
-        own = prompts_from_probs(coarse_l.detach().float().softmax(1)[:, None], size, self.pcsw_cfg, self.use_pcsw)
-        use_gt = torch.rand(image_l.shape[0], 1, device=image_l.device) < self.p_gt
-        prompts_l = choose_prompts(use_gt, gt_prompts(label_l, k, size), own)
-        refined_l = net.refine(f_l, prompts_l)
-        y = F.interpolate(label_l[:, None].float(), size=self.out_size, mode="nearest")[:, 0].long()
-        with record_function("sss.loss"):
-            loss_x = (ce_dice_loss(upsample(coarse_l, self.out_size), y)
-                      + bce_dice_loss(upsample(refined_l, self.out_size), one_hot_fg(y, k), prompts_l.valid))
-        if u is None:
-            return {"loss_x": loss_x}
+    def forward(self, batch_l: dict, batch_u: dict | None, iteration: int) -> dict:
+        net, semi, k, size = self.net, self.semi, self.net.num_classes, self.net.image_size
+        img_x, mask_x = batch_l["image"], batch_l["label"]                              # (B,1,S,S), (B,S,S)
+        with self.autocast():
+            # labeled: coarse head (CE+Dice) + SAM-2 masks (BCE+Dice) of the prompted classes; prompts are jittered
+            # ground-truth boxes with probability p_gt, else the model's own PCSW prompts (as at test time)
+            feats_x, _ = net.enhance(net.encode(img_x).feats)
+            pred_x = net.coarse(feats_x)                                                # (B,K+1,s,s)
+            own_x = prompts_from_probs(pred_x.detach().float().softmax(1)[:, None], size, self.pcsw, semi.use_pcsw)
+            use_gt = torch.rand(img_x.shape[0], 1, device=img_x.device) < semi.p_gt
+            prompts_x = choose_prompts(use_gt, gt_prompts(mask_x, k, size), own_x)
+            refined_x = net.refine(feats_x, prompts_x)                                  # (B,K,s,s)
+            y = F.interpolate(mask_x[:, None].float(), size=semi.out_size, mode="nearest")[:, 0].long()
+            with record_function("sss.loss"):
+                loss_x = (ce_dice_loss(upsample(pred_x, semi.out_size), y)
+                          + bce_dice_loss(upsample(refined_x, semi.out_size), one_hot_fg(y, k), prompts_x.valid))
+            if batch_u is None:
+                return {"loss": loss_x, "loss_x": loss_x}
 
-        # Unlabeled: weak + mixed strong views through the encoder (no autograd by default), DFE(W, S1/S2).
-        _, fs = strong_view_features(net, u.images, u.partner, u.box_masks, self.unsup_encoder_grad)
-        valid_px = u.conf >= self.tau_u
-        coarse_s, refined_s = net.coarse(fs), net.refine(fs, u.prompts)
-        with record_function("sss.loss"):
-            loss_u = (ce_dice_loss(coarse_s, u.labels, valid_px)
-                      + bce_dice_loss(refined_s, one_hot_fg(u.labels, k), u.prompts.valid, valid_px))
-        return {"loss_x": loss_x, "loss_u": loss_u, "mask_ratio": valid_px.float().mean().detach()}
-
-
-def unlabeled_targets(teacher: SSSNet, batch_u: dict, args) -> UnlabeledTargets:
-    """:func:`teacher_targets` with the settings of ``args``."""
-    return teacher_targets(teacher, batch_u, args.slab_len, PCSWConfig.from_args(args), bool(args.pcsw), args.cutmix_p)
+            # unlabeled: the teacher's pseudo-labels on the weak view, carried to two CutMix-ed strong views
+            u = teacher_targets(self._teacher[0], batch_u, slab_len=semi.slab_len, pcsw=self.pcsw,
+                                use_pcsw=semi.use_pcsw, cutmix_p=semi.cutmix_p)
+            # student: weak + strong views through the encoder (no autograd by default), DFE(W, S1), DFE(W, S2)
+            _, feats_u_s = strong_view_features(net, u.images, u.partner, u.box_masks, semi.unsup_encoder_grad)
+            conf_ok = u.conf >= semi.tau_u                                              # (2N,s,s)
+            pred_u_s, refined_u_s = net.coarse(feats_u_s), net.refine(feats_u_s, u.prompts)
+            with record_function("sss.loss"):
+                loss_u = (ce_dice_loss(pred_u_s, u.labels, conf_ok)
+                          + bce_dice_loss(refined_u_s, one_hot_fg(u.labels, k), u.prompts.valid, conf_ok))
+            loss = loss_x + lambda_u(semi, iteration) * loss_u
+        return {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, "mask_ratio": conf_ok.float().mean().detach()}
 
 
-# train_step(student, teacher, batch_l, batch_u, args, iteration, autocast) -> {"loss", ...}
-train_step = functools.partial(run_step, unlabeled_targets)
+def predict(net: SSSNet, image, *, config: TrainConfig, infer: str, device, autocast):
+    """Label volume (D,H,W) of an image volume (D,H,W), slice by slice (see :func:`func_2d.predict.predict_volume`)."""
+    return predict_volume(net, image, device=device, autocast=autocast, pcsw=config.pcsw, infer=infer,
+                          protocol=config.run.protocol, chunk=max(8, config.run.batch_size))
+
+
+TASK_2D = Task(script="2d", make_student=Student2D, predict=predict,
+               unlabeled_batch=lambda config: max(1, config.run.batch_size_u // config.semi.slab_len))

@@ -64,12 +64,13 @@ def memory_dtype_for(device: torch.device, autocast) -> torch.dtype | None:
 
 
 @torch.no_grad()
-def predict_volume(net: SSSNet, image: np.ndarray, spacing=None, *, device: torch.device, autocast: Callable,
-                   cfg: PCSWConfig, use_pcsw: bool, prompt_freq: int = 1, chunk: int = 8,
+def predict_volume(net: SSSNet, image: np.ndarray, *, device: torch.device, autocast: Callable, pcsw: PCSWConfig,
+                   infer: str = "pcsw", prompt_freq: int = 1, chunk: int = 8,
                    memory_dtype: torch.dtype | None = None) -> np.ndarray:
     """Label volume (D,H,W) int64 for an image volume (D,H,W) float in [0,1] at its native size.
 
-    ``spacing`` is accepted for the pipeline interface and not used (PCSW works in coarse-map pixels).
+    ``infer``: ``coarse`` (the coarse head's argmax per slice, no SAM-2), ``boxes`` (unconstrained coarse
+    boxes tracked by SAM-2) or ``pcsw`` (PCSW prompts tracked by SAM-2).
     ``chunk``: frames per encoder call in pass 1 and for the prompt frames. ``memory_dtype``: storage dtype
     of the tracker's spatial memories (None: the compute dtype; see :func:`memory_dtype_for`).
     """
@@ -93,7 +94,12 @@ def predict_volume(net: SSSNet, image: np.ndarray, spacing=None, *, device: torc
             body.append(body_mask(frames[i:i + chunk], p.shape[-1]))
             del f
         probs, body = torch.cat(probs), torch.cat(body)                          # (D,K+1,s,s), (D,s,s)
-        prompts = prompts_from_probs(probs[None], size, cfg, use_pcsw, body=body[None])
+        if infer == "coarse":
+            for i in range(0, d, chunk):  # argmax at model resolution, labels resized by nearest neighbour
+                lab = upsample(probs[i:i + chunk], (size, size)).argmax(1)
+                out[i:i + chunk] = F.interpolate(lab[:, None].float(), size=(h, w), mode="nearest")[:, 0].to(torch.uint8)
+            return out.long().cpu().numpy()
+        prompts = prompts_from_probs(probs[None], size, pcsw, infer == "pcsw", body=body[None])
         valid = thin_prompt_frames(prompts.valid[None], prompt_freq)[0]          # (D,K)
         del probs, body
         prompt_idx = torch.nonzero(valid.any(1)).flatten().tolist()

@@ -1,12 +1,11 @@
-"""One 3D training step on clips of consecutive slices: ``-method supervised | fixmatch | sss``.
+"""One 3D training step on clips of consecutive slices (``-method supervised | fixmatch | sss``): read
+:meth:`Student3D.forward` top to bottom. It mirrors ``func_2d.step`` with SAM-2 memory tracking (slices are
+video frames) in place of the per-slice decoder:
 
-Slices of a volume are SAM-2 video frames. Read ``teacher_targets`` and ``Student3D.forward`` top to bottom;
-they mirror ``func_2d.step`` with SAM-2 memory tracking in place of the per-slice decoder:
-
-- labeled clips: all frames encoded in one call, DFE(W=S), coarse head (CE+Dice); prompts on frames
-  0, f, 2f, ... (f = ``-prompt_freq``): a jittered ground-truth box (``-prompt bbox``) or click
-  (``-prompt click``) per class present on the frame with probability ``-p_gt`` per clip, else the
-  clip's own PCSW prompts (box + most confident point, as at test time) on those frames; SAM-2 memory
+- labeled clips: all frames encoded in one call, DFE(W=S), coarse head (CE+Dice); each class is prompted
+  on every f-th of its prompted frames (f = ``-prompt_freq``, the rule of inference): a jittered
+  ground-truth box (``-prompt bbox``) or click (``-prompt click``) with probability ``-p_gt`` per clip, else
+  the clip's own PCSW prompts (box + most confident point, as at test time); SAM-2 memory
   carries the masks to every other frame (:meth:`SAM2Seg.track`, forwards then backwards from the first
   prompted frame); every frame is supervised (:func:`track_loss`).
 - unlabeled clips: the teacher tracks its own PCSW prompts through the weak clip -> pseudo-labels and
@@ -21,7 +20,7 @@ several (frames and objects are always batched).
 """
 from __future__ import annotations
 
-import functools
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -30,12 +29,14 @@ import torch.nn.functional as F
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from torch.profiler import record_function
 
+from func_3d.predict import memory_dtype_for, predict_volume
+from sam2_train.engine.trainer import Task, TrainConfig
+from sam2_train.model.cutmix import clip_cutmix_partners, sample_box_masks
 from sam2_train.model.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.model.pcsw import PCSWConfig
 from sam2_train.model.sam2_model import ImageFeatures, upsample_logits
-from sam2_train.model.cutmix import clip_cutmix_partners, sample_box_masks
-from sam2_train.model.semi import (body_mask, choose_prompts, gt_prompts, mix_strong_views, one_hot_fg, run_step,
-                                  strong_view_features, thin_prompt_frames)
+from sam2_train.model.semi import (UnlabeledTargets, body_mask, choose_prompts, gt_prompts, lambda_u, mix_strong_views,
+                                   one_hot_fg, strong_view_features, thin_prompt_frames)
 from sam2_train.model.sss_net import NEG, SlicePrompts, SSSNet, prompts_from_probs, pseudo_labels, upsample
 
 
@@ -101,112 +102,99 @@ def track_loss(tr: Tracked, target: torch.Tensor, valid_px: torch.Tensor | None 
     return loss_mask + (bce * w_obj).sum() / w_obj.sum().clamp_min(1.0)
 
 
-@dataclass
-class UnlabeledTargets:
-    """What the teacher hands the student (strong clips stacked: view 1 rows then view 2 rows)."""
-    images: torch.Tensor        # (3N,1,S,S): weak, mixed strong 1, mixed strong 2 (N = Bu*T, clip-major)
-    box_masks: torch.Tensor     # (2N,S,S) bool, CutMix region of each strong frame (one box per clip)
-    partner: torch.Tensor       # (2N,) row of the stacked strong views pasted into each box
-    labels: torch.Tensor        # (2N,s,s) int64 pseudo-labels, mixed
-    conf: torch.Tensor          # (2N,s,s) confidence, mixed
-    prompts: SlicePrompts       # (2N,K) prompts, mixed
-    num_clips: int              # 2*Bu strong clips of T frames
-
-
 @torch.no_grad()
-def teacher_targets(teacher: SSSNet, views: dict, cfg: PCSWConfig, use_pcsw: bool, cutmix_p: float,
+def teacher_targets(teacher: SSSNet, views: dict, *, pcsw: PCSWConfig, use_pcsw: bool, cutmix_p: float,
                     prompt_freq: int) -> UnlabeledTargets:
     """Teacher pass on the weak clips -> tracked pseudo-labels, confidences, prompts; then 3-D CutMix.
 
-    views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,T,1,S,S). Prompts: the PCSW prompts of the
-    clip, each class on every ``prompt_freq``-th of its PCSW-prompted frames (:func:`thin_prompt_frames`);
-    SAM-2 tracks them through all frames. Pseudo-labels come from the tracked logits of the prompted classes on frames
-    where SAM-2's object score is > 0; elsewhere a class counts as not prompted (coarse-probability
-    fallback for the confidence, see :func:`pseudo_labels`).
+    views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,T,1,S,S). Each class is prompted on every
+    ``prompt_freq``-th of its PCSW-prompted frames (:func:`thin_prompt_frames`) and tracked through all frames;
+    pseudo-labels come from the tracked logits where SAM-2's object score is > 0 (elsewhere the class counts as
+    not prompted: coarse-probability confidence, see :func:`pseudo_labels`). CutMix: one box per strong clip
+    on all its frames (a cuboid), partner = frame t of another clip (the same clip reversed if there is one).
     """
     bu, t = views["image_w"].shape[:2]
-    xw, xs1, xs2 = (views[key].flatten(0, 1) for key in ("image_w", "image_s1", "image_s2"))
-    n, size = xw.shape[0], xw.shape[-1]
-    enc = teacher.encode(xw)
-    fw, _ = teacher.enhance(enc.feats)
-    probs = teacher.coarse(fw).float().softmax(1)                               # (N,K+1,s,s)
-    s, k = probs.shape[-1], probs.shape[1] - 1
-    p = prompts_from_probs(probs.view(bu, t, *probs.shape[1:]), size, cfg, use_pcsw,
-                           body=body_mask(xw, s).view(bu, t, s, s))
+    img_u_w, img_u_s1, img_u_s2 = (views[key].flatten(0, 1) for key in ("image_w", "image_s1", "image_s2"))
+    n, size = img_u_w.shape[0], img_u_w.shape[-1]
+    enc = teacher.encode(img_u_w)
+    feats_u_w, _ = teacher.enhance(enc.feats)
+    probs_u_w = teacher.coarse(feats_u_w).float().softmax(1)                          # (N,K+1,s,s)
+    s, k = probs_u_w.shape[-1], probs_u_w.shape[1] - 1
+    p = prompts_from_probs(probs_u_w.view(bu, t, *probs_u_w.shape[1:]), size, pcsw, use_pcsw,
+                           body=body_mask(img_u_w, s).view(bu, t, s, s))
     valid = thin_prompt_frames(p.valid.view(bu, t, k), prompt_freq).flatten(0, 1)
-    prompts = SlicePrompts(p.boxes, p.points, valid, p.masks & valid[..., None, None])
-    tr = track_clips(teacher, enc.replace(fw), prompts, bu)
-    labels, conf = pseudo_labels(tr.masks, tr.prompted & (tr.scores > 0), probs)
+    prompts_u_w = SlicePrompts(p.boxes, p.points, valid, p.masks & valid[..., None, None])
+    tr = track_clips(teacher, enc.replace(feats_u_w), prompts_u_w, bu)
+    mask_u_w, conf_u_w = pseudo_labels(tr.masks, tr.prompted & (tr.scores > 0), probs_u_w)
+    partner = torch.cat([clip_cutmix_partners(bu, t, img_u_w.device), clip_cutmix_partners(bu, t, img_u_w.device) + n])
+    box_masks = sample_box_masks(2 * bu, size, cutmix_p, img_u_w.device).repeat_interleave(t, dim=0)   # (2N,S,S)
+    return mix_strong_views(img_u_w, img_u_s1, img_u_s2, mask_u_w, conf_u_w, prompts_u_w, partner, box_masks,
+                            pcsw.margin, num_clips=2 * bu)
 
-    # 3-D CutMix: one box per strong clip on all its frames; partner = frame t of another clip (or the
-    # same clip reversed when there is one clip); images, pseudo-labels, confidences and prompts alike.
-    partner = torch.cat([clip_cutmix_partners(bu, t, xw.device), clip_cutmix_partners(bu, t, xw.device) + n])
-    box_masks = sample_box_masks(2 * bu, size, cutmix_p, xw.device).repeat_interleave(t, dim=0)  # (2N,S,S)
-    return UnlabeledTargets(**mix_strong_views(xw, xs1, xs2, labels, conf, prompts, partner, box_masks, cfg.margin),
-                            num_clips=2 * bu)
+
+def labeled_prompts(net: SSSNet, probs: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, b: int, t: int, *,
+                    pcsw: PCSWConfig, use_pcsw: bool, p_gt: float, prompt: str, prompt_freq: int):
+    """Prompts of B labeled clips (rows clip-major): (SlicePrompts (N,K), use_box (N,1), use_point (N,1)).
+
+    Per clip, with probability ``p_gt``: ground-truth boxes (``prompt == "bbox"``) or clicks (``"click"``) of
+    the classes present on the frame; otherwise the PCSW (box + point) prompts of the clip's own coarse
+    probabilities ``probs`` (N,K+1,s,s). Either way each class keeps every ``prompt_freq``-th of its prompted
+    frames, its first always (:func:`thin_prompt_frames`, the rule of inference)."""
+    k, size, s = net.num_classes, net.image_size, probs.shape[-1]
+    own = prompts_from_probs(probs.view(b, t, *probs.shape[1:]), size, pcsw, use_pcsw,
+                             body=body_mask(images, s).view(b, t, s, s))
+    use_gt = (torch.rand(b, 1, device=images.device) < p_gt).repeat_interleave(t, dim=0)       # (N,1)
+    p = choose_prompts(use_gt, gt_prompts(labels, k, size), own)
+    valid = thin_prompt_frames(p.valid.view(b, t, k), prompt_freq).flatten(0, 1)
+    return SlicePrompts(p.boxes, p.points, valid), ~use_gt | (prompt == "bbox"), ~use_gt | (prompt == "click")
 
 
 class Student3D(nn.Module):
-    """The student's forward for one step, as one call (one DDP forward): returns the loss terms."""
+    """The whole 3D step as one forward (one DDP call): ``forward(batch_l, batch_u, iteration) -> losses``.
+    The teacher is held outside the module tree (not trained, saved or wrapped by DDP)."""
 
-    def __init__(self, net: SSSNet, args):
+    def __init__(self, net: SSSNet, teacher: SSSNet, config: TrainConfig, autocast=contextlib.nullcontext):
         super().__init__()
-        self.net = net
-        self.use_pcsw, self.p_gt, self.tau_u = bool(args.pcsw), args.p_gt, args.tau_u
-        self.out_size, self.unsup_encoder_grad = args.out_size, args.unsup_encoder_grad
-        self.prompt, self.prompt_freq = args.prompt, args.prompt_freq
-        self.pcsw_cfg = PCSWConfig.from_args(args)
+        self.net, self._teacher, self.semi, self.pcsw, self.autocast = net, (teacher,), config.semi, config.pcsw, autocast
 
-    def labeled_prompts(self, probs: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, b: int, t: int):
-        """Prompts of B labeled clips on frames 0, f, 2f, ...: (SlicePrompts (N,K), use_box (N,1), use_point (N,1)).
+    def forward(self, batch_l: dict, batch_u: dict | None, iteration: int) -> dict:
+        net, semi, k = self.net, self.semi, self.net.num_classes
+        b, t = batch_l["image"].shape[:2]
+        img_x, mask_x = batch_l["image"].flatten(0, 1), batch_l["label"].flatten(0, 1)    # (N,1,S,S), (N,S,S)
+        with self.autocast():
+            # labeled clips: every frame in one encoder call, coarse head (CE+Dice) + SAM-2 tracking of the
+            # prompted classes through the clip (mask BCE+Dice, object-score BCE on every frame)
+            enc_x = net.encode(img_x)
+            feats_x, _ = net.enhance(enc_x.feats)
+            pred_x = net.coarse(feats_x)                                                   # (N,K+1,s,s)
+            prompts_x, use_box, use_point = labeled_prompts(
+                net, pred_x.detach().float().softmax(1), img_x, mask_x, b, t, pcsw=self.pcsw, use_pcsw=semi.use_pcsw,
+                p_gt=semi.p_gt, prompt=semi.prompt, prompt_freq=semi.prompt_freq)
+            tracked_x = track_clips(net, enc_x.replace(feats_x), prompts_x, b, use_box, use_point)
+            y = F.interpolate(mask_x[:, None].float(), size=semi.out_size, mode="nearest")[:, 0].long()
+            with record_function("sss.loss"):
+                loss_x = ce_dice_loss(upsample(pred_x, semi.out_size), y) + track_loss(tracked_x, one_hot_fg(y, k))
+            if batch_u is None:
+                return {"loss": loss_x, "loss_x": loss_x}
 
-        Per clip, with probability p_gt: ground-truth boxes (``-prompt bbox``) or clicks (``-prompt click``)
-        of the classes present on the frame; otherwise the PCSW (box + point) prompts of the clip's own
-        coarse probabilities ``probs`` (N,K+1,s,s).
-        """
-        k, size = self.net.num_classes, self.net.image_size
-        s = probs.shape[-1]
-        own = prompts_from_probs(probs.view(b, t, *probs.shape[1:]), size, self.pcsw_cfg, self.use_pcsw,
-                                 body=body_mask(images, s).view(b, t, s, s))
-        use_gt = (torch.rand(b, 1, device=images.device) < self.p_gt).repeat_interleave(t, dim=0)   # (N,1)
-        p = choose_prompts(use_gt, gt_prompts(labels, k, size), own)
-        on_frame = (torch.arange(t, device=images.device) % self.prompt_freq == 0).repeat(b)[:, None]
-        p = SlicePrompts(p.boxes, p.points, p.valid & on_frame)
-        return p, ~use_gt | (self.prompt == "bbox"), ~use_gt | (self.prompt == "click")
-
-    def forward(self, image_l: torch.Tensor, label_l: torch.Tensor, u: UnlabeledTargets | None = None) -> dict:
-        net, k = self.net, self.net.num_classes
-        # Labeled clips (B,T,1,S,S): every frame in one encoder call, DFE(W=S), coarse head + tracked masks.
-        b, t = image_l.shape[:2]
-        x, y = image_l.flatten(0, 1), label_l.flatten(0, 1)                        # (N,1,S,S), (N,S,S)
-        enc = net.encode(x)
-        f_l, _ = net.enhance(enc.feats)
-        coarse_l = net.coarse(f_l)
-        prompts, use_box, use_point = self.labeled_prompts(coarse_l.detach().float().softmax(1), x, y, b, t)
-        tracked = track_clips(net, enc.replace(f_l), prompts, b, use_box, use_point)
-        y_out = F.interpolate(y[:, None].float(), size=self.out_size, mode="nearest")[:, 0].long()
-        with record_function("sss.loss"):
-            loss_x = ce_dice_loss(upsample(coarse_l, self.out_size), y_out) + track_loss(tracked, one_hot_fg(y_out, k))
-        if u is None:
-            return {"loss_x": loss_x}
-
-        # Unlabeled: weak + mixed strong clips through the encoder (no autograd by default), the weak
-        # features mixed like the strong images so DFE(W, S1), DFE(W, S2) pair aligned pixels.
-        enc_u, fs = strong_view_features(net, u.images, u.partner, u.box_masks, self.unsup_encoder_grad)
-        valid_px = u.conf >= self.tau_u
-        tracked_u = track_clips(net, enc_u.replace(fs), u.prompts, u.num_clips)
-        coarse_s = net.coarse(fs)
-        with record_function("sss.loss"):
-            loss_u = (ce_dice_loss(coarse_s, u.labels, valid_px)
-                      + track_loss(tracked_u, one_hot_fg(u.labels, k), valid_px))
-        return {"loss_x": loss_x, "loss_u": loss_u, "mask_ratio": valid_px.float().mean().detach()}
+            # unlabeled clips: the teacher's tracked pseudo-labels on the weak clips, carried to two strong clips
+            u = teacher_targets(self._teacher[0], batch_u, pcsw=self.pcsw, use_pcsw=semi.use_pcsw,
+                                cutmix_p=semi.cutmix_p, prompt_freq=semi.prompt_freq)
+            # student: weak + strong clips through the encoder (no autograd by default), DFE(W, S1), DFE(W, S2)
+            enc_u, feats_u_s = strong_view_features(net, u.images, u.partner, u.box_masks, semi.unsup_encoder_grad)
+            conf_ok = u.conf >= semi.tau_u                                                 # (2N,s,s)
+            tracked_u_s = track_clips(net, enc_u.replace(feats_u_s), u.prompts, u.num_clips)
+            with record_function("sss.loss"):
+                loss_u = (ce_dice_loss(net.coarse(feats_u_s), u.labels, conf_ok)
+                          + track_loss(tracked_u_s, one_hot_fg(u.labels, k), conf_ok))
+            loss = loss_x + lambda_u(semi, iteration) * loss_u
+        return {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, "mask_ratio": conf_ok.float().mean().detach()}
 
 
-def unlabeled_targets(teacher: SSSNet, batch_u: dict, args):
-    """:func:`teacher_targets` with the settings of ``args``."""
-    return teacher_targets(teacher, batch_u, PCSWConfig.from_args(args), bool(args.pcsw), args.cutmix_p,
-                           args.prompt_freq)
+def predict(net: SSSNet, image, *, config: TrainConfig, infer: str, device, autocast):
+    """Label volume (D,H,W) of an image volume (D,H,W), streamed through SAM-2's memory."""
+    return predict_volume(net, image, device=device, autocast=autocast, pcsw=config.pcsw, infer=infer,
+                          prompt_freq=config.semi.prompt_freq, chunk=8, memory_dtype=memory_dtype_for(device, autocast))
 
 
-# train_step(student, teacher, batch_l, batch_u, args, iteration, autocast) -> {"loss", ...}
-train_step = functools.partial(run_step, unlabeled_targets)
+TASK_3D = Task(script="3d", make_student=Student3D, predict=predict, unlabeled_batch=lambda config: config.run.batch_size_u)

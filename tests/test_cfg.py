@@ -50,6 +50,7 @@ def test_baselines_switch_off_dfe_and_pcsw():
 @pytest.mark.parametrize("argv,needle", [
     (["-dataset", "mnist"], "allowed: acdc, bhsd, custom, demo"),
     (["-method", "unimatch"], "allowed: supervised, fixmatch, sss"),
+    (["-infer", "gt"], "allowed: coarse, boxes, pcsw"),
     (["-image_size", "100"], "multiple of 32"),
     (["-vis", "maybe"], "expected a boolean"),
     (["-amp", "fp16"], "allowed: auto, bf16, off"),
@@ -60,3 +61,37 @@ def test_bad_values_exit_with_one_line(argv, needle):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("dataset,script", [("acdc", "2d"), ("bhsd", "3d"), ("demo", "2d"), ("demo", "3d"),
+                                            ("custom", "2d")])
+def test_every_method_gets_the_same_budget_cadence_weights_and_inference(dataset, script):
+    """A fair comparison: -method changes none of max_iters, val_every, the evaluated weights or -infer."""
+    runs = {m: cfg.to_config(cfg.parse_args(["-dataset", dataset, "-method", m], script=script), 3).run
+            for m in cfg.METHODS}
+    fields = {(r.max_iters, r.val_every, r.ema, r.infer) for r in runs.values()}
+    assert len(fields) == 1, runs
+    max_iters, val_every, ema, infer = fields.pop()
+    assert max_iters > 0 and 0 < val_every <= max_iters and ema > 0 and infer == "pcsw"
+
+
+def test_presets_come_from_yaml_and_flags_override_them():
+    a = cfg.parse_args(["-dataset", "acdc"])
+    assert (a.max_iters, a.val_every, a.image_size) == (30000, 300, 1024)    # configs/presets.yaml
+    b = cfg.parse_args(["-dataset", "acdc", "-max_iters", "50", "-val_every", "10", "-val_freq", "2"])
+    assert cfg.to_config(b, 3).run.max_iters == 50 and cfg.to_config(b, 3).run.val_every == 20
+    assert cfg.parse_args(["-dataset", "demo"], script="3d").labeled_num is None  # every training volume
+
+
+def test_no_pcsw_ablation_infers_with_coarse_boxes():
+    assert cfg.parse_args(["-pcsw", "0"]).infer == "boxes"
+    assert cfg.parse_args(["-pcsw", "0", "-infer", "coarse"]).infer == "coarse"
+    assert cfg.parse_args(["-method", "supervised"]).infer == "pcsw"
+
+
+def test_config_is_typed_and_frozen():
+    import dataclasses
+    c = cfg.to_config(cfg.parse_args(["-dataset", "demo"]), 3)
+    assert c.model.num_classes == 3 and c.model.freeze_encoder and c.pcsw.tau == 0.8 and c.semi.method == "sss"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.run.max_iters = 1

@@ -13,7 +13,7 @@ from sam2_train.engine.checkpoint import (CHECKPOINT_VERSION, CheckpointError, C
                                    load_checkpoint, make_checkpoint, model_state_dict, restore_rng_state,
                                    restore_training_state, save_checkpoint, to_plain)
 from sam2_train.engine.ema import ModelEMA
-from sam2_train.engine.schedule import build_optimizer, build_scheduler
+from sam2_train.engine.schedule import OptimConf, build_optimizer, build_scheduler
 
 
 class Boom:
@@ -125,9 +125,9 @@ def test_full_resume_round_trip_continues_identically(tmp_path):
     def run(steps, start_state=None, save_at=None):
         torch.manual_seed(0)
         model = tiny()
-        args = args_ns()
-        opt = build_optimizer(model, args)
-        sched = build_scheduler(opt, args, total_iters=10)
+        conf = OptimConf(lr=1e-2, weight_decay=1e-4, encoder_lr_mult=0.1)
+        opt = build_optimizer(model, conf)
+        sched = build_scheduler(opt, conf, total_iters=10)
         ema = ModelEMA(model, 0.9)
         start = 0
         if start_state is not None:
@@ -142,7 +142,7 @@ def test_full_resume_round_trip_continues_identically(tmp_path):
             ema.update(model)
             if save_at == it + 1:
                 save_checkpoint(tmp_path / "last.pt", make_checkpoint(
-                    model, args, optimizer=opt, scheduler=sched, ema=ema, rng=gather_rng_states(),
+                    model, vars(args_ns()), optimizer=opt, scheduler=sched, ema=ema, rng=gather_rng_states(),
                     iteration=it + 1, epoch=0, best={"metric": "dice", "value": np.float32(0.5)}))
         return model, ema, sched
     m_full, e_full, s_full = run(6, save_at=3)

@@ -1,11 +1,10 @@
 """DFE (sam2_train/model/dfe.py) and the coarse head (sam2_train/model/coarse_head.py)."""
-import argparse
 
 import pytest
 import torch
 
 from sam2_train.model.coarse_head import CoarseHead
-from sam2_train.model.dfe import DFE, DFEConfig
+from sam2_train.model.dfe import DFE
 
 CH = (32, 64, 256)
 
@@ -120,12 +119,6 @@ def test_unselected_levels_and_errors():
     with pytest.raises(ValueError):
         dfe(feats(2), feats(3))  # strong batch not a multiple of the weak batch
 
-
-def test_from_args():
-    args = argparse.Namespace(dfe_sim="global", dfe_levels=(0, 2))
-    dfe = DFE.from_args(args)
-    assert dfe.levels == (0, 2) and dfe.sim == "global" and set(dfe.blocks) == {"0", "2"}
-    assert DFEConfig.from_args(args).sim == "global"
 
 
 def test_bf16_autocast_cpu():

@@ -1,9 +1,9 @@
 """train_2d.py under torchrun: 2 CPU processes, gloo, DDP.
 
 Design of the check (no test hook in production code). A probe script, written by the test, runs the real
-``sam2_train.engine.trainer.run`` with the 2D pipeline under ``torch.distributed.run --nproc_per_node 2``; it only
-wraps two functions from the outside: the pipeline's step (to record each rank's losses) and the trainer's
-``_final_evaluation`` (called on every rank after the last step, to dump each rank's student and EMA weights).
+``run_training.main`` for 2D under ``torch.distributed.run --nproc_per_node 2``; it only
+wraps two methods from the outside: the trainer's step (to record each rank's losses) and its
+``final_evaluation`` (called on every rank after the last step, to dump each rank's student and EMA weights).
 The DDP invariant is then checked where it matters:
 
 * the ranks trained on different data (their loss sequences differ: per-rank shards and seeds), yet end
@@ -31,33 +31,29 @@ PROBE = textwrap.dedent("""
     import os, sys
     import torch
     sys.path.insert(0, {root!r})
-    import cfg
-    from func_2d.pipeline import PIPELINE_2D
-    from sam2_train.engine import trainer
+    import run_training
+    from sam2_train.engine.trainer import Trainer
 
     out_dir = {out!r}
     rank = int(os.environ["RANK"])
     losses, init = [], {{}}
-    step = PIPELINE_2D.step
+    train_step, final = Trainer.train_step, Trainer.final_evaluation
 
-    def recording_step(student, teacher, bl, bu, args, it, autocast):
+    def recording_step(self, it):
         if not init:
-            init.update({{k: v.detach().clone() for k, v in teacher.state_dict().items()}})
-        out = step(student, teacher, bl, bu, args, it, autocast)
+            init.update({{k: v.detach().clone() for k, v in self.net.state_dict().items()}})
+        out = train_step(self, it)
         losses.append(float(out["loss"].detach()))
         return out
 
-    final = trainer._final_evaluation
-
-    def dumping_final(args, pipeline, net, ema, *rest):
-        torch.save({{"model": {{k: v.detach().clone() for k, v in net.state_dict().items()}},
-                    "ema": {{k: v.detach().clone() for k, v in ema.module.state_dict().items()}},
+    def dumping_final(self):
+        torch.save({{"model": {{k: v.detach().clone() for k, v in self.net.state_dict().items()}},
+                    "ema": {{k: v.detach().clone() for k, v in self.ema.module.state_dict().items()}},
                     "init": init, "losses": losses}}, os.path.join(out_dir, f"rank{{rank}}.pt"))
-        return final(args, pipeline, net, ema, *rest)
+        return final(self)
 
-    trainer._final_evaluation = dumping_final
-    PIPELINE_2D.step = recording_step
-    sys.exit(trainer.run(sys.argv[1:], PIPELINE_2D, cfg.parse_args))
+    Trainer.train_step, Trainer.final_evaluation = recording_step, dumping_final
+    sys.exit(run_training.main(sys.argv[1:], "2d"))
 """)
 
 

@@ -1,12 +1,12 @@
 """EMA teacher math, optimiser parameter groups, learning-rate schedules."""
-import argparse
 import math
 
 import pytest
 import torch
 
 from sam2_train.engine.ema import ModelEMA
-from sam2_train.engine.schedule import (build_optimizer, build_param_groups, build_scheduler, current_lrs, lr_factor)
+from sam2_train.engine.schedule import (OptimConf, build_optimizer, build_param_groups, build_scheduler, current_lrs,
+                                        lr_factor)
 
 
 class Net(torch.nn.Module):
@@ -26,7 +26,7 @@ class Net(torch.nn.Module):
 def ns(**kw):
     base = dict(lr=1e-3, weight_decay=0.05, encoder_lr_mult=0.1, sched="poly")
     base.update(kw)
-    return argparse.Namespace(**base)
+    return OptimConf(**base)
 
 
 def perturb(model, seed):
@@ -143,7 +143,7 @@ def test_schedules_values():
 def test_scheduler_steps_and_state_round_trip():
     model = Net()
     opt = build_optimizer(model, ns())
-    sched = build_scheduler(opt, ns(sched="poly"), total_iters=20, warmup_iters=2)
+    sched = build_scheduler(opt, ns(sched="poly", warmup_iters=2), total_iters=20)
     lrs = []
     for _ in range(6):
         lrs.append(current_lrs(opt)["lr/other_decay"])
@@ -154,7 +154,7 @@ def test_scheduler_steps_and_state_round_trip():
     assert enc == pytest.approx(1e-4 * lr_factor(6, 20, "poly", 2))
     state = sched.state_dict()
     opt2 = build_optimizer(Net(), ns())
-    sched2 = build_scheduler(opt2, ns(sched="poly"), total_iters=20, warmup_iters=2)
+    sched2 = build_scheduler(opt2, ns(sched="poly", warmup_iters=2), total_iters=20)
     sched2.load_state_dict(state)
     opt2.load_state_dict(opt.state_dict())
     for s, o in ((sched, opt), (sched2, opt2)):

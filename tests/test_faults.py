@@ -79,14 +79,14 @@ def _finite_weights(path):
 
 
 def test_non_finite_losses_skip_then_stop_keeping_good_checkpoints(acdc_root, tmp_path):
-    # One labeled case (17 slices) in one batch of 17: one iteration per epoch, so -val_freq 1 validates (and
-    # writes best.pt) after every step. Step 1 (lr 1e30) is finite and blows the weights up; steps 2 and 3
+    # One labeled case (17 slices) in one batch of 17; -val_every 1 validates (and writes best.pt) after every
+    # step. Step 1 (lr 1e30) is finite and blows the weights up; steps 2 and 3
     # give non-finite losses: skipped with a warning, then the run stops.
     log_dir = tmp_path / "logs"
     r = run_script("train_2d.py", ["-dataset", "demo", "-data_path", acdc_root, "-sam_config", TINY,
                                    "-image_size", "64", "-method", "supervised", "-labeled_num", "1", "-b", "17",
                                    "-num_workers", "0", "-device", "cpu", "-log_dir", str(log_dir),
-                                   "-max_iters", "10", "-log_freq", "1", "-val_volumes", "1", "-val_freq", "1",
+                                   "-max_iters", "10", "-log_freq", "1", "-val_volumes", "1", "-val_every", "1",
                                    "-save_freq", "1", "-lr", "1e30", "-max_bad_steps", "2"])
     out = r.stdout + r.stderr
     assert r.returncode == 3, out[-3000:]

@@ -1,11 +1,10 @@
 """PCSW prompt generator and the unconstrained coarse boxes (sam2_train/model/pcsw.py), on hand-built maps."""
-import argparse
 
 import numpy as np
 import pytest
 import torch
 
-from sam2_train.model.pcsw import (PCSWConfig, PromptGenerator, Prompts, _argmax_masks, coarse_box_prompts,
+from sam2_train.model.pcsw import (PCSWConfig, Prompts, _argmax_masks, coarse_box_prompts,
                              pcsw_prompts)
 
 H = W = 32
@@ -179,7 +178,7 @@ def test_batch_equals_per_slab_calls():
     assert m[torch.arange(len(m)), pts[:, 1], pts[:, 0]].all()
 
 
-def test_scale_to_and_from_args():
+def test_scale_to_and_window_lengths():
     lab = np.zeros((2, H, W), int)
     lab[:, 4:8, 8:16] = 1
     out = pcsw_prompts(probs_from(lab), cfg=cfg())
@@ -188,16 +187,8 @@ def test_scale_to_and_from_args():
     assert ((points[0, 0] >= boxes[0, 0, :2]) & (points[0, 0] < boxes[0, 0, 2:])).all()
     boxes, _ = out.scale_to((64, 128))
     torch.testing.assert_close(boxes[0, 0], torch.tensor([32.0, 8, 64, 16]))
-    args = argparse.Namespace(pcsw=True, pcsw_thresh=0.4, pcsw_tau=0.7, pcsw_tau_conf=0.5, pcsw_min_len=3,
-                              pcsw_max_len=5, pcsw_min_voxels=9, pcsw_min_area=0.01, pcsw_max_area=0.3,
-                              pcsw_margin=1)
-    c = PCSWConfig.from_args(args)
-    assert (c.thresh, c.tau, c.tau_conf, c.min_len, c.max_len, c.min_voxels, c.margin) == (0.4, 0.7, 0.5, 3, 5, 9, 1)
+    c = PCSWConfig(min_len=3, max_len=5)
     assert c.window_lengths(8) == (3, 5) and c.window_lengths(2) == (2, 2)
-    args.pcsw = False
-    gen = PromptGenerator.from_args(args)
-    assert not gen.cfg.enabled
-    assert torch.equal(gen(probs_from(lab)).boxes, coarse_box_prompts(probs_from(lab), margin=1).boxes)
 
 
 def test_coarse_box_prompts_exact():

@@ -83,7 +83,14 @@ def test_run_writes_outputs(finished_run):
     assert config["image_size"] == 64 and config["method"] == "sss"
     ckpt = torch.load(os.path.join(run, "checkpoints", "last.pt"), weights_only=True)
     assert ckpt["iteration"] == 6 and ckpt["config"]["class_names"] == ["RV", "Myo", "LV"]
-    assert "per-class Dice on test" in r.stdout + r.stderr
+    assert all(f"test Dice, infer {m}:" in r.stdout + r.stderr for m in ("coarse", "boxes", "pcsw"))
+    # the fair protocol, stated in the summary: budget, weights, inference mode, selection split
+    assert (summary["max_iters"], summary["weights"], summary["infer"], summary["selected_on"]) == (6, "ema", "pcsw", "val")
+    assert set(summary["by_infer"]) == {"coarse", "boxes", "pcsw"}
+    assert summary["by_infer"]["pcsw"]["dice"] == summary["dice"]
+    splits = json.load(open(os.path.join(run, "splits.json")))
+    assert set(splits) == {"labeled", "unlabeled", "val", "test"} and splits["val"] and splits["test"]
+    assert not set(splits["val"]) & set(splits["test"])
     losses = scalar_series(run)
     assert sorted(losses) == [1, 2, 3, 4, 5, 6] and all(np.isfinite(v) for v in losses.values())
 
@@ -127,7 +134,7 @@ def test_predictions_do_not_depend_on_labels(finished_run, demo_root):
     """The evaluation loop gives the predictor the image only: replacing every label changes nothing."""
     import cfg
     from dataset import build_datasets
-    from func_2d.pipeline import PIPELINE_2D
+    from func_2d.step import TASK_2D
     from sam2_train.engine.checkpoint import load_checkpoint, load_model_state
     from sam2_train.evaluation.loop import evaluate_volumes
     from sam2_train.engine.runtime import autocast
@@ -136,18 +143,19 @@ def test_predictions_do_not_depend_on_labels(finished_run, demo_root):
     run, _ = finished_run
     state = load_checkpoint(os.path.join(run, "checkpoints", "last.pt"))
     args = cfg.parse_args(base_args(demo_root, "unused") + ["-pcsw", "0"])
-    args.class_names = ["RV", "Myo", "LV"]
-    net = build_sss_net(args, 3, sam_ckpt="none")
+    config = cfg.to_config(args, 3)
+    net = build_sss_net(config.model, sam_ckpt="none")
     load_model_state(net, state["model"])
     with torch.no_grad():  # make the barely trained coarse head prompt every class, so predictions are not empty
         net.head.cls.bias.copy_(torch.tensor([0.0, 3.0, 3.0, 3.0]))
     splits = build_datasets(args, "2d")
     vols = [splits.val[i] for i in range(2)]
     fake = [dict(v, label=np.random.default_rng(0).integers(0, 4, np.shape(v["label"]))) for v in vols]
-    predict = lambda img, sp: PIPELINE_2D.predict(net, img, sp, args, torch.device("cpu"),  # noqa: E731
-                                                 lambda: autocast("cpu", "off"))
-    real = evaluate_volumes(vols, predict, args.class_names, protocol="ssl4mis", split="val", keep_predictions=True)
-    swapped = evaluate_volumes(fake, predict, args.class_names, protocol="ssl4mis", split="val", keep_predictions=True)
+    predict = lambda img, sp: TASK_2D.predict(net, img, config=config, infer="boxes", device=torch.device("cpu"),  # noqa: E731
+                                              autocast=lambda: autocast("cpu", "off"))
+    names = ["RV", "Myo", "LV"]
+    real = evaluate_volumes(vols, predict, names, protocol="ssl4mis", split="val", keep_predictions=True)
+    swapped = evaluate_volumes(fake, predict, names, protocol="ssl4mis", split="val", keep_predictions=True)
     assert any(pred.max() > 0 for pred in real.predictions.values())
     for name, pred in real.predictions.items():
         np.testing.assert_array_equal(pred, swapped.predictions[name])

@@ -31,12 +31,17 @@ def make_args(*extra):
                            "-num_workers", "0", *extra], script="3d")
 
 
+def make_config(args):
+    import cfg
+    return cfg.to_config(args, len(BHSD_CLASSES))
+
+
 def make_net(args, seed=0, informative=True):
     from sam2_train.model.sss_net import build_sss_net
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        net = build_sss_net(args, 5)
+        net = build_sss_net(make_config(args).model)
     if informative:
         make_informative(net.sam.sam)  # objects "present" at init, so tracked masks carry gradients
     return net
@@ -80,10 +85,11 @@ def intensity_coarse_head(net, cls=2, thresh=0.7):
 
 
 def predictor(net, args):
-    from func_3d.pipeline import PIPELINE_3D
+    from func_3d.step import TASK_3D
     from sam2_train.engine.runtime import autocast
-    return lambda img, sp: PIPELINE_3D.predict(net, img, sp, args, torch.device("cpu"),  # noqa: E731
-                                               lambda: autocast("cpu", "off"))
+    config = make_config(args)
+    return lambda img, sp: TASK_3D.predict(net, img, config=config, infer=args.infer,  # noqa: E731
+                                           device=torch.device("cpu"), autocast=lambda: autocast("cpu", "off"))
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -111,7 +117,7 @@ def test_labeled_clip_loss_falls():
     args = make_args("-p_gt", "1", "-prompt", "bbox", "-prompt_freq", "2", "-method", "supervised")
     net = make_net(args)
     assert net.sam.sam.max_cond_frames_in_attn == args.memory_bank_size == 16     # -memory_bank_size in 3D
-    student = Student3D(net, args)
+    student = Student3D(net, net, make_config(args))
     vol = torch.from_numpy(blob_volume(4, 64, 64, 0, 3))[:, None][None]            # (1,4,1,64,64)
     label = (vol[:, :, 0] > 0.7).long() * 2                                         # IPH on frames 0..2
     label[:, 1:3, 40:48, 10:20] = 4                                                 # SAH on frames 1, 2
@@ -119,8 +125,8 @@ def test_labeled_clip_loss_falls():
     losses = []
     torch.manual_seed(0)
     for _ in range(10):
-        out = student(vol, label)
-        assert set(out) == {"loss_x"} and out["loss_x"].requires_grad
+        out = student({"image": vol, "label": label}, None, 0)
+        assert set(out) == {"loss", "loss_x"} and out["loss_x"].requires_grad
         opt.zero_grad()
         out["loss_x"].backward()
         opt.step()
@@ -130,19 +136,18 @@ def test_labeled_clip_loss_falls():
 
 
 def test_step_returns_all_terms_and_skips_unprompted_clips():
-    """sss step with an unlabeled clip: same keys as 2D; a labeled clip without any prompt (no GT class on
-    the prompt frames, p_gt=1) keeps only the coarse term (no tracking)."""
-    import contextlib
-    from func_3d.step import Student3D, train_step
+    """sss step with an unlabeled clip: same keys as 2D; a labeled clip without any prompt (no GT class,
+    p_gt=1) keeps only the coarse term (no tracking)."""
+    from func_3d.step import Student3D
     args = make_args("-p_gt", "1", "-b_u", "1")
     net = make_net(args)
     vol = torch.from_numpy(blob_volume(4, 64, 64, 1, 2))[:, None][None]
-    batch_l = {"image": vol, "label": (vol[:, :, 0] > 0.7).long()}                  # only frame 1: not prompted
+    batch_l = {"image": vol, "label": torch.zeros_like(vol[:, :, 0], dtype=torch.long)}   # no class: no prompt
     batch_u = {key: vol.clone() for key in ("image_w", "image_s1", "image_s2")}
     calls = []
     track = net.sam.track
     net.sam.track = lambda *a, **kw: calls.append(1) or track(*a, **kw)
-    out = train_step(Student3D(net, args), net, batch_l, batch_u, args, 0, contextlib.nullcontext)
+    out = Student3D(net, net, make_config(args))(batch_l, batch_u, 0)
     assert set(out) == {"loss", "loss_x", "loss_u", "mask_ratio"}
     assert all(torch.is_tensor(v) and torch.isfinite(v) for v in out.values())
     out["loss"].backward()
@@ -266,9 +271,13 @@ def test_train_3d_and_evaluate_cli(bhsd_root, tmp_path):
     assert summary["protocol"] == "volume" and summary["split"] == "test" and summary["distance_units"] == "mm"
     for metric in ("dice", "hd95", "asd"):
         assert set(summary[metric]) == {*BHSD_CLASSES, "mean"}
-    assert "per-class Dice on test" in r.stdout + r.stderr
+    assert "test Dice, infer pcsw:" in r.stdout + r.stderr
     config = json.load(open(os.path.join(run, "config.json")))
     assert config["script"] == "3d" and config["video_length"] == 4
+    # BHSD protocol: the validation volumes come out of the training half, never the test half
+    splits = json.load(open(os.path.join(run, "splits.json")))
+    assert len(splits["val"]) == 1 and len(splits["test"]) == 6 and not set(splits["val"]) & set(splits["test"])
+    assert not set(splits["val"]) & set(splits["labeled"] + splits["unlabeled"])
 
     out_dir = tmp_path / "eval"
     r = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "-ckpt",
@@ -297,5 +306,5 @@ def test_encoder_lr_mult_zero_freezes_the_image_encoder():
         enc = list(net.sam.sam.image_encoder.parameters())
         assert all(p.requires_grad != frozen for p in enc)
         assert all(p.requires_grad for p in net.head.parameters()) and all(p.requires_grad for p in net.dfe.parameters())
-        in_opt = {id(p) for g in build_optimizer(net, make_args("-encoder_lr_mult", mult)).param_groups for p in g["params"]}
+        in_opt = {id(p) for g in build_optimizer(net, make_config(make_args("-encoder_lr_mult", mult)).optim).param_groups for p in g["params"]}
         assert all((id(p) in in_opt) != frozen for p in enc)

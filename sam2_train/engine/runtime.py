@@ -1,38 +1,20 @@
-"""Run-time setup shared by ``train_2d.py`` / ``train_3d.py``: device, precision, seeds, distributed
-(torchrun / DDP, NCCL on CUDA, gloo on CPU), a deterministic resumable sampler, an epoch-advancing
-infinite loader, and the non-finite-loss guard.
+"""Run-time setup of a training process: device, precision, seeds, distributed (torchrun / DDP, NCCL on CUDA,
+gloo on CPU), a deterministic resumable sampler, an epoch-advancing infinite loader, and the non-finite guard.
 
-Typical use in a training script::
-
-    dist_info = init_distributed(args)            # also selects the device, enables TF32 on CUDA
-    seed_everything(args.seed, dist_info.rank)
-    sampler = ResumableSampler(len(ds), args.b, seed=args.seed, rank=dist_info.rank,
-                               world_size=dist_info.world_size)
-    loader = DataLoader(ds, batch_size=args.b, sampler=sampler, drop_last=True,
-                        generator=torch.Generator())   # keeps the global RNG stream untouched
-    batches = InfiniteLoader(loader, start_iter=resumed_iteration)
-    model = wrap_ddp(model.to(dist_info.device), dist_info)
-    guard = NonFiniteGuard(args.max_bad_steps)
-    for it in range(start, total):
-        batch = next(batches)
-        with autocast(dist_info.device, args.amp):
-            loss = ...
-        if guard.check(loss, it):              # every rank must call it (ranks agree on skipping)
-            loss.backward(); optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    cleanup()
+Every rank calls :func:`init_distributed` first (it selects the device), then :func:`seed_everything`; a
+loader over :class:`ResumableSampler` wrapped in :class:`InfiniteLoader` yields batches from any resumed
+iteration on; :meth:`NonFiniteGuard.check` is a collective (ranks agree on skipping a step).
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import math
 import os
 import random
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -41,9 +23,9 @@ from torch.utils.data import Sampler
 
 __all__ = [
     "select_device", "enable_tf32", "amp_dtype", "autocast", "seed_everything",
-    "DistInfo", "init_distributed", "wrap_ddp", "unwrap_model", "all_reduce_mean", "barrier",
+    "DistInfo", "init_distributed", "wrap_ddp", "unwrap_model", "barrier",
     "broadcast_object", "cleanup", "is_dist", "get_rank", "get_world_size", "is_main_process",
-    "main_only", "ResumableSampler", "InfiniteLoader", "NonFiniteGuard", "TrainingDiverged",
+    "ResumableSampler", "InfiniteLoader", "NonFiniteGuard", "TrainingDiverged",
 ]
 
 
@@ -57,14 +39,14 @@ def _env_int(name: str) -> Optional[int]:
     return int(v)
 
 
-def select_device(args) -> torch.device:
-    """The device for this process from ``args.device`` (auto/cuda/cpu) and ``args.gpu_device``.
+def select_device(device: str = "auto", gpu_device: int = 0) -> torch.device:
+    """The device for this process from ``device`` (auto/cuda/cpu, flag ``-device``) and ``gpu_device``.
 
     Under torchrun the environment's ``LOCAL_RANK`` picks the GPU (``-gpu_device`` is then ignored).
     ``-device cuda`` without a usable GPU raises a ``RuntimeError`` saying so. On CUDA the device is made
     current (``torch.cuda.set_device``) and TF32 matmuls/convolutions are enabled.
     """
-    want = (getattr(args, "device", "auto") or "auto").lower()
+    want = (device or "auto").lower()
     if want not in ("auto", "cuda", "cpu"):
         raise ValueError(f"-device must be auto, cuda or cpu, got {want!r}")
     has_cuda = torch.cuda.is_available()
@@ -75,7 +57,7 @@ def select_device(args) -> torch.device:
                            f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); "
                            "use -device cpu or -device auto")
     local_rank = _env_int("LOCAL_RANK")
-    index = local_rank if local_rank is not None else int(getattr(args, "gpu_device", 0) or 0)
+    index = local_rank if local_rank is not None else int(gpu_device or 0)
     n = torch.cuda.device_count()
     if index >= n:
         src = "LOCAL_RANK" if local_rank is not None else "-gpu_device"
@@ -174,17 +156,8 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def main_only(fn: Callable) -> Callable:
-    """Decorator: run ``fn`` on rank 0 only; other ranks get ``None`` (no collective involved)."""
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        if is_main_process():
-            return fn(*a, **kw)
-        return None
-    return wrapper
 
-
-def init_distributed(args) -> DistInfo:
+def init_distributed(device: str = "auto", gpu_device: int = 0, distributed: str = "auto") -> DistInfo:
     """Set up this process from the torchrun environment (``RANK``/``LOCAL_RANK``/``WORLD_SIZE``,
     ``MASTER_ADDR``/``MASTER_PORT``); never from a ``--local_rank`` argument.
 
@@ -193,7 +166,7 @@ def init_distributed(args) -> DistInfo:
     launched by torchrun. Backend NCCL on CUDA, gloo on CPU. Also selects the device
     (:func:`select_device`, ``LOCAL_RANK`` picks the GPU) and reuses an existing process group.
     """
-    mode = (getattr(args, "distributed", "auto") or "auto").lower()
+    mode = (distributed or "auto").lower()
     if mode not in ("none", "auto", "ddp"):
         raise ValueError(f"-distributed must be none, auto or ddp, got {mode!r}")
     env_world = _env_int("WORLD_SIZE")
@@ -203,7 +176,7 @@ def init_distributed(args) -> DistInfo:
             warnings.warn(f"-distributed none under a launcher with WORLD_SIZE={env_world}: every process "
                           "runs an independent single-process training")
         # LOCAL_RANK still picks the GPU if set; this is the documented torchrun behaviour
-        return DistInfo(0, 0, 1, True, select_device(args))
+        return DistInfo(0, 0, 1, True, select_device(device, gpu_device))
     use_ddp = is_dist() or (env_world is not None and env_rank is not None
                             and (env_world > 1 or mode == "ddp"))
     if not use_ddp:
@@ -211,14 +184,14 @@ def init_distributed(args) -> DistInfo:
             raise RuntimeError("-distributed ddp needs the torchrun environment (RANK, WORLD_SIZE, "
                                "MASTER_ADDR, MASTER_PORT); launch with `torchrun --nproc_per_node=N "
                                "train_2d.py ...` or use -distributed auto")
-        return DistInfo(0, 0, 1, True, select_device(args))
-    device = select_device(args)
+        return DistInfo(0, 0, 1, True, select_device(device, gpu_device))
+    dev = select_device(device, gpu_device)
     if not is_dist():
         for name in ("MASTER_ADDR", "MASTER_PORT"):
             if name not in os.environ:
                 raise RuntimeError(f"distributed run without {name} in the environment; launch with torchrun")
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        kw = {"device_id": device} if device.type == "cuda" else {}
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kw = {"device_id": dev} if dev.type == "cuda" else {}
         # rank 0 validates whole volumes while the others wait at a barrier: allow longer than the
         # default 10 minutes (a 1024-px validation of a large split can take that long)
         dist.init_process_group(backend=backend, init_method="env://", timeout=datetime.timedelta(hours=2), **kw)
@@ -226,7 +199,7 @@ def init_distributed(args) -> DistInfo:
     local_rank = _env_int("LOCAL_RANK")
     if local_rank is None:
         local_rank = rank
-    return DistInfo(rank, local_rank, world, rank == 0, device)
+    return DistInfo(rank, local_rank, world, rank == 0, dev)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -252,13 +225,6 @@ def wrap_ddp(model: torch.nn.Module, dist_info: DistInfo, **ddp_kwargs) -> torch
         ddp_kwargs.setdefault("output_device", dist_info.device.index)
     return torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
 
-
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean of ``tensor`` over ranks (a new tensor; the input is not modified). Identity (detached
-    clone) in a single process. Every rank must call it."""
-    out = tensor.detach().clone()
-    if not is_dist():
-        return out
     if not out.is_floating_point():
         out = out.float()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)

@@ -11,6 +11,7 @@ embeddings, tokens and positional encodings.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -22,6 +23,17 @@ _NORM_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnor
                torch.nn.modules.instancenorm._InstanceNorm, torch.nn.LocalResponseNorm)
 _NO_DECAY_WORDS = ("pos_embed", "pos_enc", "embed", "token", "no_mem", "no_obj", "cls_token",
                    "relative_position", "rel_pos", "gamma")
+
+
+@dataclass(frozen=True)
+class OptimConf:
+    """AdamW and its schedule: ``lr`` (base), ``weight_decay``, ``encoder_lr_mult`` (image-encoder learning
+    rate = lr x mult; 0 = frozen), ``sched`` (poly | cosine | none) with ``warmup_iters`` linear warm-up."""
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    encoder_lr_mult: float = 1.0
+    sched: str = "poly"
+    warmup_iters: int = 0
 
 
 def is_image_encoder(name: str) -> bool:
@@ -72,15 +84,14 @@ def build_param_groups(model: torch.nn.Module, lr: float, weight_decay: float, e
     return out
 
 
-def build_optimizer(model_or_groups, args, is_encoder: Callable[[str], bool] = is_image_encoder,
+def build_optimizer(model_or_groups, conf: OptimConf, is_encoder: Callable[[str], bool] = is_image_encoder,
                     betas=(0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
-    """AdamW from ``args.lr``, ``args.weight_decay``, ``args.encoder_lr_mult``. Pass a model (groups are
-    built by :func:`build_param_groups`) or ready parameter groups (used as given; missing ``lr``/
-    ``weight_decay`` take the args' values). Fused kernel where the device has one, else foreach."""
-    lr, wd = float(args.lr), float(getattr(args, "weight_decay", 0.0))
+    """AdamW from ``conf``. Pass a model (groups are built by :func:`build_param_groups`) or ready parameter
+    groups (used as given; missing ``lr``/``weight_decay`` take ``conf``'s). Fused kernel where the device has
+    one, else foreach."""
+    lr, wd = float(conf.lr), float(conf.weight_decay)
     if isinstance(model_or_groups, torch.nn.Module):
-        groups = build_param_groups(model_or_groups, lr, wd, float(getattr(args, "encoder_lr_mult", 1.0)),
-                                    is_encoder=is_encoder)
+        groups = build_param_groups(model_or_groups, lr, wd, float(conf.encoder_lr_mult), is_encoder=is_encoder)
     else:
         groups = [dict(g) for g in model_or_groups]
         for g in groups:
@@ -112,16 +123,14 @@ def lr_factor(it: int, total_iters: int, sched: str = "poly", warmup_iters: int 
     return main
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, args, total_iters: int,
-                    warmup_iters: Optional[int] = None) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR for ``args.sched`` over ``total_iters`` optimiser steps; ``warmup_iters`` defaults to
-    ``args.warmup_iters`` if the parser has it, else 0. Step it once per optimiser step. Its state dict
-    round-trips (``last_epoch`` and learning rates; the lambda is rebuilt from the flags)."""
+def build_scheduler(optimizer: torch.optim.Optimizer, conf: OptimConf, total_iters: int
+                    ) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR for ``conf.sched`` (with ``conf.warmup_iters``) over ``total_iters`` optimiser steps. Step it
+    once per optimiser step. Its state dict round-trips (``last_epoch`` and learning rates; the lambda is
+    rebuilt from the settings)."""
     if total_iters <= 0:
         raise ValueError(f"build_scheduler: total_iters must be > 0, got {total_iters}")
-    sched = (getattr(args, "sched", "poly") or "poly").lower()
-    if warmup_iters is None:
-        warmup_iters = int(getattr(args, "warmup_iters", 0) or 0)
+    sched, warmup_iters = conf.sched.lower(), int(conf.warmup_iters)
     lr_factor(0, total_iters, sched, warmup_iters)  # validate the name now
 
     def factor(it: int) -> float:

@@ -1,14 +1,18 @@
-"""The training loop shared by ``train_2d.py`` and ``train_3d.py``.
+"""The training engine shared by ``train_2d.py`` and ``train_3d.py``.
 
-A :class:`Pipeline` supplies what differs between slices and volumes (the student's step module, the
-step function and the label-free volume predictor); everything else (devices, DDP, data loaders, EMA,
-optimiser and schedule, non-finite guard, validation, atomic checkpoints, exact resume, logging) is here.
+:meth:`Trainer.fit` is the table of contents of a run: set up, then per iteration a training step, logging,
+validation every ``val_every`` iterations and checkpoints, then the final evaluation. A :class:`Task`
+supplies what differs between slices (2D) and volumes (3D): the student's step module and the label-free
+volume predictor.
+
+Fair comparison, by construction: every ``-method`` runs the same ``max_iters`` iterations, validates at
+the same iterations, is validated and reported from the same kind of weights (the EMA of the weights when
+``ema > 0``, for every method) and with the same inference mode (``infer``); the checkpoint is selected on
+the validation split only.
 """
 from __future__ import annotations
 
-import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -18,43 +22,88 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset import DatasetError, build_datasets, collate_volumes
 from sam2_train.engine import runtime
-from sam2_train.model.build import CheckpointMismatchError
-from sam2_train.engine.checkpoint import (CheckpointError, ConfigMismatchError, check_config_compatible, gather_rng_states,
-                                   load_checkpoint, load_model_state, make_checkpoint, restore_training_state,
-                                   save_checkpoint)
+from sam2_train.engine.checkpoint import (check_config_compatible, gather_rng_states, load_checkpoint,
+                                          load_model_state, make_checkpoint, restore_training_state,
+                                          save_checkpoint)
 from sam2_train.engine.ema import ModelEMA
-from sam2_train.evaluation.loop import evaluate_volumes, format_summary, write_case_rows
-from sam2_train.engine.run_dir import RunDir, console
-from sam2_train.engine.schedule import build_optimizer, build_scheduler, current_lrs
-from sam2_train.model.sss_net import SSSNet, build_sss_net
+from sam2_train.engine.run_dir import RunDir, write_json_atomic
+from sam2_train.engine.schedule import OptimConf, build_optimizer, build_scheduler, current_lrs
+from sam2_train.evaluation.loop import EvalResult, evaluate_volumes, format_summary, write_case_rows
 from sam2_train.evaluation.vis import save_overlays
+from sam2_train.model.pcsw import PCSWConfig
+from sam2_train.model.semi import SemiConf
+from sam2_train.model.sss_net import ModelConf, SSSNet, build_sss_net
 
-USER_ERRORS = (DatasetError, FileNotFoundError, CheckpointError, CheckpointMismatchError, ConfigMismatchError)
+INFER_MODES = ("coarse", "boxes", "pcsw")
 
 
-@dataclass
-class Pipeline:
-    """What the 2D and 3D scripts plug into the loop."""
-    script: str                                                        # "2d" or "3d"
-    make_student: Callable[[SSSNet, object], torch.nn.Module]          # (net, args) -> step module
-    step: Callable                                                     # (student, teacher, bl, bu, args, it, autocast) -> dict
-    predict: Callable                                                  # (net, image, spacing, args, device, autocast) -> labels
-    unlabeled_batch: Callable[[object], int]                           # args -> unlabeled items per step
+class RunSetupError(ValueError):
+    """Settings that cannot run on this data (for example a batch larger than a process's data shard)."""
+
+
+@dataclass(frozen=True)
+class RunConf:
+    """How a run is executed: budget and cadence (iterations), batches, precision, weights, outputs."""
+    script: str                 # "2d" (slices) or "3d" (volumes)
+    max_iters: int              # training budget, the same for every method
+    val_every: int              # validation cadence in iterations, the same for every method
+    exp_name: str = "run"
+    log_dir: str = "logs"
+    seed: int = 0
+    amp: str = "auto"           # auto (bf16 on CUDA) | bf16 | off
+    batch_size: int = 4         # labeled slices (2D) / clips (3D) per step and process
+    batch_size_u: int = 4       # unlabeled slices (2D, in slabs) / clips (3D) per step and process
+    num_workers: int = 0
+    ema: float = 0.99           # EMA decay of the weights that are validated and reported (0: raw student)
+    infer: str = "pcsw"         # inference mode of validation and the reported numbers
+    protocol: str = "ssl4mis"   # 2D resize rule of the evaluation (ssl4mis | unimatch)
+    val_volumes: int = 0        # periodic validation on the first N volumes (0: all)
+    log_freq: int = 20
+    save_freq: int = 200
+    max_bad_steps: int = 5
+    resume: str | None = None
+    pretrain: str | None = None
+    vis: bool = False
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run is built from (``cfg.to_config`` makes it from the command line)."""
+    model: ModelConf
+    semi: SemiConf
+    pcsw: PCSWConfig
+    optim: OptimConf
+    run: RunConf
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a script plugs into the trainer.
+
+    ``make_student(net, teacher, config, autocast)`` -> module whose ``forward(batch_l, batch_u, iteration)``
+    returns ``{"loss", "loss_x", ...}`` (one DDP forward per step). ``predict(net, image, *, config, infer,
+    device, autocast)`` -> label volume (D,H,W) from an image volume (D,H,W), never a label.
+    ``unlabeled_batch(config)``: unlabeled dataset items per step and process."""
+    script: str
+    make_student: Callable
+    predict: Callable
+    unlabeled_batch: Callable[[TrainConfig], int]
 
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers only read and augment; threads would fight the training process
 
 
-def _loader(ds, batch_size: int, args, dist: runtime.DistInfo, shuffle: bool = True) -> DataLoader:
-    sampler = runtime.ResumableSampler(len(ds), batch_size=None, seed=args.seed, rank=dist.rank,
-                                       world_size=dist.world_size, shuffle=shuffle, drop_last=True)
+def make_loader(ds, batch_size: int, *, seed: int, num_workers: int, dist: runtime.DistInfo) -> DataLoader:
+    """A DataLoader over a :class:`runtime.ResumableSampler` (this process's shard, drop_last)."""
+    sampler = runtime.ResumableSampler(len(ds), batch_size=None, seed=seed, rank=dist.rank,
+                                       world_size=dist.world_size, shuffle=True, drop_last=True)
     if len(sampler) < batch_size:
-        raise DatasetError(f"{type(ds).__name__}: {len(ds)} items is fewer than one batch of {batch_size} "
-                           f"per process; lower the batch size")
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=args.num_workers, drop_last=True,
+        raise RunSetupError(f"{type(ds).__name__}: {len(ds)} items is fewer than one batch of {batch_size} per "
+                         f"process; lower the batch size")
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
                       pin_memory=torch.cuda.is_available(), generator=torch.Generator(),
                       persistent_workers=False, worker_init_fn=_worker_init)
 
@@ -63,187 +112,217 @@ def _to(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def model_predictor(pipeline: Pipeline, net: SSSNet, args, device, autocast):
-    """A label-free ``predict(image, spacing)`` for :func:`evaluate_volumes`."""
-    return lambda image, spacing: pipeline.predict(net, image, spacing, args, device, autocast)
-
-
-def validate(pipeline: Pipeline, net: SSSNet, volumes, class_names, args, device, autocast, *, split: str,
-             vis_dir: str | None = None, save_pred=None, max_volumes: int = 0):
-    """Evaluate ``net`` on whole volumes; returns an :class:`EvalResult`."""
+def evaluate_model(task: Task, net: SSSNet, volumes, class_names, config: TrainConfig, *, infer: str, device,
+                   autocast, split: str, max_volumes: int = 0, vis_dir: str | None = None,
+                   save_pred: Callable | None = None) -> EvalResult:
+    """Label-free evaluation of ``net`` on whole volumes in inference mode ``infer``."""
     net.eval()
-    res = evaluate_volumes(volumes, model_predictor(pipeline, net, args, device, autocast), class_names,
-                           protocol=args.protocol if pipeline.script == "2d" else "volume", split=split,
-                           max_volumes=max_volumes, save_pred=save_pred, keep_predictions=vis_dir is not None)
+    protocol = config.run.protocol if task.script == "2d" else "volume"
+    res = evaluate_volumes(volumes, lambda image, spacing: task.predict(net, image, config=config, infer=infer,
+                                                                        device=device, autocast=autocast),
+                           class_names, protocol=protocol, split=split, max_volumes=max_volumes,
+                           save_pred=save_pred, keep_predictions=vis_dir is not None)
+    res.summary["infer"] = infer
     if vis_dir is not None:  # overlays of the volumes just evaluated (labels drawn beside the prediction)
         for i in range(len(res.predictions)):
-            item = volumes[i]
-            save_overlays(vis_dir, item, res.predictions[item["name"]])
+            save_overlays(vis_dir, volumes[i], res.predictions[volumes[i]["name"]])
     return res
 
 
-def run(argv, pipeline: Pipeline, parse) -> int:
-    """Entry point body of the training scripts. Returns the process exit status."""
-    args = parse(argv, script=pipeline.script)
-    try:
-        return _train(args, pipeline)
-    except USER_ERRORS as e:  # bad input: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except runtime.TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    finally:
-        runtime.cleanup()
+class Trainer:
+    """One training run. ``splits`` has ``labeled``, ``unlabeled`` (or None), ``val``, ``test`` (or None)
+    datasets, ``class_names``, ``case_names`` and ``summary()``; ``record`` is the flat config written to
+    ``config.json`` and every checkpoint."""
 
+    def __init__(self, config: TrainConfig, task: Task, splits, dist: runtime.DistInfo, record: dict):
+        self.config, self.run, self.task, self.splits, self.dist, self.record = config, config.run, task, splits, dist, record
+        self.device = dist.device
+        self.class_names = list(splits.class_names)
+        self.semi_supervised = config.semi.semi_supervised
 
-def _train(args, pipeline: Pipeline) -> int:
-    dist = runtime.init_distributed(args)
-    device = dist.device
-    runtime.seed_everything(args.seed, dist.rank)
-    runtime.enable_tf32()
-    autocast = lambda: runtime.autocast(device, args.amp)  # noqa: E731
+    def autocast(self):
+        return runtime.autocast(self.device, self.run.amp)
 
-    splits = build_datasets(args, pipeline.script)
-    args.class_names = list(splits.class_names)
-    args.num_classes = splits.num_classes
-    if args.method != "supervised" and splits.unlabeled is None:
-        raise DatasetError(splits.unlabeled_missing or "no unlabeled data")
+    # ------------------------------------------------------------------ table of contents
+    def fit(self) -> int:
+        self.setup()
+        for it in self.progress:
+            out = self.train_step(it)
+            self.log_step(it + 1, out)
+            self.maybe_validate(it + 1)
+            self.maybe_save(it + 1)
+        return self.final_evaluation()
 
-    resume_state = None
-    if args.resume:
-        resume_state = load_checkpoint(args.resume)
-        check_config_compatible(resume_state["config"], args, source=args.resume)
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        run, dist = self.run, self.dist
+        runtime.seed_everything(run.seed, dist.rank)
+        runtime.enable_tf32()
+        resume = load_checkpoint(run.resume) if run.resume else None
+        if resume is not None:
+            check_config_compatible(resume["config"], self.record, source=run.resume)
+        self.net = build_sss_net(self.config.model, device=self.device,
+                                 sam_ckpt="none" if resume is not None else None)
+        if run.pretrain and resume is None:
+            state = load_checkpoint(run.pretrain)
+            check_config_compatible(state["config"], self.record, source=run.pretrain)
+            load_model_state(self.net, state["model"], strict=True)
 
-    net = build_sss_net(args, splits.num_classes, device=device,
-                        sam_ckpt="none" if resume_state is not None else None)
-    if args.pretrain and resume_state is None:
-        state = load_checkpoint(args.pretrain)
-        check_config_compatible(state["config"], args, source=args.pretrain)
-        load_model_state(net, state["model"], strict=True)
-
-    semi = args.method != "supervised"
-    dl_l = _loader(splits.labeled, args.b, args, dist)
-    dl_u = _loader(splits.unlabeled, pipeline.unlabeled_batch(args), args, dist) if semi else None
-    iters_per_epoch = len(dl_u) if semi else len(dl_l)
-    total = args.max_iters if args.max_iters else args.epochs * iters_per_epoch
-    val_every = max(1, args.val_freq * iters_per_epoch)
-
-    optimizer = build_optimizer(net, args)
-    scheduler = build_scheduler(optimizer, args, total)
-    ema = ModelEMA(net, args.ema) if semi and args.ema > 0 else None
-    guard = runtime.NonFiniteGuard(args.max_bad_steps)
-    start, best = 0, {"metric": "dice", "value": -1.0, "iteration": 0}
-    if resume_state is not None:
-        info = restore_training_state(resume_state, net, optimizer=optimizer, scheduler=scheduler, ema=ema)
-        start, best = info["iteration"], info["best"] or best
-        guard.load_state_dict(resume_state.get("guard", {}))
-        run_dir = RunDir.open(args.resume, is_main=dist.is_main, resume_iteration=start)
-    else:
-        run_dir = RunDir.create(args.log_dir, args.exp_name, args, is_main=dist.is_main)
-    teacher = ema.module if ema is not None else net
-    # find_unused_parameters: a step uses only part of SAM-2 (2D never runs the memory modules; prompts and
-    # the unlabeled branch vary per step), and DDP must not wait for gradients that never come.
-    student = runtime.wrap_ddp(pipeline.make_student(net, args).to(device), dist, find_unused_parameters=True)
-
-    log = run_dir.log
-    log(splits.summary())
-    log(f"run directory: {run_dir.path}" if dist.is_main else "")
-    if resume_state is not None:
-        log(f"resumed from {args.resume} at iteration {start}/{total}")
-    log(f"{args.method} | {args.sam_config} @ {args.image_size}px | DFE {int(args.dfe)} PCSW {int(args.pcsw)} | "
-        f"{total} iterations ({iters_per_epoch}/epoch) on {device}, world size {dist.world_size}")
-
-    it_l = runtime.InfiniteLoader(dl_l, start_iter=start)
-    it_u = runtime.InfiniteLoader(dl_u, start_iter=start) if semi else None
-
-    def checkpoint(name: str, iteration: int):
-        rng = gather_rng_states()
-        if dist.is_main:
-            state = make_checkpoint(net, args, optimizer=optimizer, scheduler=scheduler, ema=ema, rng=rng,
-                                    iteration=iteration, epoch=iteration // iters_per_epoch, best=best,
-                                    guard=guard.state_dict())
-            save_checkpoint(run_dir.checkpoint_path(name), state)
-
-    eval_net = lambda: teacher if ema is not None else net  # noqa: E731  (EMA teacher when there is one)
-    bar = tqdm(range(start, total), initial=start, total=total, desc="train", disable=not dist.is_main,
-               dynamic_ncols=True)
-    t0, sums, n_sum = time.time(), {}, 0
-    for it in bar:
-        student.train()
-        batch_l = _to(next(it_l), device)
-        batch_u = _to(next(it_u), device) if semi else None
-        out = pipeline.step(student, teacher, batch_l, batch_u, args, it, autocast)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        # one host sync per step: skip the update when the loss or any gradient is not finite
-        if guard.check(out["loss"].detach().float() + grad_norm, it):
-            optimizer.step()
-            if ema is not None:
-                ema.update(net)
-        scheduler.step()
-        for key, v in out.items():   # accumulate on device; fetched once per log interval
-            sums[key] = sums.get(key, 0.0) + v.detach().float()
-        n_sum += 1
-        done = it + 1
-        if done % args.log_freq == 0 or done == total:
-            keys = list(sums)
-            means = {k: v / n_sum for k, v in zip(keys, torch.stack([sums[k] for k in keys]).cpu().tolist())}
-            means.update({f"lr/{k}": v for k, v in current_lrs(optimizer).items()})
-            means["it_per_s"] = n_sum / max(1e-9, time.time() - t0)
-            run_dir.log_scalars(done, means, prefix="train/")
-            bar.set_postfix(loss=f"{means['loss']:.3f}")
-            t0, sums, n_sum = time.time(), {}, 0
-        if args.save_freq and done % args.save_freq == 0 and done % val_every != 0 and done != total:
-            checkpoint("last", done)
-        if done % val_every == 0 or done == total:
+        self.loader_l = make_loader(self.splits.labeled, run.batch_size, seed=run.seed,
+                                    num_workers=run.num_workers, dist=dist)
+        self.loader_u = (make_loader(self.splits.unlabeled, self.task.unlabeled_batch(self.config), seed=run.seed,
+                                     num_workers=run.num_workers, dist=dist) if self.semi_supervised else None)
+        self.optimizer = build_optimizer(self.net, self.config.optim)
+        self.scheduler = build_scheduler(self.optimizer, self.config.optim, run.max_iters)
+        self.ema = ModelEMA(self.net, run.ema) if run.ema > 0 else None   # every method: EMA weights are evaluated
+        self.guard = runtime.NonFiniteGuard(run.max_bad_steps)
+        self.best = {"metric": "dice", "value": -1.0, "iteration": 0}
+        start = 0
+        if resume is not None:
+            info = restore_training_state(resume, self.net, optimizer=self.optimizer, scheduler=self.scheduler,
+                                          ema=self.ema)
+            start, self.best = info["iteration"], info["best"] or self.best
+            self.guard.load_state_dict(resume.get("guard", {}))
+            self.run_dir = RunDir.open(run.resume, is_main=dist.is_main, resume_iteration=start)
+        else:
+            self.run_dir = RunDir.create(run.log_dir, run.exp_name, self.record, is_main=dist.is_main)
             if dist.is_main:
-                vis_dir = os.path.join(run_dir.vis_dir, f"iter{done:06d}") if args.vis else None
-                res = validate(pipeline, eval_net(), splits.val, args.class_names, args, device, autocast,
-                               split="val", max_volumes=args.val_volumes, vis_dir=vis_dir)
-                dice = res.summary["dice"]["mean"]
-                run_dir.append_metrics_row({"iteration": done, "epoch": done / iters_per_epoch,
-                                            **{f"{m}_{c}": res.summary[m][c] for m in ("dice", "jaccard", "hd95", "asd")
-                                               for c in (*args.class_names, "mean")}})
-                run_dir.log_scalars(done, {f"{m}/{c}": res.summary[m][c] for m in ("dice", "hd95")
-                                           for c in (*args.class_names, "mean")}, prefix="val/")
-                log(f"[iter {done}] val mean Dice {dice * 100:.2f} "
-                    + " ".join(f"{c} {res.summary['dice'][c] * 100:.1f}" for c in args.class_names))
-                if np.isfinite(dice) and dice > best["value"]:
-                    best = {"metric": "dice", "value": float(dice), "iteration": done}
-                    checkpoint("best", done)
-            else:
-                gather_rng_states()  # collective: keep ranks in step with the main rank's checkpoint()
-            checkpoint("last", done)
-            runtime.barrier()
+                write_json_atomic(os.path.join(self.run_dir.path, "splits.json"), self.splits.case_names)
+        teacher = self.ema.module if (self.ema is not None and self.semi_supervised) else self.net
+        # find_unused_parameters: a step uses only part of SAM-2 (2D never runs the memory modules; prompts and
+        # the unlabeled branch vary per step), and DDP must not wait for gradients that never come.
+        student = self.task.make_student(self.net, teacher, self.config, self.autocast).to(self.device)
+        self.student = runtime.wrap_ddp(student, dist, find_unused_parameters=True)
+        self.batches_l = runtime.InfiniteLoader(self.loader_l, start_iter=start)
+        self.batches_u = runtime.InfiniteLoader(self.loader_u, start_iter=start) if self.loader_u else None
+        self.progress = tqdm(range(start, run.max_iters), initial=start, total=run.max_iters, desc="train",
+                             disable=not dist.is_main, dynamic_ncols=True)
+        self._sums, self._n, self._t0 = {}, 0, time.time()
 
-    return _final_evaluation(args, pipeline, net, ema, splits, run_dir, device, autocast, dist)
+        log = self.run_dir.log
+        log(self.splits.summary())
+        log(f"run directory: {self.run_dir.path}" if dist.is_main else "")
+        if resume is not None:
+            log(f"resumed from {run.resume} at iteration {start}/{run.max_iters}")
+        m = self.config.model
+        log(f"{self.config.semi.method} | {m.sam_config} @ {m.image_size}px | DFE {int(m.dfe)} "
+            f"PCSW {int(self.config.semi.use_pcsw)} | {run.max_iters} iterations, validation every {run.val_every} "
+            f"({self.weights_kind} weights, infer {run.infer}) on {self.device}, world size {dist.world_size}")
 
+    @property
+    def weights_kind(self) -> str:
+        return "ema" if self.ema is not None else "student"
 
-def _final_evaluation(args, pipeline, net, ema, splits, run_dir, device, autocast, dist) -> int:
-    """Evaluate the best checkpoint on the test split (val if there is none); write summary.json."""
-    if not dist.is_main:
+    @property
+    def eval_net(self) -> SSSNet:
+        return self.ema.module if self.ema is not None else self.net
+
+    # ------------------------------------------------------------------ one iteration
+    def train_step(self, it: int) -> dict:
+        self.student.train()
+        batch_l = _to(next(self.batches_l), self.device)
+        batch_u = _to(next(self.batches_u), self.device) if self.batches_u is not None else None
+        out = self.student(batch_l, batch_u, it)
+        self.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+        # one host sync per step: skip the update when the loss or any gradient is not finite
+        if self.guard.check(out["loss"].detach().float() + grad_norm, it):
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.net)
+        self.scheduler.step()
+        return out
+
+    def log_step(self, done: int, out: dict) -> None:
+        for key, v in out.items():   # accumulated on device; fetched once per log interval
+            self._sums[key] = self._sums.get(key, 0.0) + v.detach().float()
+        self._n += 1
+        if done % self.run.log_freq and done != self.run.max_iters:
+            return
+        keys = list(self._sums)
+        means = {k: v / self._n for k, v in zip(keys, torch.stack([self._sums[k] for k in keys]).cpu().tolist())}
+        means.update(current_lrs(self.optimizer))
+        means["it_per_s"] = self._n / max(1e-9, time.time() - self._t0)
+        self.run_dir.log_scalars(done, means, prefix="train/")
+        self.progress.set_postfix(loss=f"{means['loss']:.3f}")
+        self._sums, self._n, self._t0 = {}, 0, time.time()
+
+    def is_validation_iteration(self, done: int) -> bool:
+        return done % self.run.val_every == 0 or done == self.run.max_iters
+
+    def maybe_validate(self, done: int) -> None:
+        """Validate the evaluated weights on the validation split; keep the best by mean Dice."""
+        if not self.is_validation_iteration(done):
+            return
+        improved = False
+        if self.dist.is_main:
+            vis_dir = os.path.join(self.run_dir.vis_dir, f"iter{done:06d}") if self.run.vis else None
+            res = evaluate_model(self.task, self.eval_net, self.splits.val, self.class_names, self.config,
+                                 infer=self.run.infer, device=self.device, autocast=self.autocast, split="val",
+                                 max_volumes=self.run.val_volumes, vis_dir=vis_dir)
+            self.record_validation(done, res)
+            dice = res.summary["dice"]["mean"]
+            improved = bool(np.isfinite(dice) and dice > self.best["value"])
+            if improved:
+                self.best = {"metric": "dice", "value": float(dice), "iteration": done}
+        self.save(("last", "best") if improved else ("last",), done)
+        runtime.barrier()
+
+    def record_validation(self, done: int, res: EvalResult) -> None:
+        s, names = res.summary, (*self.class_names, "mean")
+        self.run_dir.append_metrics_row({"iteration": done, **{f"{m}_{c}": s[m][c] for m in ("dice", "jaccard", "hd95", "asd")
+                                                               for c in names}})
+        self.run_dir.log_scalars(done, {f"{m}/{c}": s[m][c] for m in ("dice", "hd95") for c in names}, prefix="val/")
+        self.run_dir.log(f"[iter {done}] val mean Dice {s['dice']['mean'] * 100:.2f} "
+                         + " ".join(f"{c} {s['dice'][c] * 100:.1f}" for c in self.class_names))
+
+    def maybe_save(self, done: int) -> None:
+        if self.run.save_freq and done % self.run.save_freq == 0 and not self.is_validation_iteration(done):
+            self.save(("last",), done)
+
+    def save(self, names: tuple[str, ...], iteration: int) -> None:
+        """Write the checkpoints ``names`` (``last`` first) atomically; every rank calls it (the random states
+        of all ranks are gathered into the main rank's checkpoint)."""
+        rng = gather_rng_states()
+        if not self.dist.is_main:
+            return
+        state = make_checkpoint(self.net, self.record, optimizer=self.optimizer, scheduler=self.scheduler,
+                                ema=self.ema, rng=rng, iteration=iteration, epoch=iteration // self.run.val_every,
+                                best=self.best, guard=self.guard.state_dict())
+        for name in names:
+            save_checkpoint(self.run_dir.checkpoint_path(name), state)
+
+    # ------------------------------------------------------------------ end of training
+    def final_evaluation(self) -> int:
+        """Evaluate the best checkpoint (selected on val) on the test split (val if there is none) in every
+        inference mode; ``summary.json`` reports the run's mode and lists the others under ``by_infer``."""
+        if not self.dist.is_main:
+            return 0
+        best_path = self.run_dir.checkpoint_path("best")
+        net = self.eval_net
+        if os.path.exists(best_path):
+            state = load_checkpoint(best_path)
+            load_model_state(net, state["ema"]["module"] if self.ema is not None else state["model"], strict=True)
+        volumes, split = (self.splits.test, "test") if self.splits.test is not None else (self.splits.val, "val")
+        if self.splits.test is None:
+            self.run_dir.log(f"no test split ({self.splits.test_missing}); final numbers are on the validation split")
+        results = {}
+        for infer in (self.run.infer, *[m for m in INFER_MODES if m != self.run.infer]):
+            results[infer] = evaluate_model(self.task, net, volumes, self.class_names, self.config, infer=infer,
+                                            device=self.device, autocast=self.autocast, split=split)
+        res = results[self.run.infer]
+        summary = dict(res.summary, checkpoint=best_path if os.path.exists(best_path) else None,
+                       method=self.config.semi.method, dataset=self.record.get("dataset"),
+                       labeled_num=self.record.get("labeled_num"), weights=self.weights_kind,
+                       max_iters=self.run.max_iters, val_every=self.run.val_every, selected_on="val",
+                       by_infer={m: {"dice": r.summary["dice"], "hd95": r.summary["hd95"]} for m, r in results.items()})
+        self.run_dir.write_summary(summary)
+        write_case_rows(os.path.join(self.run_dir.path, f"cases_{split}.csv"), res.rows)
+        self.run_dir.log(format_summary(summary, self.class_names))
+        for m, r in results.items():
+            self.run_dir.log(f"{split} Dice, infer {m}: " + ", ".join(
+                f"{c} {r.summary['dice'][c] * 100:.1f}" for c in self.class_names)
+                + f", mean {r.summary['dice']['mean'] * 100:.1f}")
+        self.run_dir.close()
         return 0
-    best_path = run_dir.checkpoint_path("best")
-    if os.path.exists(best_path):
-        state = load_checkpoint(best_path)
-        target = ema.module if ema is not None else net
-        load_model_state(target, state["ema"]["module"] if ema is not None else state["model"], strict=True)
-        net_eval = target
-    else:
-        net_eval = ema.module if ema is not None else net
-    volumes, split = (splits.test, "test") if splits.test is not None else (splits.val, "val")
-    if splits.test is None:
-        run_dir.log(f"no test split ({splits.test_missing}); final numbers are on the validation split")
-    res = validate(pipeline, net_eval, volumes, args.class_names, args, device, autocast, split=split)
-    summary = dict(res.summary)
-    summary.update(checkpoint=best_path if os.path.exists(best_path) else None, method=args.method,
-                   labeled_num=args.labeled_num, dataset=args.dataset)
-    run_dir.write_summary(summary)
-    write_case_rows(os.path.join(run_dir.path, f"cases_{split}.csv"), res.rows)
-    run_dir.log(format_summary(summary, args.class_names))
-    run_dir.log(f"per-class Dice on {split}: " + ", ".join(
-        f"{c} {summary['dice'][c] * 100:.1f}" for c in args.class_names) + f", mean {summary['dice']['mean'] * 100:.1f}")
-    run_dir.close()
-    return 0

@@ -30,7 +30,6 @@ same list twice, ``(W', W')``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -55,21 +54,6 @@ class LayerNorm2d(nn.Module):
         s = (x - u).pow(2).mean(1, keepdim=True)
         x = (x - u) * torch.rsqrt(s + self.eps)
         return x * self.weight[:, None, None] + self.bias[:, None, None]
-
-
-@dataclass
-class DFEConfig:
-    """DFE settings. ``sim``: "pixel" | "global"; ``levels``: indices into the feature list."""
-    sim: str = "pixel"
-    levels: tuple[int, ...] = (0, 1, 2)
-    channels: tuple[int, ...] = SAM2_CHANNELS
-    hidden_mult: int = 2
-    gamma_per_channel: bool = False
-
-    @classmethod
-    def from_args(cls, args, channels: Sequence[int] = SAM2_CHANNELS) -> "DFEConfig":
-        """Build from the ``cfg.py`` namespace (``-dfe_sim``, ``-dfe_levels``)."""
-        return cls(sim=args.dfe_sim, levels=tuple(args.dfe_levels), channels=tuple(channels))
 
 
 class DFELevel(nn.Module):
@@ -150,14 +134,6 @@ class DFE(nn.Module):
         self.sim = sim
         self.blocks = nn.ModuleDict({str(l): DFELevel(self.channels[l], sim, hidden_mult, gamma_per_channel)
                                      for l in self.levels})
-
-    @classmethod
-    def from_config(cls, cfg: DFEConfig) -> "DFE":
-        return cls(cfg.channels, cfg.levels, cfg.sim, cfg.hidden_mult, cfg.gamma_per_channel)
-
-    @classmethod
-    def from_args(cls, args, channels: Sequence[int] = SAM2_CHANNELS) -> "DFE":
-        return cls.from_config(DFEConfig.from_args(args, channels))
 
     def forward(self, feats_w: list[torch.Tensor], feats_s: list[torch.Tensor] | None = None
                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -61,14 +61,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["PCSWConfig", "Prompts", "pcsw_prompts", "coarse_box_prompts", "PromptGenerator"]
+__all__ = ["PCSWConfig", "Prompts", "pcsw_prompts", "coarse_box_prompts"]
 
 # 4-D structuring element: 26-connectivity inside a (D, h, w) block, no connection along the group axis.
 _STRUCT4 = np.zeros((3, 3, 3, 3), dtype=bool)
 _STRUCT4[1] = True
 
 
-@dataclass
+@dataclass(frozen=True)
 class PCSWConfig:
     """PCSW settings (cfg.py flags ``-pcsw_*``); areas are fractions of ``h * w``."""
     thresh: float = 0.5
@@ -81,16 +81,7 @@ class PCSWConfig:
     max_area: float = 0.5
     margin: int = 2
     body_frac: float = 0.5
-    enabled: bool = True  # False: the "-pcsw 0" ablation, unconstrained per-slice argmax boxes
     select: str = "longest"  # window choice: "longest" passing window, or highest "continuity"
-
-    @classmethod
-    def from_args(cls, args) -> "PCSWConfig":
-        """Build from the ``cfg.py`` namespace."""
-        return cls(thresh=args.pcsw_thresh, tau=args.pcsw_tau, tau_conf=args.pcsw_tau_conf,
-                   min_len=args.pcsw_min_len, max_len=args.pcsw_max_len, min_voxels=args.pcsw_min_voxels,
-                   min_area=args.pcsw_min_area, max_area=args.pcsw_max_area, margin=args.pcsw_margin,
-                   enabled=bool(getattr(args, "pcsw", True)), select=getattr(args, "pcsw_select", "longest"))
 
     def window_lengths(self, depth: int) -> tuple[int, int]:
         """``(N_min, N_max)`` actually used for a slab of ``depth`` slices."""
@@ -350,19 +341,3 @@ def coarse_box_prompts(probs: torch.Tensor, margin: int = 2) -> Prompts:
                   scores=anyk.float(), coarse_size=(h, w))
     return _unbatch(out, batched)
 
-
-class PromptGenerator:
-    """``PromptGenerator(cfg)(probs, body_mask=None) -> Prompts``: PCSW, or the unconstrained boxes when
-    ``cfg.enabled`` is False (flag ``-pcsw 0``)."""
-
-    def __init__(self, cfg: PCSWConfig | None = None):
-        self.cfg = cfg or PCSWConfig()
-
-    @classmethod
-    def from_args(cls, args) -> "PromptGenerator":
-        return cls(PCSWConfig.from_args(args))
-
-    def __call__(self, probs: torch.Tensor, body_mask: torch.Tensor | None = None) -> Prompts:
-        if self.cfg.enabled:
-            return pcsw_prompts(probs, body_mask, self.cfg)
-        return coarse_box_prompts(probs, self.cfg.margin)

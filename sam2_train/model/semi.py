@@ -1,11 +1,12 @@
-"""Weak-to-strong pieces shared by the 2D and 3D steps: ground-truth prompts, CutMix of pseudo-labels and
-prompts, body masks, the unlabeled-loss ramp. Shapes: N images/frames, K foreground classes, S image size,
-s = S/4 coarse size.
+"""Weak-to-strong pieces shared by the 2D and 3D steps: the method's settings, ground-truth prompts, what the
+teacher hands the student (CutMix-ed pseudo-labels and prompts), body masks, the unlabeled-loss ramp.
+Shapes: N images/frames, K foreground classes, S image size, s = S/4 coarse size.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,51 @@ import torch.nn.functional as F
 from sam2_train.model.cutmix import mix
 from sam2_train.model.prompts import jitter_boxes, masks_to_boxes, sample_click
 from sam2_train.model.sss_net import SlicePrompts
+
+
+@dataclass(frozen=True)
+class SemiConf:
+    """Settings of the training step (``-method`` and its flags).
+
+    ``method``: supervised | fixmatch | sss. ``lambda_u``/``rampup``: weight of the unlabeled loss, with a
+    sigmoid ramp over ``rampup`` iterations (0 = none). ``tau_u``: pseudo-label confidence threshold.
+    ``p_gt``: probability that a labeled image (2D) or clip (3D) is prompted by jittered ground truth rather
+    than by the model's own prompts. ``use_pcsw``: the model's own prompts come from PCSW (else coarse
+    boxes). ``out_size``: size of the labeled-loss masks. ``slab_len``: 2D unlabeled slab length.
+    ``prompt``/``prompt_freq``: 3D ground-truth prompt type and thinning of prompted frames."""
+    method: str = "sss"
+    lambda_u: float = 1.0
+    rampup: int = 0
+    tau_u: float = 0.95
+    p_gt: float = 0.5
+    cutmix_p: float = 0.5
+    unsup_encoder_grad: bool = False
+    use_pcsw: bool = True
+    out_size: int = 1024
+    slab_len: int = 4
+    prompt: str = "bbox"
+    prompt_freq: int = 2
+
+    @property
+    def semi_supervised(self) -> bool:
+        return self.method != "supervised"
+
+
+@dataclass
+class UnlabeledTargets:
+    """What the teacher hands the student; rows of the strong views are stacked (view 1 rows, then view 2).
+
+    images (3N,1,S,S): weak, mixed strong 1, mixed strong 2. box_masks (2N,S,S) bool: CutMix region of each
+    strong row. partner (2N,): the stacked row pasted into each box. labels (2N,s,s) int64 and conf (2N,s,s)
+    float: mixed pseudo-labels and their confidences. prompts (2N,K): mixed prompts, in model-input pixels.
+    num_clips: 3D only, the number of strong clips (2*Bu) of N/Bu frames each; 0 for 2D."""
+    images: torch.Tensor
+    box_masks: torch.Tensor
+    partner: torch.Tensor
+    labels: torch.Tensor
+    conf: torch.Tensor
+    prompts: SlicePrompts
+    num_clips: int = 0
 
 
 def body_mask(images: torch.Tensor, s: int, thresh: float = 0.02) -> torch.Tensor:
@@ -74,27 +120,28 @@ def mix_prompts(prompts: SlicePrompts, partner: torch.Tensor, box_masks: torch.T
 
 def mix_strong_views(xw: torch.Tensor, xs1: torch.Tensor, xs2: torch.Tensor, labels: torch.Tensor,
                      conf: torch.Tensor, prompts: SlicePrompts, partner: torch.Tensor, box_masks: torch.Tensor,
-                     margin: int) -> dict:
+                     margin: int, num_clips: int = 0) -> UnlabeledTargets:
     """The teacher's weak-view targets carried to both CutMix-ed strong views (rows: view 1 then view 2).
 
     xw, xs1, xs2 (N,1,S,S); labels, conf (N,s,s); prompts (N,K); partner (2N,) rows of the stacked strong
-    views (a row of the same view); box_masks (2N,S,S). Returns the fields ``images`` (3N: weak, mixed
-    strong 1, mixed strong 2), ``box_masks``, ``partner``, ``labels``, ``conf``, ``prompts`` (2N), all mixed
-    by the same boxes.
+    views (a row of the same view); box_masks (2N,S,S); num_clips: 3D strong clips (0 in 2D). Images,
+    pseudo-labels, confidences and prompts are all mixed by the same boxes.
     """
     rep = lambda t: torch.cat([t, t])                                                             # noqa: E731
-    return dict(images=torch.cat([xw, mix(torch.cat([xs1, xs2]), partner, box_masks)]), box_masks=box_masks,
-                partner=partner, labels=mix(rep(labels), partner, box_masks), conf=mix(rep(conf), partner, box_masks),
-                prompts=mix_prompts(SlicePrompts(rep(prompts.boxes), rep(prompts.points), rep(prompts.valid),
-                                                 rep(prompts.masks)), partner, box_masks, xw.shape[-1], margin))
+    return UnlabeledTargets(
+        images=torch.cat([xw, mix(torch.cat([xs1, xs2]), partner, box_masks)]), box_masks=box_masks, partner=partner,
+        labels=mix(rep(labels), partner, box_masks), conf=mix(rep(conf), partner, box_masks),
+        prompts=mix_prompts(SlicePrompts(rep(prompts.boxes), rep(prompts.points), rep(prompts.valid), rep(prompts.masks)),
+                            partner, box_masks, xw.shape[-1], margin),
+        num_clips=num_clips)
 
 
-def lambda_u(args, iteration: int) -> float:
-    """Unlabeled-loss weight with optional sigmoid ramp-up (Laine & Aila) over ``-rampup`` iterations."""
-    if args.rampup <= 0:
-        return args.lambda_u
-    t = min(iteration, args.rampup) / args.rampup
-    return args.lambda_u * math.exp(-5.0 * (1.0 - t) ** 2)
+def lambda_u(conf: SemiConf, iteration: int) -> float:
+    """Unlabeled-loss weight at ``iteration``, with the sigmoid ramp-up of Laine & Aila over ``conf.rampup``."""
+    if conf.rampup <= 0:
+        return conf.lambda_u
+    t = min(iteration, conf.rampup) / conf.rampup
+    return conf.lambda_u * math.exp(-5.0 * (1.0 - t) ** 2)
 
 
 def thin_prompt_frames(valid: torch.Tensor, freq: int) -> torch.Tensor:
@@ -127,21 +174,3 @@ def strong_view_features(net, images: torch.Tensor, partner: torch.Tensor, box_m
     _, fs = net.enhance(fw, [f[n:] for f in enc.feats])
     return enc, fs
 
-
-def total_loss(out: dict, args, iteration: int) -> dict:
-    """Adds ``out["loss"] = loss_x + lambda_u(iteration) * loss_u`` (loss_x alone without unlabeled data)."""
-    out["loss"] = out["loss_x"] + (lambda_u(args, iteration) * out["loss_u"] if "loss_u" in out else 0.0)
-    return out
-
-
-def run_step(make_targets, student, teacher, batch_l: dict, batch_u: dict | None, args, iteration: int,
-             autocast) -> dict:
-    """Forward of one iteration (2D or 3D): teacher targets for the unlabeled batch (``make_targets(teacher,
-    batch_u, args)``, skipped for ``-method supervised``), then the student; returns {"loss", ...terms}.
-    The caller steps the optimiser."""
-    with autocast():
-        targets = None
-        if batch_u is not None and args.method != "supervised":
-            targets = make_targets(teacher, batch_u, args)
-        out = student(batch_l["image"], batch_l["label"], targets)
-    return total_loss(out, args, iteration)

@@ -8,7 +8,6 @@ and both steps ``sss.loss``).
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +21,22 @@ from sam2_train.model.dfe import DFE
 from sam2_train.model.pcsw import PCSWConfig, coarse_box_prompts, pcsw_prompts
 from sam2_train.model.sam2_model import SAM2Seg
 
-# The architecture is fixed by these flags; a checkpoint records them and refuses to load under others.
-ARCH_KEYS = ("sam_config", "image_size", "num_classes", "dfe", "dfe_sim", "dfe_levels")
+@dataclass(frozen=True)
+class ModelConf:
+    """The architecture and initial weights of an :class:`SSSNet`.
+
+    ``sam_ckpt``: SAM-2 checkpoint path or ``"none"`` (random init). ``memory_bank_size``: volumes only, the
+    most prompted (conditioning) frames SAM-2 attends to (None: the config's). ``freeze_encoder``: the image
+    encoder gets no gradient and no backward pass (``-encoder_lr_mult 0``)."""
+    sam_config: str
+    image_size: int
+    num_classes: int
+    sam_ckpt: str = "none"
+    dfe: bool = True
+    dfe_sim: str = "pixel"
+    dfe_levels: tuple[int, ...] = (0, 1, 2)
+    memory_bank_size: int | None = None
+    freeze_encoder: bool = False
 
 
 @dataclass
@@ -123,22 +136,21 @@ def prompts_from_probs(probs: torch.Tensor, image_size: int, cfg: PCSWConfig, us
     return SlicePrompts(boxes=flat(boxes), points=flat(points), valid=flat(p.valid), masks=flat(p.masks))
 
 
-def build_sss_net(args: argparse.Namespace, num_classes: int, device="cpu", sam_ckpt: str | None = None) -> SSSNet:
-    """Build the model of ``args`` (SAM-2 from -sam_config/-sam_ckpt at -image_size, DFE if -dfe).
+def build_sss_net(conf: ModelConf, device="cpu", sam_ckpt: str | None = None) -> SSSNet:
+    """Build the model of ``conf``: SAM-2 from ``sam_config``/``sam_ckpt`` at ``image_size``, DFE if ``dfe``.
 
-    ``sam_ckpt`` overrides ``args.sam_ckpt`` (``"none"`` when the weights come from our own checkpoint).
-    For volumes (``args.script == "3d"``) SAM-2 attends to at most ``-memory_bank_size`` conditioning
-    (prompted) frames (``max_cond_frames_in_attn``; no weights depend on it). ``-encoder_lr_mult 0`` freezes
-    the image encoder (``requires_grad=False``: no gradient, no backward through it, not in the optimiser)."""
+    ``sam_ckpt`` overrides ``conf.sam_ckpt`` (``"none"`` when the weights come from our own checkpoint).
+    SAM-2 attends to at most ``memory_bank_size`` conditioning frames (``max_cond_frames_in_attn``; no
+    weights depend on it). ``freeze_encoder``: ``requires_grad=False`` on the image encoder."""
     overrides = []
-    if getattr(args, "script", "2d") == "3d" and getattr(args, "memory_bank_size", None):
-        overrides.append(f"++model.max_cond_frames_in_attn={int(args.memory_bank_size)}")
-    sam = SAM2Seg(build_sam2_base(args.sam_config, sam_ckpt or args.sam_ckpt, args.image_size, device="cpu",
+    if conf.memory_bank_size:
+        overrides.append(f"++model.max_cond_frames_in_attn={int(conf.memory_bank_size)}")
+    sam = SAM2Seg(build_sam2_base(conf.sam_config, sam_ckpt or conf.sam_ckpt, conf.image_size, device="cpu",
                                   hydra_overrides_extra=overrides))
-    dfe = DFE(levels=tuple(args.dfe_levels), sim=args.dfe_sim) if args.dfe else None
-    if getattr(args, "encoder_lr_mult", 1.0) == 0:
+    dfe = DFE(levels=tuple(conf.dfe_levels), sim=conf.dfe_sim) if conf.dfe else None
+    if conf.freeze_encoder:
         sam.sam.image_encoder.requires_grad_(False)
-    return SSSNet(sam, num_classes, dfe).to(device)
+    return SSSNet(sam, conf.num_classes, dfe).to(device)
 
 
 def upsample(logits: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
