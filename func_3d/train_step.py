@@ -3,10 +3,11 @@
 Slices of a volume are SAM-2 video frames. Read ``teacher_targets`` and ``Student3D.forward`` top to bottom;
 they mirror ``func_2d.train_step`` with SAM-2 memory tracking in place of the per-slice decoder:
 
-- labeled clips: all frames encoded in one call, DFE(W=S), coarse head (CE+Dice); prompts on frames
-  0, f, 2f, ... (f = ``-prompt_freq``): a jittered ground-truth box (``-prompt bbox``) or click
-  (``-prompt click``) per class present on the frame with probability ``-p_gt`` per clip, else the
-  clip's own PCSW prompts (box + most confident point, as at test time) on those frames; SAM-2 memory
+- labeled clips: all frames encoded in one call, DFE(W=S), coarse head (CE+Dice); prompts: a jittered
+  ground-truth box (``-prompt bbox``) or click (``-prompt click``) per class present on the frame with
+  probability ``-p_gt`` per clip, else the clip's own PCSW prompts (box + most confident point, as at test
+  time); each class keeps every f-th of its prompted frames (f = ``-prompt_freq``, ranks 0, f, 2f, ... as
+  at inference, :func:`sam2_train.semi.thin_prompt_frames`); SAM-2 memory
   carries the masks to every other frame (:meth:`SAM2Seg.track`, forwards then backwards from the first
   prompted frame); every frame is supervised (:func:`track_loss`).
 - unlabeled clips: the teacher tracks its own PCSW prompts through the weak clip -> pseudo-labels and
@@ -157,11 +158,12 @@ class Student3D(nn.Module):
         self.pcsw_cfg = PCSWConfig.from_args(args)
 
     def labeled_prompts(self, probs: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, b: int, t: int):
-        """Prompts of B labeled clips on frames 0, f, 2f, ...: (SlicePrompts (N,K), use_box (N,1), use_point (N,1)).
+        """Prompts of B labeled clips: (SlicePrompts (N,K), use_box (N,1), use_point (N,1)).
 
         Per clip, with probability p_gt: ground-truth boxes (``-prompt bbox``) or clicks (``-prompt click``)
         of the classes present on the frame; otherwise the PCSW (box + point) prompts of the clip's own
-        coarse probabilities ``probs`` (N,K+1,s,s).
+        coarse probabilities ``probs`` (N,K+1,s,s). Each class keeps every ``-prompt_freq``-th of its
+        prompted frames, its first one always (:func:`thin_prompt_frames`, the rule of inference).
         """
         k, size = self.net.num_classes, self.net.image_size
         s = probs.shape[-1]
@@ -169,8 +171,8 @@ class Student3D(nn.Module):
                                  body=body_mask(images, s).view(b, t, s, s))
         use_gt = (torch.rand(b, 1, device=images.device) < self.p_gt).repeat_interleave(t, dim=0)   # (N,1)
         p = choose_prompts(use_gt, gt_prompts(labels, k, size), own)
-        on_frame = (torch.arange(t, device=images.device) % self.prompt_freq == 0).repeat(b)[:, None]
-        p = SlicePrompts(p.boxes, p.points, p.valid & on_frame)
+        valid = thin_prompt_frames(p.valid.view(b, t, k), self.prompt_freq).flatten(0, 1)   # as at inference
+        p = SlicePrompts(p.boxes, p.points, valid)
         return p, ~use_gt | (self.prompt == "bbox"), ~use_gt | (self.prompt == "click")
 
     def forward(self, image_l: torch.Tensor, label_l: torch.Tensor, u: UnlabeledTargets | None = None) -> dict:
