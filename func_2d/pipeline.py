@@ -14,5 +14,11 @@ def predict(net, image, spacing, args, device, autocast):
                           use_pcsw=bool(args.pcsw), protocol=args.protocol, chunk=max(8, args.b))
 
 
+def unlabeled_slabs(args) -> int:
+    """Unlabeled slabs per step: ``-b_u`` slices in slabs of ``-slab_len``, at least two, so that CutMix
+    always pastes from another slab (the loader draws the slabs of a step from distinct volumes)."""
+    return max(2, args.b_u // args.slab_len)
+
+
 PIPELINE_2D = Pipeline(script="2d", make_student=Student2D, step=train_step, predict=predict,
-                       unlabeled_batch=lambda args: max(1, args.b_u // args.slab_len))
+                       unlabeled_batch=unlabeled_slabs)

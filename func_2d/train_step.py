@@ -3,8 +3,9 @@
 Read ``teacher_targets`` and ``Student2D.forward`` top to bottom: the teacher's pseudo-labels with PCSW
 prompts on the weak view, CutMix of the two strong views (images, pseudo-labels, confidences and prompts
 mixed by the same boxes), then the student's labeled loss and weak-to-strong loss through DFE.
-Shapes: B labeled slices, N = b_u unlabeled slices in slabs of L consecutive slices, K foreground classes,
-S image size, s = S/4 coarse/low-res size.
+Shapes: B labeled slices, N unlabeled slices in Bu >= 2 slabs of L consecutive slices (the slabs of a step
+come from distinct volumes, see ``func_2d.pipeline.unlabeled_slabs``), K foreground classes, S image size,
+s = S/4 coarse/low-res size.
 """
 from __future__ import annotations
 
@@ -16,11 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from dataset.transforms import sample_cutmix_partners
 from sam2_train.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.pcsw import PCSWConfig
-from sam2_train.semi import (body_mask, choose_prompts, gt_prompts, mix_strong_views, one_hot_fg, run_step,
-                             sample_box_masks, strong_view_features)
+from sam2_train.semi import (body_mask, choose_prompts, clip_cutmix_partners, gt_prompts, mix_strong_views,
+                             one_hot_fg, run_step, sample_box_masks, strong_view_features)
 from sam2_train.sss_net import SlicePrompts, SSSNet, prompts_from_probs, pseudo_labels, upsample
 
 
@@ -40,7 +40,8 @@ def teacher_targets(teacher: SSSNet, views: dict, slab_len: int, cfg: PCSWConfig
                     cutmix_p: float) -> UnlabeledTargets:
     """Teacher pass on the weak view -> pseudo-labels, confidences, prompts; then CutMix of both strong views.
 
-    views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,L,1,S,S).
+    views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,L,1,S,S). CutMix partners: slice t of a slab
+    takes slice t of another slab (:func:`clip_cutmix_partners`; with one slab, its own slices reversed).
     """
     xw, xs1, xs2 = (views[key].flatten(0, 1) for key in ("image_w", "image_s1", "image_s2"))
     n, size = xw.shape[0], xw.shape[-1]
@@ -51,9 +52,11 @@ def teacher_targets(teacher: SSSNet, views: dict, slab_len: int, cfg: PCSWConfig
                                  body=body_mask(xw, s).view(-1, slab_len, s, s))
     labels, conf = pseudo_labels(teacher.refine(fw, prompts), prompts.valid, probs)
 
-    # CutMix: each strong view takes a box from another weak-batch row (pseudo-labels and prompts alike).
-    # partner: for each row of the stacked (view 1, view 2) batch, a row of the same view.
-    partner = torch.cat([sample_cutmix_partners(n), sample_cutmix_partners(n) + n]).to(xw.device)  # (2N,)
+    # CutMix: each strong view takes a box from a row of another slab (another volume; pseudo-labels and
+    # prompts alike). partner: for each row of the stacked (view 1, view 2) batch, a row of the same view.
+    bu = views["image_w"].shape[0]
+    partner = torch.cat([clip_cutmix_partners(bu, slab_len, xw.device),
+                         clip_cutmix_partners(bu, slab_len, xw.device) + n])                      # (2N,)
     box_masks = sample_box_masks(2 * n, size, cutmix_p, xw.device)                                # (2N,S,S)
     return UnlabeledTargets(**mix_strong_views(xw, xs1, xs2, labels, conf, prompts, partner, box_masks, cfg.margin))
 

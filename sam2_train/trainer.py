@@ -50,7 +50,8 @@ def _worker_init(_: int) -> None:
 
 def _loader(ds, batch_size: int, args, dist: runtime.DistInfo, shuffle: bool = True) -> DataLoader:
     sampler = runtime.ResumableSampler(len(ds), batch_size=None, seed=args.seed, rank=dist.rank,
-                                       world_size=dist.world_size, shuffle=shuffle, drop_last=True)
+                                       world_size=dist.world_size, shuffle=shuffle, drop_last=True,
+                                       groups=getattr(ds, "groups", None), block=batch_size)
     if len(sampler) < batch_size:
         raise DatasetError(f"{type(ds).__name__}: {len(ds)} items is fewer than one batch of {batch_size} "
                            f"per process; lower the batch size")
