@@ -129,14 +129,14 @@ def test_labeled_clip_loss_falls():
 
 
 def test_step_returns_all_terms_and_skips_unprompted_clips():
-    """sss step with an unlabeled clip: same keys as 2D; a labeled clip without any prompt (no GT class on
-    the prompt frames, p_gt=1) keeps only the coarse term (no tracking)."""
+    """sss step with an unlabeled clip: same keys as 2D; a labeled clip without any prompt (no GT class,
+    p_gt=1) keeps only the coarse term (no tracking)."""
     import contextlib
     from func_3d.train_step import Student3D, train_step
     args = make_args("-p_gt", "1", "-b_u", "1")
     net = make_net(args)
     vol = torch.from_numpy(blob_volume(4, 64, 64, 1, 2))[:, None][None]
-    batch_l = {"image": vol, "label": (vol[:, :, 0] > 0.7).long()}                  # only frame 1: not prompted
+    batch_l = {"image": vol, "label": torch.zeros_like(vol[:, :, 0], dtype=torch.long)}   # no class: no prompt
     batch_u = {key: vol.clone() for key in ("image_w", "image_s1", "image_s2")}
     calls = []
     track = net.sam.track
