@@ -196,7 +196,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-labeled_ratio", type=unit_float, default=None,
                    help="BHSD/custom: labeled fraction of the training volumes (overrides -labeled_num)")
     g.add_argument("-b_u", type=positive_int, default=None,
-                   help="2D: unlabeled slices per step (default = -b); 3D: unlabeled clips (default 1)")
+                   help="2D: unlabeled slices per step (default = -b), as max(2, b_u // slab_len) slabs from "
+                        "distinct volumes; 3D: unlabeled clips (default 1)")
     g.add_argument("-slab_len", type=positive_int, default=4,
                    help="2D: unlabeled slices come as slabs of this many consecutive slices (PCSW needs neighbours)")
     g.add_argument("-hu_window", type=float_pair, default=(0.0, 80.0), help="CT window in HU, 'LOW,HIGH'")

@@ -305,6 +305,12 @@ class UnlabeledSlabDataset(_TrainBase):
     def volume_names(self):
         return [r.name for r in self.refs]
 
+    @property
+    def groups(self) -> list[int]:
+        """The volume (index into ``refs``) of every item: the training loader puts slabs of distinct
+        volumes into one step (``ResumableSampler(groups=...)``)."""
+        return [i for i, r in enumerate(self.refs) for _ in range(max(1, r.num_slices() - self.slab_len + 1))]
+
     def __getitem__(self, index: int):
         ref, start = self.items[index]
         rng, gen = self._gens(index)

@@ -1,8 +1,10 @@
 """Augmentation: weak geometric, strong photometric, and batched CutMix.
 
 * :func:`weak_geometric` - rot90 + flip (p=0.5) or a small rotation (p=0.5 of the rest), random
-  scale-crop and translation, then resampling to the model size. One transform for a whole stack
-  (a slab or clip): image bilinear, label nearest, so image and label stay aligned.
+  scale-crop and translation at the model size. One transform for a whole stack (a slab or clip): the
+  stack is first resized to the model size as at inference (:func:`resize_image`, bilinear, antialiased
+  when shrinking; label nearest), then resampled by the affine transform (image bilinear, label nearest),
+  so image and label stay aligned.
 * :func:`strong_photometric` - brightness, contrast, gamma, Gaussian blur, Gaussian noise. Pixel-wise
   or local symmetric operations only: a strong view never moves a pixel, so weak-view pseudo-labels and
   prompts stay valid on it.
@@ -54,7 +56,10 @@ def sample_weak(rng: np.random.Generator, params: WeakParams = WeakParams()) -> 
 
 def apply_weak(image: torch.Tensor, label: torch.Tensor | None, t: dict, out_size: int):
     """Apply transform ``t`` to ``image`` (N,C,H,W) float and ``label`` (N,H,W) int (or None);
-    returns tensors at (out_size, out_size). The whole stack gets the same transform."""
+    returns tensors at (out_size, out_size). The whole stack gets the same transform.
+
+    The stack is resized to ``out_size`` first (:func:`resize_image`, the resize of inference), then the
+    rotation / scale / translation resamples it at that size."""
     if t["k"]:
         image = torch.rot90(image, t["k"], dims=(-2, -1))
         label = None if label is None else torch.rot90(label, t["k"], dims=(-2, -1))
@@ -63,10 +68,10 @@ def apply_weak(image: torch.Tensor, label: torch.Tensor | None, t: dict, out_siz
         image = torch.flip(image, dims=(d,))
         label = None if label is None else torch.flip(label, dims=(d,))
     n = image.shape[0]
+    image = resize_image(image, out_size)
+    label = None if label is None else resize_label(label, out_size)
     identity = t["angle"] == 0.0 and t["zoom"] == 1.0 and t["tx"] == 0.0 and t["ty"] == 0.0
     if identity:
-        image = resize_image(image, out_size)
-        label = None if label is None else resize_label(label, out_size)
         return image.contiguous(), (None if label is None else label.contiguous())
     a = math.radians(t["angle"])
     c, s = math.cos(a) / t["zoom"], math.sin(a) / t["zoom"]
@@ -88,7 +93,8 @@ def weak_geometric(image: torch.Tensor, label: torch.Tensor | None, out_size: in
 
 
 def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
-    """(N,C,H,W) float -> (N,C,size,size), bilinear (antialiased when shrinking)."""
+    """(N,C,H,W) float -> (N,C,size,size) in [0,1], bilinear (antialiased when shrinking). The one resize of
+    images to the model size, in training (:func:`apply_weak`) and inference alike."""
     if image.shape[-2:] == (size, size):
         return image
     shrink = image.shape[-1] > size or image.shape[-2] > size

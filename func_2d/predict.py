@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dataset.transforms import resize_image
 from sam2_train.model.pcsw import PCSWConfig
 from sam2_train.model.semi import body_mask
 from sam2_train.model.sss_net import SSSNet, labels_from_refined, mask_unprompted, prompts_from_probs, upsample
@@ -20,8 +21,9 @@ def predict_volume(net: SSSNet, image: np.ndarray, *, device: torch.device, auto
                    infer: str = "pcsw", protocol: str = "ssl4mis", chunk: int = 8) -> np.ndarray:
     """Label volume (D,H,W) int64 for an image volume (D,H,W) float in [0,1] at its native size.
 
-    Slices are resized (bilinear) to the model size and encoded ``chunk`` at a time; PCSW sees the coarse
-    probabilities of all D slices at once (its windows run along the slice axis). ``protocol``:
+    Slices are resized to the model size as in training (``resize_image``: bilinear, antialiased when
+    shrinking) and encoded ``chunk`` at a time; PCSW sees the coarse probabilities of all D slices at once
+    (its windows run along the slice axis). ``protocol``:
     ``ssl4mis`` takes the argmax at model resolution and resizes the labels back with nearest neighbour;
     ``unimatch`` resizes the logits back bilinearly and takes the argmax there.
     """
@@ -29,7 +31,7 @@ def predict_volume(net: SSSNet, image: np.ndarray, *, device: torch.device, auto
     d, h, w = image.shape
     size = net.image_size
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)[:, None]
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1)
+    x = resize_image(x, size).clamp(0, 1)                                     # as in training
     feats, probs = [], []
     with autocast():
         for i in range(0, d, chunk):

@@ -1,7 +1,8 @@
 """One 2D training step (``-method supervised | fixmatch | sss``): read :meth:`Student2D.forward` top to bottom.
 
-Shapes: B labeled slices, N unlabeled slices in slabs of L consecutive slices (PCSW needs neighbours), K
-foreground classes, S image size, s = S/4 coarse/low-res size. Prompts are in model-input pixels.
+Shapes: B labeled slices, N unlabeled slices in Bu >= 2 slabs of L consecutive slices (PCSW needs neighbours;
+the slabs of a step come from distinct volumes, see :func:`unlabeled_slabs`), K foreground classes, S image
+size, s = S/4 coarse/low-res size. Prompts are in model-input pixels.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch.profiler import record_function
 
 from func_2d.predict import predict_volume
 from sam2_train.engine.trainer import Task, TrainConfig
-from sam2_train.model.cutmix import sample_box_masks, sample_cutmix_partners
+from sam2_train.model.cutmix import clip_cutmix_partners, sample_box_masks
 from sam2_train.model.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.model.pcsw import PCSWConfig
 from sam2_train.model.semi import (UnlabeledTargets, body_mask, choose_prompts, gt_prompts, lambda_u, mix_strong_views,
@@ -35,8 +36,10 @@ def teacher_targets(teacher: SSSNet, views: dict, *, slab_len: int, pcsw: PCSWCo
     prompts_u_w = prompts_from_probs(probs_u_w.view(-1, slab_len, *probs_u_w.shape[1:]), size, pcsw, use_pcsw,
                                      body=body_mask(img_u_w, s).view(-1, slab_len, s, s))
     mask_u_w, conf_u_w = pseudo_labels(teacher.refine(feats_u_w, prompts_u_w), prompts_u_w.valid, probs_u_w)
-    # each strong view takes a box from another row of the same view (stacked rows: view 1, then view 2)
-    partner = torch.cat([sample_cutmix_partners(n), sample_cutmix_partners(n) + n]).to(img_u_w.device)   # (2N,)
+    # each strong view takes a box from slice t of another slab (another volume) of the same view
+    bu = views["image_w"].shape[0]
+    partner = torch.cat([clip_cutmix_partners(bu, slab_len, img_u_w.device),
+                         clip_cutmix_partners(bu, slab_len, img_u_w.device) + n])                      # (2N,)
     box_masks = sample_box_masks(2 * n, size, cutmix_p, img_u_w.device)                                # (2N,S,S)
     return mix_strong_views(img_u_w, img_u_s1, img_u_s2, mask_u_w, conf_u_w, prompts_u_w, partner, box_masks,
                             pcsw.margin)
@@ -91,5 +94,10 @@ def predict(net: SSSNet, image, *, config: TrainConfig, infer: str, device, auto
                           protocol=config.run.protocol, chunk=max(8, config.run.batch_size))
 
 
-TASK_2D = Task(script="2d", make_student=Student2D, predict=predict,
-               unlabeled_batch=lambda config: max(1, config.run.batch_size_u // config.semi.slab_len))
+def unlabeled_slabs(config: TrainConfig) -> int:
+    """Unlabeled slabs per step: ``-b_u`` slices in slabs of ``-slab_len``, at least two, so that CutMix always
+    pastes from another slab (the loader draws the slabs of a step from distinct volumes)."""
+    return max(2, config.run.batch_size_u // config.semi.slab_len)
+
+
+TASK_2D = Task(script="2d", make_student=Student2D, predict=predict, unlabeled_batch=unlabeled_slabs)

@@ -30,13 +30,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dataset.transforms import resize_image
 from sam2_train.model.pcsw import PCSWConfig
 from sam2_train.model.semi import body_mask, thin_prompt_frames
 from sam2_train.model.sss_net import SSSNet, labels_from_refined, mask_unprompted, prompts_from_probs, upsample
 
 
 class _Frames:
-    """Slices of a native (D,H,W) volume resized (bilinear) to the model size on demand: ``frames[i:j]``."""
+    """Slices of a native (D,H,W) volume resized to the model size on demand (``resize_image``, as in
+    training: bilinear, antialiased when shrinking): ``frames[i:j]``."""
 
     def __init__(self, image: np.ndarray, size: int, device: torch.device):
         self.x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
@@ -50,9 +52,7 @@ class _Frames:
         if x.dim() == 2:
             x = x[None]
         x = x[:, None]
-        if tuple(x.shape[-2:]) != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return x.clamp(0, 1)                                                     # (n,1,S,S)
+        return resize_image(x, self.size).clamp(0, 1)                            # as in training                                                     # (n,1,S,S)
 
 
 def memory_dtype_for(device: torch.device, autocast) -> torch.dtype | None:

@@ -12,7 +12,7 @@ from scipy import ndimage
 
 medpy_binary = pytest.importorskip("medpy.metric.binary")
 
-from sam2_train.evaluation.metrics import summarize, volume_metrics  # noqa: E402
+from sam2_train.evaluation.loop.metrics import summarize, volume_metrics  # noqa: E402
 
 RTOL_OVERLAP, RTOL_DIST = 1e-6, 1e-5
 
@@ -37,7 +37,9 @@ def test_random_volumes_match_medpy(seed):
     K, shape, spacing = 3, (6, 28, 32), (5.0, 0.7, 0.9)
     pred, gt = random_labels(shape, K, seed), random_labels(shape, K, seed + 100)
     out = volume_metrics(pred, gt, K, spacing=spacing)
-    assert set(out) == {"dice", "jaccard", "hd95", "asd", "asd_directed", "hd95_mm", "asd_mm", "asd_directed_mm"}
+    assert set(out) == {"dice", "jaccard", "hd95", "asd", "asd_directed", "hd95_mm", "asd_mm", "asd_directed_mm",
+                        "empty_pred"}
+    assert (out["empty_pred"] == 0).all()
     for c in range(1, K + 1):
         p, g = pred == c, gt == c
         assert p.any() and g.any()

@@ -19,13 +19,11 @@ has_gauss, cached_gaussian], "torch": uint8 tensor, "cuda": [uint8 tensor per de
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import pickle
 import random
 import warnings
 import zipfile
-from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import numpy as np

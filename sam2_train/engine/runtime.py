@@ -7,6 +7,7 @@ iteration on; :meth:`NonFiniteGuard.check` is a collective (ranks agree on skipp
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import math
@@ -25,7 +26,7 @@ __all__ = [
     "select_device", "enable_tf32", "amp_dtype", "autocast", "seed_everything",
     "DistInfo", "init_distributed", "wrap_ddp", "unwrap_model", "barrier",
     "broadcast_object", "cleanup", "is_dist", "get_rank", "get_world_size", "is_main_process",
-    "ResumableSampler", "InfiniteLoader", "NonFiniteGuard", "TrainingDiverged",
+    "ResumableSampler", "distinct_group_blocks", "InfiniteLoader", "NonFiniteGuard", "TrainingDiverged",
 ]
 
 
@@ -225,12 +226,6 @@ def wrap_ddp(model: torch.nn.Module, dist_info: DistInfo, **ddp_kwargs) -> torch
         ddp_kwargs.setdefault("output_device", dist_info.device.index)
     return torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
 
-    if not out.is_floating_point():
-        out = out.float()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    out /= dist.get_world_size()
-    return out
-
 
 def barrier() -> None:
     if is_dist():
@@ -263,6 +258,46 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 0x9E3779B97F4A7C15 + int(epoch) * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (2 ** 63)
 
 
+def distinct_group_blocks(indices: list[int], groups, block: int) -> list[int]:
+    """Reorder ``indices`` into consecutive runs of ``block`` samples from distinct ``groups[i]``.
+
+    Order-keeping greedy: each run takes the earliest remaining samples whose group it does not hold yet,
+    except that a group with as many remaining samples as there are runs left goes in first (otherwise its
+    samples would pile up at the end). Where the samples cannot fill distinct runs (a group holds more
+    than one per run), the largest groups go first and the last runs repeat groups; the samples left
+    after the last full run follow in order. Returns a permutation of ``indices``.
+    """
+    gk = [groups[i] for i in indices]                      # group of each position
+    by_group: dict = {}
+    for k, g in enumerate(gk):
+        by_group.setdefault(g, collections.deque()).append(k)
+    taken = [False] * len(indices)
+    out, start, remaining = [], 0, len(indices)
+    while remaining >= block:
+        runs_left = remaining // block
+        urgent = sorted((g for g, q in by_group.items() if len(q) >= runs_left), key=lambda g: -len(by_group[g]))
+        run_groups = urgent[:block]
+        k = start
+        while len(run_groups) < block and k < len(indices):
+            if not taken[k] and gk[k] not in run_groups:
+                run_groups.append(gk[k])
+            k += 1
+        if len(run_groups) < block:                        # fewer groups left than a run holds
+            break
+        run = sorted(by_group[g].popleft() for g in run_groups)
+        for k in run:
+            taken[k] = True
+        for g in run_groups:
+            if not by_group[g]:
+                del by_group[g]
+        while start < len(indices) and taken[start]:
+            start += 1
+        out += run
+        remaining -= block
+    out += [k for k in range(len(indices)) if not taken[k]]
+    return [indices[k] for k in out]
+
+
 class ResumableSampler(Sampler[int]):
     """Deterministic, resumable, rank-sharded sampler for training.
 
@@ -276,10 +311,18 @@ class ResumableSampler(Sampler[int]):
     after the first ``n`` batches (``n`` samples when ``batch_size`` is None) of this rank's shard, so a
     resumed run draws exactly the batches an uninterrupted run would have drawn. ``len()`` is always the
     full per-rank epoch length (so ``len(loader)`` is the number of batches per epoch).
+
+    ``groups`` (one id per sample, e.g. the volume a 2D slab comes from) with ``block`` (the DataLoader's
+    batch size): each rank's shard is reordered so that every run of ``block`` consecutive samples holds
+    distinct groups wherever the shard allows it (:func:`distinct_group_blocks`).
     """
 
     def __init__(self, dataset_len: int, batch_size: Optional[int] = None, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True, drop_last: bool = True):
+                 world_size: int = 1, shuffle: bool = True, drop_last: bool = True,
+                 groups: Optional[list] = None, block: int = 1):
+        if groups is not None and len(groups) != dataset_len:
+            raise ValueError(f"ResumableSampler: {len(groups)} groups for {dataset_len} samples")
+        self.groups, self.block = (None if groups is None else list(groups)), int(block)
         if dataset_len <= 0:
             raise ValueError(f"ResumableSampler: empty dataset (dataset_len={dataset_len})")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -339,7 +382,10 @@ class ResumableSampler(Sampler[int]):
         else:  # pad (drop_last=False) by repeating from the start
             reps = math.ceil(self.total_size / self.dataset_len)
             order = order.repeat(reps)[: self.total_size]
-        return order[self.rank: self.total_size: self.world_size].tolist()
+        shard = order[self.rank: self.total_size: self.world_size].tolist()
+        if self.groups is not None and self.block > 1:
+            shard = distinct_group_blocks(shard, self.groups, self.block)
+        return shard
 
     def __iter__(self) -> Iterator[int]:
         skip, self._skip_samples = self._skip_samples, 0   # one-shot

@@ -99,7 +99,8 @@ def _worker_init(_: int) -> None:
 def make_loader(ds, batch_size: int, *, seed: int, num_workers: int, dist: runtime.DistInfo) -> DataLoader:
     """A DataLoader over a :class:`runtime.ResumableSampler` (this process's shard, drop_last)."""
     sampler = runtime.ResumableSampler(len(ds), batch_size=None, seed=seed, rank=dist.rank,
-                                       world_size=dist.world_size, shuffle=True, drop_last=True)
+                                       world_size=dist.world_size, shuffle=True, drop_last=True,
+                                       groups=getattr(ds, "groups", None), block=batch_size)
     if len(sampler) < batch_size:
         raise RunSetupError(f"{type(ds).__name__}: {len(ds)} items is fewer than one batch of {batch_size} per "
                          f"process; lower the batch size")

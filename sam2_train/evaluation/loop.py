@@ -23,13 +23,16 @@ PredictFn = Callable[[np.ndarray, "tuple[float, float, float] | None"], np.ndarr
 # What summary.json reports. ``asd`` is medpy's ``asd`` (mean distance from the prediction's surface to the
 # ground truth's), the number SSL4MIS/BCP/ABD tables print; ``assd`` is the symmetric average surface distance.
 REPORTED = ("dice", "jaccard", "hd95", "asd", "assd")
+# Reported beside them: per class, the number of volumes whose ground truth holds the class and whose
+# prediction does not (``empty_pred``). Those volumes have no HD95/ASD and are left out of those means.
+COUNTED = ("empty_pred",)
 
 
 def reported_metrics(m: dict, in_mm: bool) -> dict:
     """Pick the reported metrics from :func:`volume_metrics` output, distances in mm when spacing is known."""
     mm = "_mm" if in_mm else ""
     return {"dice": m["dice"], "jaccard": m["jaccard"], "hd95": m[f"hd95{mm}"],
-            "asd": m[f"asd_directed{mm}"], "assd": m[f"asd{mm}"]}
+            "asd": m[f"asd_directed{mm}"], "assd": m[f"asd{mm}"], "empty_pred": m["empty_pred"]}
 
 
 @dataclass
@@ -72,7 +75,8 @@ def evaluate_volumes(volumes: Iterable[dict], predict: PredictFn, class_names: S
         units.add("mm" if spacing is not None else "voxels")
         per_case.append(m)
         for k, cname in enumerate(class_names):
-            rows.append({"case": item["name"], "class": cname, **{key: float(m[key][k]) for key in REPORTED}})
+            rows.append({"case": item["name"], "class": cname,
+                         **{key: float(m[key][k]) for key in (*REPORTED, *COUNTED)}})
         if save_pred is not None:
             save_pred(item, pred)
         if keep_predictions:
@@ -91,14 +95,16 @@ def write_case_rows(path: str, rows: list[dict]) -> None:
     """Write per-(case, class) metric rows as CSV (atomically)."""
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["case", "class", *REPORTED])
+        w = csv.DictWriter(f, fieldnames=["case", "class", *REPORTED, *COUNTED])
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)
 
 
 def format_summary(summary: dict, class_names: Sequence[str]) -> str:
-    """A small table: one line per metric, per-class values and the mean (Dice/Jaccard in %)."""
+    """A small table: one line per metric, per-class values and the mean (Dice/Jaccard in %), then the line
+    ``empty``: per class the volumes predicted empty though the class is in the ground truth (left out of
+    HD95/ASD), and their total."""
     head = f"{'':8s}" + "".join(f"{c:>9s}" for c in class_names) + f"{'mean':>9s}"
     lines = [f"[{summary.get('split')}, protocol {summary.get('protocol')}, "
              f"{summary.get('num_volumes')} volumes; HD95/ASD in {summary.get('distance_units')}]", head]
@@ -106,4 +112,7 @@ def format_summary(summary: dict, class_names: Sequence[str]) -> str:
         scale = 100.0 if key in ("dice", "jaccard") else 1.0
         vals = [summary[key][c] for c in class_names] + [summary[key]["mean"]]
         lines.append(f"{key:8s}" + "".join(f"{v * scale:9.2f}" for v in vals))
+    if "empty_pred" in summary:
+        counts = [summary["empty_pred"][c] for c in class_names] + [summary["empty_pred"]["total"]]
+        lines.append(f"{'empty':8s}" + "".join(f"{v:9d}" for v in counts))
     return "\n".join(lines)

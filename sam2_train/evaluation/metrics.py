@@ -16,6 +16,9 @@ key                definition
 ``asd_directed``   mean of ``d(P->G)`` only -- MONAI ``symmetric=False``                (= medpy ``asd``,
                    the number SSL4MIS / BCP / ABD report as "ASD")
 ``*_mm``           ``hd95``/``asd``/``asd_directed`` in mm, only when ``spacing`` is given
+``empty_pred``     1 where the class is in the ground truth and the prediction is empty (a missed class:
+                   its distances are left out of the means), 0 where both hold it, NaN where the ground
+                   truth does not; :func:`summarize` counts it (a sum over volumes)
 =================  =====================================================================================
 
 Surfaces are MONAI's ``get_mask_edges`` (mask XOR its binary erosion with the face-connected structuring
@@ -32,7 +35,8 @@ Empty masks (per class and volume, ``P`` = prediction, ``G`` = ground truth):
   means; SSL4MIS's validation code uses 0 for an empty prediction -- pass ``empty_distance=0`` to mimic it).
 
 ``summarize(rows, class_names)`` averages per class over volumes ignoring NaN, then over classes ignoring
-NaN ("mean").
+NaN ("mean"); the count keys (``COUNT_KEYS``: ``empty_pred``) are summed per class instead, with the sum
+over classes as "total".
 """
 from __future__ import annotations
 
@@ -44,9 +48,10 @@ import torch
 from monai.metrics import compute_dice, compute_iou
 from monai.metrics.utils import get_edge_surface_distance
 
-__all__ = ["volume_metrics", "summarize", "METRIC_KEYS"]
+__all__ = ["volume_metrics", "summarize", "METRIC_KEYS", "COUNT_KEYS"]
 
 METRIC_KEYS = ("dice", "jaccard", "hd95", "asd")
+COUNT_KEYS = ("empty_pred",)        # per-volume 0/1 indicators that summarize() counts
 _DIST_KEYS = ("hd95", "asd", "asd_directed")
 
 
@@ -78,8 +83,9 @@ def volume_metrics(pred, gt, num_classes: int, spacing: Sequence[float] | None =
         empty_distance: HD95/ASD value when exactly one of prediction / ground truth is empty.
     Returns:
         dict of ``(K,)`` float64 arrays: ``dice``, ``jaccard``, ``hd95``, ``asd``, ``asd_directed`` (distances in
-        voxels), plus ``hd95_mm``, ``asd_mm``, ``asd_directed_mm`` when ``spacing`` is given. NaN marks a class
-        left out of the means (see the module docstring).
+        voxels), plus ``hd95_mm``, ``asd_mm``, ``asd_directed_mm`` when ``spacing`` is given; ``empty_pred``
+        (1 = class in the ground truth but not predicted, 0 = predicted, NaN = not in the ground truth). NaN
+        marks a class left out of the means (see the module docstring).
     """
     p, g = _as_long_tensor(pred), _as_long_tensor(gt)
     if p.shape != g.shape:
@@ -92,10 +98,13 @@ def volume_metrics(pred, gt, num_classes: int, spacing: Sequence[float] | None =
     out = {k: np.full(K, np.nan) for k in ("dice", "jaccard") + _DIST_KEYS}
     if spacing is not None:
         out.update({f"{k}_mm": np.full(K, np.nan) for k in _DIST_KEYS})
+    empty_pred = np.full(K, np.nan)
     for c in range(1, K + 1):
         pc, gc = p == c, g == c
         p_any, g_any = bool(pc.any()), bool(gc.any())
         i = c - 1
+        if g_any:
+            empty_pred[i] = 0.0 if p_any else 1.0
         if not (p_any or g_any):
             continue                                   # both empty: NaN everywhere
         yp, yg = pc[None, None].float(), gc[None, None].float()
@@ -111,6 +120,7 @@ def volume_metrics(pred, gt, num_classes: int, spacing: Sequence[float] | None =
         if spacing is not None:
             for k, v in zip(_DIST_KEYS, _surface_metrics(pc, gc, spacing)):
                 out[f"{k}_mm"][i] = v
+    out["empty_pred"] = empty_pred
     return out
 
 
@@ -130,7 +140,8 @@ def summarize(per_case_rows: Iterable[Mapping[str, np.ndarray]], class_names: Se
         metrics: keys to summarise (default: every key present in all rows, in the rows' order).
     Returns:
         ``{metric: {class_name: mean over volumes (NaN ignored), ..., "mean": mean over classes (NaN
-        ignored)}}``; a class NaN in every volume is NaN and does not enter "mean".
+        ignored)}}``; a class NaN in every volume is NaN and does not enter "mean". A count key
+        (``COUNT_KEYS``) gives ``{class_name: int sum over volumes (NaN ignored), ..., "total": int}``.
     """
     rows = list(per_case_rows)
     if not rows:
@@ -142,6 +153,11 @@ def summarize(per_case_rows: Iterable[Mapping[str, np.ndarray]], class_names: Se
         table = np.stack([np.asarray(r[m], dtype=np.float64) for r in rows])   # (cases, K)
         if table.shape[1] != len(class_names):
             raise ValueError(f"{m}: {table.shape[1]} classes but {len(class_names)} class names")
+        if m in COUNT_KEYS:
+            counts = np.nansum(table, axis=0).astype(np.int64)
+            out[m] = {name: int(v) for name, v in zip(class_names, counts)}
+            out[m]["total"] = int(counts.sum())
+            continue
         per_class = _nanmean(table, axis=0)
         out[m] = {name: float(v) for name, v in zip(class_names, per_class)}
         out[m]["mean"] = float(_nanmean(per_class))

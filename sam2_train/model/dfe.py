@@ -41,7 +41,10 @@ SAM2_CHANNELS = (32, 64, 256)
 
 
 class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of a ``(B, C, H, W)`` tensor, per pixel (as SAM-2's LayerNorm2d)."""
+    """LayerNorm over the channel axis of a ``(B, C, H, W)`` tensor, per pixel (as SAM-2's LayerNorm2d).
+
+    Computed in fp32 whatever the input dtype (under bf16 autocast the mean and variance of bf16 inputs lose
+    the per-pixel spread), and returned in the input's dtype."""
 
     def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
@@ -50,10 +53,11 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        x = (x - u) * torch.rsqrt(s + self.eps)
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+        x32 = x.float()
+        u = x32.mean(1, keepdim=True)
+        s = (x32 - u).pow(2).mean(1, keepdim=True)
+        y = (x32 - u) * torch.rsqrt(s + self.eps)
+        return (y * self.weight.float()[:, None, None] + self.bias.float()[:, None, None]).to(x.dtype)
 
 
 class DFELevel(nn.Module):

@@ -225,7 +225,8 @@ class SAM2Seg(nn.Module):
             feats: :class:`ImageFeatures` of B images (or the list of 3 levels, e.g. after DFE).
             boxes: (B,K,4) xyxy in model-input pixels (0..S); with ``box_valid`` (B,K) bool, invalid boxes
                 become padding.
-            points: (B,K,P,2) xy in model-input pixels, with ``point_labels`` (B,K,P) (1 pos, 0 neg, -1 pad).
+            points: (B,K,P,2) xy model-input pixel indices (SAM-2's prompt encoder adds 0.5 to reach the pixel
+                centre), with ``point_labels`` (B,K,P) (1 pos, 0 neg, -1 pad).
             multimask: return SAM's 3 candidate masks instead of the single-mask output.
             num_objects: K when neither boxes nor points are given (unprompted decode).
         Returns:

@@ -72,11 +72,15 @@ def one_hot_fg(labels: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def gt_prompts(labels: torch.Tensor, k: int, image_size: int, jitter: float = 0.1) -> SlicePrompts:
-    """Jittered ground-truth boxes and one click per present class: labels (N,S,S) -> SlicePrompts (N,K)."""
+    """Jittered ground-truth boxes and one click per present class: labels (N,S,S) -> SlicePrompts (N,K).
+
+    The click is a uniformly drawn pixel of the class, as its (column, row) index in model-input pixels
+    (SAM-2's prompt encoder adds the 0.5 that puts it on the pixel centre; see :class:`SlicePrompts`).
+    """
     masks = one_hot_fg(labels, k).bool()                                      # (N,K,S,S)
     boxes, valid = masks_to_boxes(masks)
     boxes = jitter_boxes(boxes, valid, jitter, bounds=(image_size, image_size))
-    points = sample_click(masks)[0] + 0.5                                     # pixel centres, xy
+    points = sample_click(masks)[0]                                           # pixel indices, xy
     return SlicePrompts(boxes=boxes, points=points, valid=valid)
 
 
@@ -90,11 +94,48 @@ def choose_prompts(use_a: torch.Tensor, a: SlicePrompts, b: SlicePrompts) -> Sli
 
 
 
-def _inside(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """points (n,K,2), boxes (n,4) -> (n,K) bool: point inside the box."""
-    b = boxes[:, None]
-    return ((points[..., 0] >= b[..., 0]) & (points[..., 0] < b[..., 2])
-            & (points[..., 1] >= b[..., 1]) & (points[..., 1] < b[..., 3]))
+def _pixel_of(points: torch.Tensor, size: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """points (n,K,2) xy model-input pixel indices -> (column, row) (n,K) long on a ``size`` grid."""
+    cell = (points * (size / image_size)).floor().long().clamp(0, size - 1)
+    return cell[..., 0], cell[..., 1]
+
+
+def _on_mask(points: torch.Tensor, masks: torch.Tensor, image_size: int) -> torch.Tensor:
+    """points (n,K,2) xy model-input pixel indices, masks (n,K,h,w) bool -> (n,K) bool: the point's cell is set."""
+    n, k, h, w = masks.shape
+    x, y = _pixel_of(points, w, image_size)
+    return masks.flatten(2).gather(2, (y * w + x)[..., None])[..., 0]
+
+
+def _in_cut(points: torch.Tensor, box_masks: torch.Tensor) -> torch.Tensor:
+    """points (n,K,2) xy pixel indices, box_masks (n,S,S) -> (n,K) bool: the point's pixel is pasted."""
+    size = box_masks.shape[-1]
+    x, y = _pixel_of(points, size, size)
+    return box_masks.flatten(1).gather(1, y.flatten(1) * size + x.flatten(1)).view(points.shape[:-1])
+
+
+def interior_points(masks: torch.Tensor, depth: int = 8) -> torch.Tensor:
+    """The most interior cell of each mask: masks (n,K,h,w) bool -> (n,K,2) float xy cell indices.
+
+    Cells are ranked by how many 3x3 erosions (up to ``depth``; outside the map counts as background) they
+    survive, ties by distance to the mask's centroid; empty masks give (0, 0).
+    """
+    m = masks.flatten(0, 1)[:, None].float()                                   # (nK,1,h,w)
+    h, w = m.shape[-2:]
+    level, cur = m.clone(), m
+    for _ in range(depth):                                                     # fixed count: no host sync
+        cur = 1.0 - F.max_pool2d(F.pad(1.0 - cur, (1, 1, 1, 1), value=1.0), 3, stride=1)
+        level += cur
+    yy, xx = torch.meshgrid(torch.arange(h, device=m.device, dtype=m.dtype),
+                            torch.arange(w, device=m.device, dtype=m.dtype), indexing="ij")
+    area = m.sum((2, 3), keepdim=True).clamp_min(1.0)
+    cy, cx = (m * yy).sum((2, 3), keepdim=True) / area, (m * xx).sum((2, 3), keepdim=True) / area
+    dist2 = (yy - cy) ** 2 + (xx - cx) ** 2                                    # < h*h + w*w
+    score = torch.where(m > 0, level * (h * h + w * w + 1) - dist2, torch.full_like(m, -1.0))
+    idx = score.flatten(1).argmax(1)
+    pts = torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], -1).to(torch.float32)
+    pts = torch.where(m.flatten(1).any(1)[:, None], pts, torch.zeros_like(pts))
+    return pts.view(*masks.shape[:2], 2)
 
 
 def mix_prompts(prompts: SlicePrompts, partner: torch.Tensor, box_masks: torch.Tensor, image_size: int,
@@ -102,19 +143,24 @@ def mix_prompts(prompts: SlicePrompts, partner: torch.Tensor, box_masks: torch.T
     """Prompts of CutMix-ed images, mixed the way their pixels were.
 
     The prompted component masks (n,K,s,s) are mixed by the same boxes and re-boxed (plus ``margin``
-    coarse pixels); a click stays if it lies outside the pasted box, else the partner's click is taken if
-    it lies inside the box, else the centre of the mixed box.
+    coarse pixels). Every click of a class with a mixed component lies on that component (hence inside its
+    box): the row's own click if its class was prompted and the click is outside the pasted box, else the
+    partner's click if that class was prompted there and the click is inside the pasted box, else the most
+    interior cell of the mixed component (:func:`interior_points`) -- e.g. when only a piece of the
+    partner's component was pasted, or the class was not prompted in the row (no click, or a thinned 3D
+    frame). A class without a mixed component gets the click (0, 0) (it is not prompted).
     """
     s = prompts.masks.shape[-1]
     masks = mix(prompts.masks, partner, box_masks)
     boxes, valid = masks_to_boxes(masks)
     pad = boxes.new_tensor([-margin, -margin, margin, margin])
     boxes = (boxes + pad).clamp(0, s) * (image_size / s)
-    cut = masks_to_boxes(box_masks[:, None])[0][:, 0]                         # (n,4) pasted region, image px
     own, other = prompts.points, prompts.points[partner]
-    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
-    points = torch.where(~_inside(own, cut)[..., None], own,
-                         torch.where(_inside(other, cut)[..., None], other, centre))
+    own_ok = prompts.valid & ~_in_cut(own, box_masks) & _on_mask(own, masks, image_size)
+    other_ok = prompts.valid[partner] & _in_cut(other, box_masks) & _on_mask(other, masks, image_size)
+    inner = (interior_points(masks) + 0.5) * (image_size / s) - 0.5           # cell centre, pixel indices
+    points = torch.where(own_ok[..., None], own, torch.where(other_ok[..., None], other, inner))
+    points = torch.where(valid[..., None], points, torch.zeros_like(points))
     return SlicePrompts(boxes=boxes, points=points, valid=valid, masks=masks)
 
 

@@ -41,8 +41,13 @@ class ModelConf:
 
 @dataclass
 class SlicePrompts:
-    """Per-slice, per-class prompts in image pixels: ``boxes (N,K,4)`` xyxy, ``points (N,K,2)`` xy,
-    ``valid (N,K)`` bool, ``masks (N,K,s,s)`` bool (the accepted component, for CutMix-consistent prompts)."""
+    """Per-slice, per-class prompts in model-input pixels: ``boxes (N,K,4)`` xyxy, ``points (N,K,2)`` xy,
+    ``valid (N,K)`` bool, ``masks (N,K,s,s)`` bool (the accepted component, for CutMix-consistent prompts).
+
+    Coordinate frame (that of SAM-2's prompt encoder, which adds 0.5 to every coordinate itself): a point
+    ``(x, y)`` is the (column, row) pixel index of the model input, so ``(5, 7)`` is the centre of the pixel
+    in column 5, row 7 and ``(13.5, 21.5)`` the centre of the 4x4 block of pixels 12..15 x 20..23; boxes
+    are ``x1, y1, x2, y2`` with the max corner exclusive (``x2 = last column + 1``)."""
     boxes: torch.Tensor
     points: torch.Tensor
     valid: torch.Tensor
@@ -110,14 +115,16 @@ def pseudo_labels(refined: torch.Tensor, valid: torch.Tensor, coarse_probs: torc
     """Teacher targets from refined masks: labels (N,s,s) and confidence (N,s,s) in [0,1].
 
     A prompted class contributes sigmoid(refined logit); a class without a prompt on that slice falls back
-    on the coarse head's probability, so pixels the coarse head puts in a rejected class stay uncertain
-    instead of becoming confident background.
+    on the coarse head's probability. The confidence of a foreground label is the probability of that
+    label; of background, one minus the highest class probability, so pixels the coarse head puts in a
+    rejected class stay uncertain instead of becoming confident background.
     refined (N,K,s,s), valid (N,K), coarse_probs (N,K+1,s,s).
     """
     p_fg = torch.where(valid[..., None, None], torch.sigmoid(refined.float()), coarse_probs[:, 1:].float())
     labels = labels_from_refined(torch.where(valid[..., None, None], refined.float(), refined.new_full((), NEG)))
+    p_label = p_fg.gather(1, (labels - 1).clamp_min(0)[:, None])[:, 0]         # probability of the label
     p_max, _ = p_fg.max(dim=1)
-    conf = torch.where(labels > 0, p_max, 1.0 - p_max)
+    conf = torch.where(labels > 0, p_label, 1.0 - p_max)
     return labels, conf
 
 
@@ -125,13 +132,15 @@ def prompts_from_probs(probs: torch.Tensor, image_size: int, cfg: PCSWConfig, us
                        body: torch.Tensor | None = None) -> SlicePrompts:
     """Prompts for slabs of slices from coarse class probabilities.
 
-    probs (N,D,K+1,s,s) -> SlicePrompts with leading dim N*D. PCSW when ``use_pcsw`` else the
-    unconstrained per-slice boxes of the coarse argmax (the ``-pcsw 0`` ablation).
+    probs (N,D,K+1,s,s) -> SlicePrompts with leading dim N*D, in model-input pixels (a click is the centre of
+    its coarse cell). PCSW when ``use_pcsw`` else the unconstrained per-slice boxes of the coarse argmax (the
+    ``-pcsw 0`` ablation).
     """
     n, d = probs.shape[:2]
     with record_function("sss.pcsw"):
         p = pcsw_prompts(probs, body, cfg) if use_pcsw else coarse_box_prompts(probs, margin=cfg.margin)
-    boxes, points = p.scale_to(image_size)
+    boxes, points = p.scale_to(image_size)                 # points: cell centres, continuous image coordinates
+    points = torch.where(p.valid[..., None], points - 0.5, points)       # -> pixel indices (SlicePrompts)
     flat = lambda t: t.reshape(n * d, *t.shape[2:])  # noqa: E731
     return SlicePrompts(boxes=flat(boxes), points=flat(points), valid=flat(p.valid), masks=flat(p.masks))
 
