@@ -35,7 +35,8 @@ def _resolved(cmd: str, script: str):
 def test_dry_run_lists_the_paper_grid_with_one_budget(capsys, tmp_path):
     assert reproduce.main(["acdc", "--dry-run", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("15 runs for table acdc")
+    assert out.splitlines()[0] == (f"15 runs for table acdc (output {tmp_path}); every cell: -max_iters 30000 "
+                                   "-val_every 1000, evaluated with -weights ema; -infer pcsw (sss_no_pcsw: boxes)")
     cmds = [l for l in out.splitlines() if "train_2d.py" in l]
     assert len(cmds) == 15
     for c in cmds:  # -dataset and what the cell sets; the script fills the paper's settings itself
