@@ -1,19 +1,14 @@
-"""Reproduce the paper's tables: one command per table.
+"""Reproduce the paper's tables, one command per table; the grid is data (configs/paper.yaml).
 
-    python reproduce.py acdc [--labeled 1 3 7] [--methods ...] [--out DIR] [--data_path ./data/ACDC] [--sam_ckpt ...]
-    python reproduce.py bhsd [--ratios 0.05 0.1 0.25 1.0] [--methods ...] [--out DIR] [--data_path ./data/bhsd]
-    python reproduce.py acdc --dry-run               # list the runs and their exact commands, run nothing
-    python reproduce.py acdc --quick --out /tmp/q     # tiny grid on generated demo data, CPU, minutes
+    python reproduce.py acdc [--columns l3 l7] [--methods sss ...] [--max_iters N] [--out DIR] [--data_path DIR]
+    python reproduce.py bhsd --dry-run                # every cell's exact commands, run nothing
+    python reproduce.py acdc --quick --out /tmp/q      # tiny grid on generated demo data, CPU, minutes
 
-Each cell of the grid (labeled setting x method) is one ``train_2d.py`` / ``train_3d.py`` run in its own
-subprocess, logging into ``<out>/runs/<key>/`` (``key`` = ``<table>_<method>_<setting>``, so re-running the
-command finds it). A run is finished when its run directory has ``summary.json``; finished runs are
-skipped, unfinished ones with ``checkpoints/last.pt`` are resumed (``-resume``), others start afresh. Then
-``evaluate.py`` scores every run's ``best.pt`` on the test split (ACDC: protocol ``ssl4mis``; with
-``--protocols ... unimatch`` also the UniMatch protocol on val+test merged) into
-``<run dir>/eval/<protocol>_<split>/``, and the tables are written to ``<out>/<table>.md`` and
-``<out>/<table>.csv``: rows = methods, columns = labeled settings, published numbers beside ours, each
-number with its protocol. A missing result is printed as "—", never guessed. See docs/reproduce.md.
+Each cell (column x row x seed) is one ``train_2d.py``/``train_3d.py`` subprocess in ``<out>/runs/<key>/``
+with ``-dataset``, the cell's own flags and the table's protocol (``-max_iters -val_every -infer``, the same
+in every cell); the script fills the dataset's defaults. Finished runs are skipped, unfinished ones resumed.
+``evaluate.py`` (a subprocess) scores each run; ``<out>/<table>.md|.csv`` put ours beside
+configs/published.csv, "—" where there is no number. See docs/reproduce.md.
 """
 from __future__ import annotations
 
@@ -24,484 +19,342 @@ import json
 import math
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from omegaconf import OmegaConf
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-TINY_CONFIG = os.path.join(ROOT, "sam2_train", "configs", "sam2_hiera_test.yaml")
+CONFIG = os.path.join(ROOT, "configs", "paper.yaml")
+PUBLISHED = os.path.join(ROOT, "configs", "published.csv")
 MISSING = "—"
-
-# Method key -> (row label, training flags).
-METHODS = {
-    "supervised": ("Supervised (SAM-2, labeled only)", ["-method", "supervised"]),
-    "fixmatch": ("FixMatch (SAM-2)", ["-method", "fixmatch"]),
-    "sss": ("SSS (ours)", ["-method", "sss"]),
-    "sss_no_dfe": ("SSS w/o DFE", ["-method", "sss", "-dfe", "0"]),
-    "sss_no_pcsw": ("SSS w/o PCSW", ["-method", "sss", "-pcsw", "0"]),
-}
-
-# Published numbers (Dice %), from DESIGN.md section 6. ACDC: {labeled cases: value}.
-PUBLISHED_ACDC = [
-    ("UniMatch", "UniMatch (val+test merged), published", {3: 88.9, 7: 89.9}),
-    ("ABD", "SSL4MIS test, published", {3: 88.96, 7: 89.81}),
-    ("BCP", "SSL4MIS test, published", {3: 87.59, 7: 88.84}),
-    ("SAM-Match", "SSL4MIS test, published", {3: 89.36}),
-    ("AD-MT", "SSL4MIS test, published", {3: 88.75, 7: 89.46}),
-]
-# BHSD: the paper's own split (all labeled training volumes + the unlabeled set); we read it as ratio 1.0.
-PAPER_BHSD_RATIO = 1.0
-PUBLISHED_BHSD = [
-    ("SSS (paper)", "BHSD test, published", {PAPER_BHSD_RATIO: 53.15}),
-    ("previous best (as cited by SSS)", "BHSD test, published", {PAPER_BHSD_RATIO: 49.50}),
-]
-
-ACDC_CLASSES = ["RV", "Myo", "LV"]
-BHSD_CLASSES = ["EDH", "IPH", "IVH", "SAH", "SDH"]
+WEIGHTS = {"ema": "the EMA of the weights", "student": "the student's weights"}
 
 
-@dataclass
-class Run:
-    table: str                 # "acdc" or "bhsd"
-    method: str                # key of METHODS
-    setting: float             # labeled cases (ACDC) or labeled ratio (BHSD)
-    key: str                   # deterministic name: exp_name and folder under <out>/runs
-    log_dir: str               # -log_dir of the run; the run directory is the one folder inside it
-    train_cmd: list = field(default_factory=list)
+@dataclass(frozen=True)
+class Cell:
+    key: str        # <table>_<row>_<column>[_s<seed>]: -exp_name, and the run's -log_dir under <out>/runs
+    row: str
+    column: str
+    log_dir: str
+    budget: dict    # this cell's -max_iters / -val_every / -infer
+    train_cmd: tuple
 
 
 # ---------------------------------------------------------------------------------------------- grid
-def setting_label(table: str, setting) -> str:
-    if table == "acdc":
-        n = int(setting)
-        return f"{n} case" if n == 1 else f"{n} cases"
-    return f"{setting * 100:g}% labeled"
+def load_table(name: str, quick: bool, config: str = CONFIG) -> dict:
+    """Table ``name`` of ``config`` as plain data (with ``quick``, each key of its ``quick`` block replaces
+    the table's), plus every row and protocol definition (``row_defs``, ``protocol_defs``)."""
+    conf = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
+    if name not in conf["tables"]:
+        raise SystemExit(f"reproduce.py: {config} has no table {name!r} (tables: {', '.join(conf['tables'])})")
+    t = dict(conf["tables"][name], name=name, row_defs=conf["rows"], protocol_defs=conf["protocols"])
+    t.update(t.pop("quick", {}) if quick else {})
+    for r, row in conf["rows"].items():
+        if set(row) - {"label", "flags", "infer", "seeds"}:
+            raise SystemExit(f"reproduce.py: {config}: row {r} may set label, flags, infer and seeds only "
+                             "(budget and validation cadence are the table's)")
+    return t
 
 
-def setting_tag(table: str, setting) -> str:
-    return f"l{int(setting)}" if table == "acdc" else f"r{setting:g}"
+def flag_list(flags: dict) -> list[str]:
+    """{name: value} -> ["-name", "value", ...], the scripts' single-dash dialect."""
+    return [s for k, v in flags.items() for s in (f"-{k}", f"{v:g}" if isinstance(v, float) else str(v))]
 
 
-def base_flags(opts) -> tuple[str, list]:
-    """(script, flags shared by every run of the grid)."""
-    if opts.table == "acdc":
-        script = "train_2d.py"
-        if opts.quick:
-            flags = ["-dataset", "demo", "-data_path", opts.data_path, "-sam_config", opts.sam_config or TINY_CONFIG,
-                     "-sam_ckpt", opts.sam_ckpt or "none", "-image_size", str(opts.image_size or 64), "-b", "2",
-                     "-b_u", "4", "-slab_len", "2"]
-        else:
-            flags = ["-net", "sam2", "-dataset", "acdc", "-data_path", opts.data_path,
-                     "-sam_config", opts.sam_config or "sam2_hiera_s",
-                     "-sam_ckpt", opts.sam_ckpt or "./checkpoints/sam2_hiera_small.pt",
-                     "-image_size", str(opts.image_size or 1024), "-out_size", str(opts.image_size or 1024),
-                     "-b", "4", "-val_freq", "1"]
-    else:
-        script = "train_3d.py"
-        if opts.quick:
-            flags = ["-dataset", "demo", "-data_path", opts.data_path, "-sam_config", opts.sam_config or TINY_CONFIG,
-                     "-sam_ckpt", opts.sam_ckpt or "none", "-image_size", str(opts.image_size or 64),
-                     "-video_length", "4"]
-        else:
-            flags = ["-net", "sam2", "-dataset", "bhsd", "-data_path", opts.data_path,
-                     "-sam_config", opts.sam_config or "sam2_hiera_s",
-                     "-sam_ckpt", opts.sam_ckpt or "./checkpoints/sam2_hiera_small.pt",
-                     "-image_size", str(opts.image_size or 1024), "-val_freq", "1", "-prompt", "bbox",
-                     "-prompt_freq", "2"]
-    if opts.quick:
-        flags += ["-num_workers", "0", "-max_iters", str(opts.quick_iters), "-log_freq", "1", "-val_volumes", "1",
-                  "-save_freq", "1", "-val_freq", "1000", "-device", opts.device or "cpu"]
-    elif opts.device:
-        flags += ["-device", opts.device]
-    return script, flags + shlex.split(opts.train_args or "")
-
-
-def build_grid(opts) -> list[Run]:
-    script, flags = base_flags(opts)
+def build_grid(t: dict, opts) -> list[Cell]:
     launcher = shlex.split(opts.launcher) if opts.launcher else [sys.executable]
-    settings = opts.labeled if opts.table == "acdc" else opts.ratios
-    runs = []
-    for setting in settings:
-        for method in opts.methods:
-            key = f"{opts.table}_{method}_{setting_tag(opts.table, setting)}"
-            log_dir = os.path.join(opts.out, "runs", key)
-            what = ["-labeled_num", str(int(setting))] if opts.table == "acdc" else ["-labeled_ratio", f"{setting:g}"]
-            cmd = [*launcher, os.path.join(ROOT, script), *flags, *METHODS[method][1], *what,
-                   "-exp_name", key, "-log_dir", log_dir]
-            runs.append(Run(opts.table, method, setting, key, log_dir, cmd))
-    return runs
+    device = {"device": opts.device} if opts.device else {}
+    cells = []
+    for c in opts.columns:
+        for r in opts.methods:
+            row = t["row_defs"][r]
+            for seed in row.get("seeds", t["seeds"]):
+                key = f"{t['name']}_{r}_{c}" + (f"_s{seed}" if seed else "")
+                budget = {**t["budget"], **{k: v for k, v in row.items() if k == "infer"}}
+                flags = {"dataset": t["dataset"], **({"data_path": opts.data_path} if opts.data_path else {}),
+                         **t["flags"], **row["flags"], **t["columns"][c]["flags"], **budget,
+                         **({"seed": seed} if seed else {}), **device}
+                log_dir = os.path.join(opts.out, "runs", key)
+                cmd = [*launcher, os.path.join(ROOT, t["script"]), *flag_list(flags),
+                       *shlex.split(opts.train_args or ""), "-exp_name", key, "-log_dir", log_dir]
+                cells.append(Cell(key, r, c, log_dir, budget, tuple(cmd)))
+    return cells
+
+
+def eval_cmd(t: dict, cell: Cell, run_dir: str, protocol: str, split: str, opts) -> list[str]:
+    ckpt = os.path.join(run_dir, "checkpoints", "best.pt")
+    if not os.path.isfile(ckpt) and os.path.isfile(os.path.join(run_dir, "checkpoints", "last.pt")):
+        ckpt = os.path.join(run_dir, "checkpoints", "last.pt")  # no finite validation score was ever reached
+    flags = {"ckpt": ckpt, "split": split, **t["protocol_defs"][protocol]["flags"], "weights": t["weights"],
+             **{k: v for k, v in cell.budget.items() if k == "infer"}, **t.get("eval_flags", {}),
+             **({"device": opts.device} if opts.device else {}),
+             "log_dir": os.path.join(run_dir, "eval", f"{protocol}_{split}")}
+    return [sys.executable, os.path.join(ROOT, "evaluate.py"), *flag_list(flags)]
 
 
 # ---------------------------------------------------------------------------------------------- state
-def run_dirs(run: Run) -> list[str]:
-    """Run directories a run of this key has created (``<log_dir>/<key>_<timestamp>[_n]/``)."""
-    if not os.path.isdir(run.log_dir):
-        return []
-    return sorted(d for d in glob.glob(os.path.join(run.log_dir, run.key + "_*"))
-                  if os.path.isfile(os.path.join(d, "config.json")))
-
-
-def finished_dir(run: Run) -> str | None:
-    done = [d for d in run_dirs(run) if os.path.isfile(os.path.join(d, "summary.json"))]
-    return max(done, key=os.path.getmtime) if done else None
-
-
-def resumable_checkpoint(run: Run) -> str | None:
-    ckpts = [os.path.join(d, "checkpoints", "last.pt") for d in run_dirs(run)]
-    ckpts = [c for c in ckpts if os.path.isfile(c)]
-    return max(ckpts, key=os.path.getmtime) if ckpts else None
-
-
-def status(run: Run) -> str:
-    if finished_dir(run):
-        return "finished"
-    return "resume" if resumable_checkpoint(run) else "new"
-
-
-def command_for(run: Run) -> list[str]:
-    """The command that brings ``run`` forward: the training command, with ``-resume`` when it has a last.pt."""
-    ckpt = resumable_checkpoint(run)
-    return run.train_cmd + (["-resume", ckpt] if ckpt else [])
-
-
-def eval_dir(run_dir: str, protocol: str, split: str) -> str:
-    return os.path.join(run_dir, "eval", f"{protocol}_{split}")
+def run_state(cell: Cell) -> tuple[str | None, str | None]:
+    """(newest finished run directory, newest ``last.pt`` to resume from) of the cell's runs
+    (``<log_dir>/<key>_<timestamp>[_n]/``)."""
+    dirs = [d for d in glob.glob(os.path.join(cell.log_dir, cell.key + "_*"))
+            if os.path.isfile(os.path.join(d, "config.json"))]
+    newest = lambda paths: max(paths, key=os.path.getmtime) if paths else None  # noqa: E731
+    return (newest([d for d in dirs if os.path.isfile(os.path.join(d, "summary.json"))]),
+            newest([p for d in dirs if os.path.isfile(p := os.path.join(d, "checkpoints", "last.pt"))]))
 
 
 def eval_summary_path(run_dir: str, protocol: str, split: str) -> str | None:
-    """The newest evaluation of this (protocol, split) written after the run finished; an older one scored
-    checkpoints a resumed run has since replaced, and does not count."""
-    found = glob.glob(os.path.join(eval_dir(run_dir, protocol, split), "*", "summary.json"))
+    """The newest evaluation of (protocol, split) written after the run's summary.json (an older one scored
+    checkpoints that a resumed run has since replaced)."""
     finished = os.path.join(run_dir, "summary.json")
     since = os.path.getmtime(finished) if os.path.isfile(finished) else 0.0
-    found = [f for f in found if os.path.getmtime(f) >= since]
+    found = [f for f in glob.glob(os.path.join(run_dir, "eval", f"{protocol}_{split}", "*", "summary.json"))
+             if os.path.getmtime(f) >= since]
     return max(found, key=os.path.getmtime) if found else None
 
 
-def eval_jobs(table: str, protocols) -> list[tuple[str, str]]:
-    """(protocol, split) pairs to evaluate. BHSD has one (volume) protocol; UniMatch needs val and test."""
-    if table == "bhsd":
-        return [("volume", "test")]
-    jobs = []
-    for p in protocols:
-        jobs += [("ssl4mis", "test")] if p == "ssl4mis" else [("unimatch", "val"), ("unimatch", "test")]
-    return jobs
-
-
-def evaluate_cmd(run_dir: str, protocol: str, split: str, opts) -> list[str]:
-    ckpt = os.path.join(run_dir, "checkpoints", "best.pt")
-    last = os.path.join(run_dir, "checkpoints", "last.pt")
-    if not os.path.isfile(ckpt) and os.path.isfile(last):  # no finite validation score was ever reached
-        ckpt = last
-    cmd = [sys.executable, os.path.join(ROOT, "evaluate.py"), "-ckpt", ckpt, "-split", split,
-           "-data_path", opts.data_path, "-log_dir", eval_dir(run_dir, protocol, split)]
-    if protocol in ("ssl4mis", "unimatch"):
-        cmd += ["-protocol", protocol]
-    if opts.device or opts.quick:
-        cmd += ["-device", opts.device or "cpu"]
-    if opts.quick:  # a few test volumes are enough to exercise the path
-        cmd += ["-max_volumes", "2"]
-    return cmd
-
-
 # ---------------------------------------------------------------------------------------------- execution
-def _print_cmd(cmd) -> None:
-    print("  $ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+def show(cmd) -> str:
+    return "  $ " + " ".join(shlex.quote(c) for c in cmd)
 
 
 def execute(cmd, log_path: str) -> int:
-    """Run ``cmd`` in its own process, output appended to ``log_path`` (and echoed line by line)."""
+    """Run ``cmd`` in ROOT, its output appended to ``log_path`` and echoed (progress bars to the log only)."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
     with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace")
+        print(show(cmd), file=log, flush=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, errors="replace")
         for line in proc.stdout:
             log.write(line)
-            if "\r" not in line:  # progress bars go to the log only
-                sys.stdout.write("    " + line)
+            sys.stdout.write("" if "\r" in line else "    " + line)
         return proc.wait()
 
 
-def evaluate_in_process(cmd: list[str]) -> int:
-    """Run an ``evaluate.py`` command line in this process (``evaluate.main``: the same code, without paying
-    the interpreter and library start-up once per checkpoint). Returns its exit status."""
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
-    import evaluate
-    cwd = os.getcwd()
-    try:
-        os.chdir(ROOT)
-        return int(evaluate.main(cmd[2:]) or 0)
-    except SystemExit as e:  # argparse errors
-        return int(e.code or 0) if isinstance(e.code, int) else 2
-    except Exception as e:  # one bad checkpoint must not stop the grid
-        print(f"    evaluate.py failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    finally:
-        os.chdir(cwd)
-
-
-def run_grid(runs: list[Run], opts) -> list[str]:
-    """Train (or resume) every unfinished run, then evaluate; returns the failures."""
+def run_grid(t: dict, cells: list[Cell], opts) -> list[str]:
+    """Train (or resume) every unfinished cell, then evaluate it; with --dry-run only print the commands.
+    Returns the failures."""
     failures = []
-    for i, run in enumerate(runs, 1):
-        st = status(run)
-        head = f"[{i}/{len(runs)}] {run.key}"
-        if st == "finished":
-            print(f"{head}: finished ({finished_dir(run)}), skipped", flush=True)
+    for i, cell in enumerate(cells, 1):
+        head, log = f"[{i}/{len(cells)}] {cell.key}", os.path.join(cell.log_dir, "reproduce.log")
+        rd, last = run_state(cell)
+        if rd:
+            print(f"{head}: finished ({rd}), skipped", flush=True)
         else:
-            cmd = command_for(run)
-            print(f"{head}: {'resuming from ' + resumable_checkpoint(run) if st == 'resume' else 'training'}",
-                  flush=True)
-            _print_cmd(cmd)
-            t0 = time.time()
-            rc = execute(cmd, os.path.join(run.log_dir, "reproduce.log"))
-            print(f"{head}: exit status {rc} after {time.time() - t0:.0f} s", flush=True)
-            if rc != 0 or not finished_dir(run):
-                failures.append(f"{run.key}: training exit status {rc} (log: {run.log_dir}/reproduce.log)")
-                continue
-        rd = finished_dir(run)
-        for protocol, split in eval_jobs(run.table, opts.protocols):
-            if eval_summary_path(rd, protocol, split):
-                continue
-            cmd = evaluate_cmd(rd, protocol, split, opts)
-            print(f"{head}: evaluating ({protocol}, {split})", flush=True)
-            _print_cmd(cmd)
-            rc = evaluate_in_process(cmd)
-            if rc != 0 or not eval_summary_path(rd, protocol, split):
-                failures.append(f"{run.key}: evaluate.py ({protocol}, {split}) exit status {rc}")
+            cmd = list(cell.train_cmd) + (["-resume", last] if last else [])
+            print(f"{head}: {'resuming from ' + last if last else 'training'}\n{show(cmd)}", flush=True)
+            rd = os.path.join(cell.log_dir, f"{cell.key}_<timestamp>")
+            if not opts.dry_run:
+                t0, rc = time.time(), execute(cmd, log)
+                print(f"{head}: exit status {rc} after {time.time() - t0:.0f} s", flush=True)
+                if rc != 0 or not (rd := run_state(cell)[0]):
+                    failures.append(f"{cell.key}: training exit status {rc} (log: {log})")
+                    continue
+        for protocol, split in [(p, s) for p in t["protocols"] for s in t["protocol_defs"][p]["splits"]]:
+            if opts.dry_run or not eval_summary_path(rd, protocol, split):
+                cmd = eval_cmd(t, cell, rd, protocol, split, opts)
+                print(f"{head}: evaluating ({protocol}, {split})\n{show(cmd)}", flush=True)
+                if not opts.dry_run and (execute(cmd, log) != 0 or not eval_summary_path(rd, protocol, split)):
+                    failures.append(f"{cell.key}: evaluate.py ({protocol}, {split}) failed (log: {log})")
     return failures
 
 
 # ---------------------------------------------------------------------------------------------- results
-def _load(path):
+def _load(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
-def _finite(v) -> float | None:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
+def _flat(d: dict) -> dict:
+    """Nested sections merged into one level: {"optim": {"max_iters": 3}} -> {"max_iters": 3}."""
+    return {k: w for key, v in d.items() for k, w in (_flat(v) if isinstance(v, dict) else {key: v}).items()}
 
 
-def merged_dice(val_cases: str, test_cases: str, class_names) -> dict | None:
-    """Dice over val+test merged (the UniMatch protocol) from evaluate.py's two ``cases.csv`` files: per
-    class the mean over volumes (a class absent from both prediction and label of a volume, NaN in the
-    file, is left out), then the mean over classes (the convention of ``sam2_train.evaluation.metrics.summarize``)."""
-    rows = []
-    for path in (val_cases, test_cases):
-        with open(path, newline="", encoding="utf-8") as f:
-            rows += list(csv.DictReader(f))
-    out = {}
-    for c in class_names:
-        vals = [v for v in (_finite(r["dice"]) for r in rows if r["class"] == c) if v is not None]
-        out[c] = sum(vals) / len(vals) if vals else None
-    present = [v for v in out.values() if v is not None]
-    out["mean"] = sum(present) / len(present) if present else None
+def _finite(values) -> list[float]:
+    """The finite numbers among ``values`` (None, NaN and text left out)."""
+    out = []
+    for v in values:
+        try:
+            out += [float(v)] if math.isfinite(float(v)) else []
+        except (TypeError, ValueError):
+            pass
     return out
 
 
-def collect(runs: list[Run], opts) -> dict:
-    """{(method, setting, protocol): {"dice": {class: v}, "hd95": ..., "asd": ..., "checkpoint": ...}}."""
-    results = {}
-    classes = ACDC_CLASSES if opts.table == "acdc" else BHSD_CLASSES
-    for run in runs:
-        rd = finished_dir(run)
-        if not rd:
-            continue
-        for protocol, split in eval_jobs(run.table, opts.protocols):
-            if split != "test":
-                continue
-            path = eval_summary_path(rd, protocol, split)
-            if not path:
-                continue
-            s = _load(path)
-            names = [c for c in s["dice"] if c != "mean"] or classes
-            entry = {m: {c: _finite(s.get(m, {}).get(c)) for c in (*names, "mean")} for m in ("dice", "hd95", "asd")}
-            entry.update(checkpoint=s.get("checkpoint"), units=s.get("distance_units"), classes=names,
-                         protocol=s.get("protocol", protocol), num_volumes=s.get("num_volumes"))
-            if protocol == "unimatch":
-                val = eval_summary_path(rd, "unimatch", "val")
-                if val:
-                    merged = merged_dice(os.path.join(os.path.dirname(val), "cases.csv"),
-                                         os.path.join(os.path.dirname(path), "cases.csv"), names)
-                    entry = {"dice": merged, "classes": names, "protocol": "unimatch (val+test merged)",
-                             "checkpoint": s.get("checkpoint")}
-                else:
-                    continue
-            results[(run.method, run.setting, protocol)] = entry
-    return results
+def fmt(values, scale=1.0) -> str:
+    """Mean of the finite ``values`` x scale (2 decimals), '± std' when there are several (seeds); else '—'."""
+    vals = [v * scale for v in _finite(values)]
+    std = f" ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else ""
+    return f"{statistics.mean(vals):.2f}{std}" if vals else MISSING
 
 
-def fmt(v, scale=1.0, digits=2) -> str:
-    v = _finite(v)
-    return MISSING if v is None else f"{v * scale:.{digits}f}"
-
-
-PROTOCOL_LABEL = {"ssl4mis": "SSL4MIS test, this repo", "unimatch": "UniMatch (val+test merged), this repo",
-                  "volume": "BHSD test, this repo"}
-
-
-def table_rows(runs: list[Run], results: dict, opts):
-    """(header, rows) of the main table (mean Dice %) and [(setting, header, rows)] of the per-class tables."""
-    settings = list(dict.fromkeys(r.setting for r in runs))
-    methods = list(dict.fromkeys(r.method for r in runs))
-    classes = ACDC_CLASSES if opts.table == "acdc" else BHSD_CLASSES
-    protocols = [p for p, s in eval_jobs(opts.table, opts.protocols) if s == "test"]
-    header = ["Method", "Protocol", *[f"{setting_label(opts.table, s)}: Dice %" for s in settings]]
+def merged_dice(cases_files: list[str], classes) -> dict:
+    """Dice over several splits merged per volume (the UniMatch protocol) from evaluate.py's ``cases.csv``:
+    per class the mean over volumes (NaN = class absent from prediction and label: left out), then over classes."""
     rows = []
-    published = PUBLISHED_ACDC if opts.table == "acdc" else PUBLISHED_BHSD
-    for name, proto, values in published:
-        rows.append([name, proto, *[(f"{values[s]:.2f}" if s in values else MISSING) for s in settings]])
-    for protocol in protocols:
-        for m in methods:
-            cells = []
-            for s in settings:
-                e = results.get((m, s, protocol))
-                cells.append(fmt(e["dice"]["mean"], 100) if e else MISSING)
-            rows.append([METHODS[m][0], PROTOCOL_LABEL[protocol], *cells])
-
-    # Detailed tables (ours, the first protocol), one per setting: Dice per class + mean; ACDC also HD95 and
-    # ASD per class + mean (the SSL4MIS/ABD layout), BHSD HD95/ASD means.
-    proto = protocols[0]
-    detail = []
-    for s in settings:
-        d_header = ["Method", "Labeled", "Protocol", *[f"Dice % {c}" for c in classes], "Dice % mean"]
-        parts = [(m_, c) for m_ in ("hd95", "asd") for c in ((*classes, "mean") if opts.table == "acdc" else ("mean",))]
-        d_header += [f"{'HD95' if m_ == 'hd95' else 'ASD'} {c}" for m_, c in parts]
-        d_rows = []
-        for m in methods:
-            e = results.get((m, s, proto))
-            row = [METHODS[m][0], setting_label(opts.table, s), PROTOCOL_LABEL[proto]]
-            row += [fmt(e["dice"].get(c), 100) if e else MISSING for c in (*classes, "mean")]
-            row += [fmt(e[m_].get(c)) if e else MISSING for m_, c in parts]
-            d_rows.append(row)
-        detail.append((s, d_header, d_rows))
-    return header, rows, detail
+    for path in cases_files:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows += list(csv.DictReader(f))
+    mean = lambda vs: statistics.mean(vs) if (vs := _finite(vs)) else None  # noqa: E731
+    out = {c: mean(r["dice"] for r in rows if r["class"] == c) for c in classes}
+    return dict(out, mean=mean(out.values()))
 
 
-def markdown(header, rows) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
+def score(t: dict, run_dir: str, protocol: str) -> dict | None:
+    """{"dice"|"hd95"|"asd": {class|"mean": value}, "evals": [evaluate.py summaries]} of a run, or None."""
+    paths = [eval_summary_path(run_dir, protocol, s) for s in t["protocol_defs"][protocol]["splits"]]
+    if not all(paths):
+        return None
+    evals, keys = [_load(p) for p in paths], (*t["classes"], "mean")
+    if len(paths) > 1:
+        cases = [os.path.join(os.path.dirname(p), "cases.csv") for p in paths]
+        return {"dice": merged_dice(cases, t["classes"]), "hd95": {}, "asd": {}, "evals": evals}
+    return {"evals": evals, **{m: {k: evals[0].get(m, {}).get(k) for k in keys} for m in ("dice", "hd95", "asd")}}
 
 
-def write_tables(runs: list[Run], opts) -> tuple[str, str]:
-    results = collect(runs, opts)
-    header, rows, detail = table_rows(runs, results, opts)
-    title = {"acdc": "ACDC (labeled cases)", "bhsd": "BHSD (labeled fraction of the training volumes)"}[opts.table]
-    units = "voxels" if opts.table == "acdc" else "mm"
-    md = [f"# {title}{' — QUICK demo grid (random weights, meaningless numbers)' if opts.quick else ''}", "",
-          f"Written by `python reproduce.py {' '.join(shlex.quote(a) for a in opts.argv)}`. Dice in %; "
-          f"'{MISSING}' = no result (not run, not finished, or not published). Every row names its protocol: "
-          "'published' numbers are copied from the papers (DESIGN.md section 6), 'this repo' numbers come from "
-          "evaluate.py on each run's best.pt.", "", markdown(header, rows), "",
-          f"## Per class (this repo; HD95/ASD in {units})", ""]
-    for _, d_header, d_rows in detail:
-        md += [markdown(d_header, d_rows), ""]
-    if opts.table == "bhsd":
-        md += [f"Published BHSD numbers sit in the {setting_label('bhsd', PAPER_BHSD_RATIO)} column: the SSS "
-               "paper trains on all labeled training volumes plus the unlabeled set (the labeled fraction behind "
-               "the previous best, 49.50, is not stated in our sources).", ""]
-    md_path = os.path.join(opts.out, f"{opts.table}.md")
-    csv_path = os.path.join(opts.out, f"{opts.table}.csv")
+def deviations(t: dict, cell: Cell, run_dir: str, evals: list[dict]) -> list[str]:
+    """Where a finished run's config.json (nested sections flattened), summary.json or evaluations disagree
+    with the table's protocol (budget, inference mode, weights)."""
+    want, config = dict(cell.budget, weights=t["weights"]), _flat(_load(os.path.join(run_dir, "config.json")))
+    seen = {k: config[k] for k in cell.budget if k in config}
+    for s in [_load(os.path.join(run_dir, "summary.json")), *evals]:
+        seen.update({k: s[k] for k in ("weights", "infer", "max_iters") if k in s})
+    return [f"{cell.key}: {k} {seen[k]} (table: {want[k]})" for k in want if k in seen and str(seen[k]) != str(want[k])]
+
+
+def collect(t: dict, cells: list[Cell]) -> tuple[dict, list[str]]:
+    """({(row, column, protocol): [score per seed]}, deviations of the finished runs from the protocol)."""
+    results, notes = {}, []
+    for cell in cells:
+        if rd := run_state(cell)[0]:
+            scores = {p: s for p in t["protocols"] if (s := score(t, rd, p)) is not None}
+            for p, s in scores.items():
+                results.setdefault((cell.row, cell.column, p), []).append(s)
+            notes += deviations(t, cell, rd, [e for s in scores.values() for e in s["evals"]])
+    return results, notes
+
+
+def published(t: dict, cols: list[str]) -> tuple[list[list[str]], list[str]]:
+    """Rows (method, protocol, Dice % per column) of configs/published.csv for this table, and their sources."""
+    where = {float(t["columns"][c]["setting"]): i for i, c in enumerate(cols)}
+    with open(PUBLISHED, newline="", encoding="utf-8") as f:
+        pub = [r for r in csv.DictReader(f) if r["benchmark"] == t["benchmark"] and float(r["setting"]) in where]
+    rows = {}
+    for r in pub:
+        cells = rows.setdefault((r["method"], f"{t['protocol_defs'][r['protocol']]['label']}, published"),
+                                [MISSING] * len(cols))
+        cells[where[float(r["setting"])]] = f"{float(r['dice']):.2f}"
+    return [[*k, *v] for k, v in rows.items()], list(dict.fromkeys(r["source"] for r in pub))
+
+
+def protocol_text(t: dict, cells: list[Cell]) -> str:
+    """The header sentence: budget, validation cadence, weights and inference mode of every cell."""
+    b, w = t["budget"], t["weights"]
+    text = f"**Same protocol in every cell:** a budget of {b['max_iters']} iterations (`-max_iters`)"
+    text += f", validation every {b['val_every']} iterations (`-val_every`)" if "val_every" in b else ""
+    text += f", evaluated from {WEIGHTS.get(w, w)} for every method (`-weights {w}`)"
+    if "infer" in b:
+        text += f", inference `-infer {b['infer']}`" + "".join(dict.fromkeys(
+            f" (except {t['row_defs'][c.row]['label']}: `{c.budget['infer']}` for training and inference)"
+            for c in cells if c.budget["infer"] != b["infer"]))
+    return text + "; the checkpoint is selected on the validation split."
+
+
+def markdown(header, rows) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *(f"| {' | '.join(r)} |" for r in rows), ""]
+
+
+def write_tables(t: dict, cells: list[Cell], opts) -> str:
+    """<out>/<table>.md and .csv: mean Dice (published rows, then ours per protocol), then our per-class
+    numbers under the first protocol, one table per column. Returns the .md path."""
+    (results, notes), cols, rows = collect(t, cells), opts.columns, list(dict.fromkeys(c.row for c in cells))
+    ours = lambda p: f"{t['protocol_defs'][p]['label']}, this repo"  # noqa: E731
+    pub_rows, sources = published(t, cols)
+    header = ["Method", "Protocol", *[f"{t['columns'][c]['label']}: Dice %" for c in cols]]
+    main = pub_rows + [[t["row_defs"][r]["label"], ours(p),
+                        *[fmt([e["dice"]["mean"] for e in results.get((r, c, p), [])], 100) for c in cols]]
+                       for p in t["protocols"] for r in rows]
+    keys, p0 = (*t["classes"], "mean"), t["protocols"][0]
+    dist = [(m, k) for m in ("hd95", "asd") for k in (keys if t["distance_units"] == "voxels" else ("mean",))]
+    d_header = ["Method", "Labeled", "Protocol", *[f"Dice % {k}" for k in keys], *[f"{m.upper()} {k}" for m, k in dist]]
+    detail = [[[t["row_defs"][r]["label"], t["columns"][c]["label"], ours(p0),
+                *[fmt([e["dice"].get(k) for e in results.get((r, c, p0), [])], 100) for k in keys],
+                *[fmt([e[m].get(k) for e in results.get((r, c, p0), [])]) for m, k in dist]] for r in rows]
+              for c in cols]
+    md = [f"# {t['title']}", "", f"Written by `python reproduce.py {' '.join(map(shlex.quote, opts.argv))}`. "
+          f"Dice in %; '{MISSING}' = no result (not run, not finished, or not published); mean ± std over seeds "
+          "where there are several. 'published': configs/published.csv; 'this repo': evaluate.py on each run's "
+          "best.pt.", "", protocol_text(t, cells), ""]
+    md += [f"**Not under this protocol** (finished with other settings): {'; '.join(notes)}.", ""] if notes else []
+    md += [*markdown(header, main), *[f"- {s}" for s in sources], "",
+           f"## Per class (this repo; HD95/ASD in {t['distance_units']})", ""]
+    md += [line for d in detail for line in markdown(d_header, d)] + t.get("notes", [])
     os.makedirs(opts.out, exist_ok=True)
-    with open(md_path, "w", encoding="utf-8") as f:
-        f.write("\n".join(md))
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-        for _, d_header, d_rows in detail:
-            w.writerow([])
-            w.writerow(d_header)
-            w.writerows(d_rows)
-    return md_path, csv_path
+    path = os.path.join(opts.out, t["name"])
+    with open(path + ".md", "w", encoding="utf-8") as f:
+        f.write("\n".join(md) + "\n")
+    with open(path + ".csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([header, *main, *[x for d in detail for x in ([], d_header, *d)]])
+    return path + ".md"
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def parse(argv=None) -> argparse.Namespace:
+def parse(argv=None) -> tuple[argparse.Namespace, dict]:
     p = argparse.ArgumentParser(prog="reproduce.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("table", choices=("acdc", "bhsd"))
-    p.add_argument("--labeled", type=int, nargs="+", default=None,
-                   help="ACDC labeled cases (default 1 3 7; --quick: 1 2)")
-    p.add_argument("--ratios", type=float, nargs="+", default=None,
-                   help="BHSD labeled fractions (default 0.05 0.1 0.25 1.0; --quick: 0.25 0.5)")
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
-                   help="default: all five (--quick: supervised sss)")
-    p.add_argument("--out", default=None, help="output folder (default results/<table>, --quick: results/quick_<table>)")
-    p.add_argument("--data_path", default=None, help="default ./data/ACDC or ./data/bhsd (--quick: <out>/data/demo_*)")
-    p.add_argument("--sam_ckpt", default=None, help="SAM-2 checkpoint (default ./checkpoints/sam2_hiera_small.pt)")
-    p.add_argument("--sam_config", default=None, help="default sam2_hiera_s (--quick: the tiny test config)")
-    p.add_argument("--image_size", type=int, default=None, help="default 1024 (--quick: 64)")
-    p.add_argument("--device", default=None, choices=("auto", "cuda", "cpu"), help="passed to every command")
-    p.add_argument("--protocols", nargs="+", choices=("ssl4mis", "unimatch"), default=None,
-                   help="ACDC evaluation protocols (default ssl4mis unimatch; --quick: ssl4mis)")
-    p.add_argument("--launcher", default=None,
-                   help="prefix of each training command instead of the Python interpreter, e.g. "
-                        "'torchrun --standalone --nproc_per_node 4'")
-    p.add_argument("--train_args", default=None, help="extra training flags appended to every run, e.g. '-epochs 50'")
-    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="list the runs and commands, run nothing")
-    p.add_argument("--quick", action="store_true", help="tiny grid on generated demo data (CPU, a few minutes)")
-    p.add_argument("--quick_iters", type=int, default=2, help="training iterations per --quick run")
+    p.add_argument("table", help="a table of --config (acdc, bhsd)")
+    p.add_argument("--columns", nargs="+", help="column keys, e.g. l3 l7 (default: the table's)")
+    p.add_argument("--methods", nargs="+", help="row keys of --config (default: the table's rows)")
+    p.add_argument("--max_iters", type=int, help="iteration budget of every cell (default: the table's)")
+    p.add_argument("--out", help="output folder (default results/<table>; --quick: results/quick_<table>)")
+    p.add_argument("--data_path", help="-data_path of every run (default: the script's; --quick: <out>/data/demo_*)")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), help="-device of every command")
+    p.add_argument("--launcher", help="prefix of the training commands, e.g. 'torchrun --nproc_per_node 4'")
+    p.add_argument("--train_args", help="extra training flags appended to every run, e.g. '-sam_ckpt PATH'")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print every cell's commands, run nothing")
+    p.add_argument("--quick", action="store_true", help="tiny grid on generated demo data (CPU, minutes)")
     p.add_argument("--tables_only", action="store_true", help="only (re)write the tables from what exists")
+    p.add_argument("--config", default=CONFIG, help="the grid (default configs/paper.yaml)")
     opts = p.parse_args(argv)
     opts.argv = list(sys.argv[1:] if argv is None else argv)
-    q = opts.quick
-    if opts.labeled is None:
-        opts.labeled = [1, 2] if q else [1, 3, 7]
-    if opts.ratios is None:
-        opts.ratios = [0.25, 0.5] if q else [0.05, 0.1, 0.25, 1.0]
-    if any(n < 1 for n in opts.labeled):
-        p.error("--labeled: cases must be >= 1")
-    if any(not 0 < r <= 1 for r in opts.ratios):
-        p.error("--ratios: fractions must be in (0, 1]")
-    if opts.methods is None:
-        opts.methods = ["supervised", "sss"] if q else list(METHODS)
-    opts.methods = list(dict.fromkeys(opts.methods))
-    if opts.protocols is None:
-        opts.protocols = ["ssl4mis"] if q else ["ssl4mis", "unimatch"]
-    opts.protocols = ["ssl4mis"] + [x for x in dict.fromkeys(opts.protocols) if x != "ssl4mis"]
-    if opts.out is None:
-        opts.out = os.path.join("results", f"quick_{opts.table}" if q else opts.table)
-    opts.out = os.path.abspath(opts.out)
-    if opts.data_path is None:
-        opts.data_path = (os.path.join(opts.out, "data", f"demo_{opts.table}") if q
-                          else os.path.join(".", "data", "ACDC" if opts.table == "acdc" else "bhsd"))
-    opts.data_path = os.path.abspath(opts.data_path)
-    return opts
+    t = load_table(opts.table, opts.quick, opts.config)
+    for name, default, known in (("columns", list(t["columns"]), t["columns"]), ("methods", t["rows"], t["row_defs"])):
+        setattr(opts, name, list(dict.fromkeys(getattr(opts, name) or default)))
+        if unknown := [x for x in getattr(opts, name) if x not in known]:
+            p.error(f"--{name}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    if opts.max_iters is not None and opts.max_iters < 1:
+        p.error("--max_iters must be >= 1")
+    t["budget"]["max_iters"] = opts.max_iters or t["budget"]["max_iters"]
+    opts.out = os.path.abspath(opts.out or os.path.join("results", ("quick_" if opts.quick else "") + opts.table))
+    if opts.quick and not opts.data_path:
+        opts.data_path = os.path.join(opts.out, "data", f"demo_{t['demo']}")
+    opts.data_path = opts.data_path and os.path.abspath(opts.data_path)
+    return opts, t
 
 
 def main(argv=None) -> int:
-    opts = parse(argv)
-    runs = build_grid(opts)
-    if opts.dry_run:
-        print(f"{len(runs)} runs for table {opts.table} (output {opts.out}):")
-        for run in runs:
-            print(f"{run.key} [{status(run)}]")
-            _print_cmd(command_for(run))
-            for protocol, split in eval_jobs(run.table, opts.protocols):
-                _print_cmd(evaluate_cmd(os.path.join(run.log_dir, f"{run.key}_<timestamp>"), protocol, split, opts))
-        return 0
-    t0 = time.time()
-    failures = []
+    opts, t = parse(argv)
+    cells = build_grid(t, opts)
+    b = t["budget"]
+    infer = {c.row: c.budget["infer"] for c in cells if "infer" in b and c.budget["infer"] != b["infer"]}
+    print(f"{len(cells)} runs for table {t['name']} (output {opts.out}); every cell: "
+          f"{' '.join(flag_list({k: v for k, v in b.items() if k != 'infer'}))}, evaluated with -weights {t['weights']}"
+          + (f"; -infer {b['infer']}" + "".join(f" ({r}: {m})" for r, m in infer.items()) if "infer" in b else ""),
+          flush=True)
+    t0, failures = time.time(), []
+    if opts.quick and not (opts.dry_run or opts.tables_only):
+        from dataset.demo import ensure_demo
+        ensure_demo(opts.data_path, t["demo"], seed=0)
     if not opts.tables_only:
-        if opts.quick:
-            from dataset.demo import ensure_demo
-            ensure_demo(opts.data_path, opts.table, seed=0)
-        failures = run_grid(runs, opts)
-    md_path, csv_path = write_tables(runs, opts)
+        failures = run_grid(t, cells, opts)
+    if opts.dry_run:
+        return 0
+    md_path = write_tables(t, cells, opts)
     with open(md_path, encoding="utf-8") as f:
-        print(f.read())
-    print(f"wrote {md_path} and {csv_path} ({time.time() - t0:.0f} s)")
+        print(f.read() + f"wrote {md_path} and {md_path[:-3]}.csv ({time.time() - t0:.0f} s)")
     for msg in failures:
         print(f"FAILED {msg}", file=sys.stderr)
     return 1 if failures else 0
