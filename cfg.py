@@ -169,7 +169,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="training budget in iterations, the same for every -method (preset: ACDC 30000, BHSD "
                         "20000, demo 300)")
     g.add_argument("-val_every", type=positive_int, default=None,
-                   help="validate every N iterations, for every -method (preset: ACDC 300, BHSD 500, demo 75/60)")
+                   help="validate every N iterations, for every -method (preset: ACDC and BHSD 1000, demo 75/60)")
     g.add_argument("-infer", type=lower_choice(INFER_MODES), default=None,
                    help="inference mode of validation and the reported test numbers: coarse (the coarse head "
                         "alone), boxes (coarse boxes -> SAM-2 decoder), pcsw (PCSW prompts -> decoder). Default "

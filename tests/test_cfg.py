@@ -77,7 +77,7 @@ def test_every_method_gets_the_same_budget_cadence_weights_and_inference(dataset
 
 def test_presets_come_from_yaml_and_flags_override_them():
     a = cfg.parse_args(["-dataset", "acdc"])
-    assert (a.max_iters, a.val_every, a.image_size) == (30000, 300, 1024)    # configs/presets.yaml
+    assert (a.max_iters, a.val_every, a.image_size) == (30000, 1000, 1024)   # configs/presets.yaml
     b = cfg.parse_args(["-dataset", "acdc", "-max_iters", "50", "-val_every", "10", "-val_freq", "2"])
     assert cfg.to_config(b, 3).run.max_iters == 50 and cfg.to_config(b, 3).run.val_every == 20
     assert cfg.parse_args(["-dataset", "demo"], script="3d").labeled_num is None  # every training volume
