@@ -12,7 +12,7 @@ from scipy import ndimage
 
 medpy_binary = pytest.importorskip("medpy.metric.binary")
 
-from sam2_train.evaluation.loop.metrics import summarize, volume_metrics  # noqa: E402
+from sam2_train.evaluation.metrics import summarize, volume_metrics  # noqa: E402
 
 RTOL_OVERLAP, RTOL_DIST = 1e-6, 1e-5
 

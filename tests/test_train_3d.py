@@ -204,7 +204,7 @@ def test_no_prompt_gives_background():
 def test_predictions_do_not_depend_on_labels(bhsd_root):
     """The evaluation loop gives the predictor the image only: replacing every label changes nothing."""
     from dataset import build_datasets
-    from sam2_train.evaluation.loop.loop import evaluate_volumes
+    from sam2_train.evaluation.loop import evaluate_volumes
     args = make_args("-data_path", bhsd_root)
     args.class_names = BHSD_CLASSES
     net = intensity_coarse_head(make_net(args), thresh=0.8)
