@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from sam2_train.checkpoint import load_checkpoint, load_model_state
 from sam2_train.evaluation import format_summary, write_case_rows
 from sam2_train.run_dir import console, write_json_atomic
 from sam2_train.sss_net import build_sss_net
-from sam2_train.trainer import USER_ERRORS, validate
+from sam2_train.trainer import USER_ERRORS, model_predictor, validate
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -37,8 +38,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("-split", type=cfg.lower_choice(("val", "test")), default="test")
     p.add_argument("-protocol", type=cfg.lower_choice(("ssl4mis", "unimatch")), default=None,
                    help="ACDC resize rule (default: the checkpoint's)")
-    p.add_argument("-weights", type=cfg.lower_choice(("auto", "ema", "student")), default="auto",
-                   help="auto: the EMA teacher when the checkpoint has one (what validation selected on)")
+    p.add_argument("-weights", type=cfg.lower_choice(("auto", "ema", "student", "model")), default="auto",
+                   help="auto: the EMA teacher when the checkpoint has one (what validation selected on); "
+                        "student (= model): the trained weights")
     p.add_argument("-save_pred", type=cfg.str2bool, nargs="?", const=True, default=False, metavar="{0,1}")
     p.add_argument("-log_dir", default="logs")
     p.add_argument("-device", type=cfg.lower_choice(("auto", "cuda", "cpu")), default="auto")
@@ -70,38 +72,65 @@ def prediction_writer(out_dir: str):
     return save
 
 
+@dataclass
+class LoadedModel:
+    """A checkpoint's network, ready for label-free inference with ``trainer.model_predictor``."""
+    net: object                 # SSSNet in eval mode, on ``device``
+    args: argparse.Namespace    # the checkpoint's config with the overrides applied
+    pipeline: object            # PIPELINE_2D or PIPELINE_3D (the checkpoint's script)
+    device: object              # torch.device
+    weights: str                # "ema" or "student"
+
+    def predictor(self):
+        """``predict(image (D,H,W) f32 [0,1], spacing) -> labels (D,H,W)``: the evaluation loop's predictor."""
+        args, device = self.args, self.device
+        return model_predictor(self.pipeline, self.net, args, device, lambda: runtime.autocast(device, args.amp))
+
+
+def load_model(ckpt: str, *, weights: str = "auto", device: str = "auto", gpu_device: int = 0, amp: str = "auto",
+               overrides: dict | None = None, state: dict | None = None) -> LoadedModel:
+    """Build the network of checkpoint ``ckpt`` from its config and load its weights (strict).
+
+    ``weights``: ``auto`` (the EMA teacher when the checkpoint has one, what validation selected on),
+    ``ema`` (an error without one) or ``student``/``model``. ``overrides``: config keys to replace (None values
+    are ignored). ``state``: the already loaded checkpoint dict, to avoid reading it twice."""
+    state = load_checkpoint(ckpt) if state is None else state
+    args = argparse.Namespace(**state["config"])
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            setattr(args, key, value)
+    args.device, args.gpu_device, args.amp = device, gpu_device, amp
+    args.distributed = "none"
+    args.hu_window = tuple(args.hu_window)
+    args.dfe_levels = tuple(args.dfe_levels)
+    if args.script == "2d":
+        from func_2d.pipeline import PIPELINE_2D as pipeline
+    else:
+        from func_3d.pipeline import PIPELINE_3D as pipeline
+    dev = runtime.init_distributed(args).device
+    net = build_sss_net(args, len(args.class_names), device=dev, sam_ckpt="none")
+    use_ema = weights == "ema" or (weights == "auto" and state.get("ema") is not None)
+    if use_ema and state.get("ema") is None:
+        raise DatasetError(f"{ckpt}: -weights ema, but the checkpoint has no EMA teacher")
+    load_model_state(net, state["ema"]["module"] if use_ema else state["model"], strict=True)
+    net.eval()
+    return LoadedModel(net=net, args=args, pipeline=pipeline, device=dev, weights="ema" if use_ema else "student")
+
+
 def main(argv=None) -> int:
     opts = parse(argv)
     try:
-        state = load_checkpoint(opts.ckpt)
-        args = argparse.Namespace(**state["config"])
-        for key in ("dataset", "data_path", "protocol"):
-            if getattr(opts, key) is not None:
-                setattr(args, key, getattr(opts, key))
-        for key in ("device", "gpu_device", "amp"):
-            setattr(args, key, getattr(opts, key))
-        args.distributed = "none"
-        args.hu_window = tuple(args.hu_window)
-        args.dfe_levels = tuple(args.dfe_levels)
-        script = args.script
-        if script == "2d":
-            from func_2d.pipeline import PIPELINE_2D as pipeline
-        else:
-            from func_3d.pipeline import PIPELINE_3D as pipeline
+        model = load_model(opts.ckpt, weights=opts.weights, device=opts.device, gpu_device=opts.gpu_device,
+                           amp=opts.amp,
+                           overrides={key: getattr(opts, key) for key in ("dataset", "data_path", "protocol")})
+        args, pipeline, device, net = model.args, model.pipeline, model.device, model.net
         saved_classes = list(args.class_names)
-        splits = build_datasets(args, script)
+        splits = build_datasets(args, args.script)
         if list(splits.class_names) != saved_classes:
             raise DatasetError(f"{args.data_path}: classes {list(splits.class_names)} do not match the checkpoint's "
                                f"{saved_classes}")
         volumes = splits.require_test() if opts.split == "test" else splits.val
-
-        dist = runtime.init_distributed(args)
-        device = dist.device
-        net = build_sss_net(args, len(saved_classes), device=device, sam_ckpt="none")
-        use_ema = opts.weights == "ema" or (opts.weights == "auto" and state.get("ema") is not None)
-        if use_ema and state.get("ema") is None:
-            raise DatasetError(f"{opts.ckpt}: -weights ema, but the checkpoint has no EMA teacher")
-        load_model_state(net, state["ema"]["module"] if use_ema else state["model"], strict=True)
+        use_ema = model.weights == "ema"
 
         run_name = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(opts.ckpt)))) or "ckpt"
         out = os.path.join(opts.log_dir, f"eval_{run_name}_{opts.split}_{dt.datetime.now():%Y%m%d-%H%M%S}")
