@@ -107,6 +107,7 @@ def _train(args, pipeline: Pipeline) -> int:
     splits = build_datasets(args, pipeline.script)
     args.class_names = list(splits.class_names)
     args.num_classes = splits.num_classes
+    args.intensity = splits.info.get("intensity")  # how images were mapped to [0,1] (predict.py)
     if args.method != "supervised" and splits.unlabeled is None:
         raise DatasetError(splits.unlabeled_missing or "no unlabeled data")
 
