@@ -237,12 +237,13 @@ def write_volumes_csv(path: str, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def save_montage(path: str, image: np.ndarray, pred: np.ndarray, *, flip_rows: bool = False,
-                 max_tiles: int = 16, tile: int = 256, cols: int = 4) -> list[int]:
+def save_montage(path: str, image: np.ndarray, pred: np.ndarray, *, slice_numbers: Sequence[int] | None = None,
+                 flip_rows: bool = False, max_tiles: int = 16, tile: int = 256, cols: int = 4) -> list[int]:
     """A PNG grid of prediction overlays on up to ``max_tiles`` slices of (D,H,W) ``image``/``pred``: the
     slices with the most predicted foreground (evenly spaced slices when there is none), in slice order,
-    each scaled to at most ``tile`` px. ``flip_rows`` puts the last row on top (anterior up for the
-    canonical NIfTI grid). Returns the slice indices shown."""
+    each scaled to at most ``tile`` px and labeled with its entry of ``slice_numbers`` (default its index, as
+    in volumes.csv). ``flip_rows`` puts the last row on top (anterior up for the canonical NIfTI grid).
+    Returns the slice indices (into ``pred``) shown."""
     from PIL import Image, ImageDraw
 
     from sam2_train.vis import overlay
@@ -260,7 +261,8 @@ def save_montage(path: str, image: np.ndarray, pred: np.ndarray, *, flip_rows: b
     for i, z in enumerate(zs):
         rgb = overlay(image[z], pred[z])
         im = Image.fromarray(rgb[::-1] if flip_rows else rgb).resize((tw, th), Image.BILINEAR)
-        ImageDraw.Draw(im).text((3, 2), str(z), fill=(255, 255, 255))
+        ImageDraw.Draw(im).text((3, 2), str(z if slice_numbers is None else int(slice_numbers[z])),
+                                fill=(255, 255, 255))
         sheet.paste(im, ((i % cols) * tw, (i // cols) * th))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     sheet.save(path)
@@ -335,7 +337,7 @@ def predict_cases(cases: list[Case], model, out_dir: str, *, spacing=None, overl
             continue
         write_prediction(case, pred, out_dir)
         if overlay:
-            save_montage(os.path.join(out_dir, OVERLAY_DIR, f"{case.name}.png"), image, pred,
+            save_montage(os.path.join(out_dir, OVERLAY_DIR, f"{case.name}.png"), image, pred, slice_numbers=numbers,
                          flip_rows=case.kind == "nifti")
         rows += [{"case": case.name, **r} for r in class_volumes(pred, class_names, vox, numbers)]
     return rows, errors
