@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,8 +39,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("-split", type=cfg.lower_choice(("val", "test")), default="test")
     p.add_argument("-protocol", type=cfg.lower_choice(("ssl4mis", "unimatch")), default=None,
                    help="ACDC resize rule (default: the checkpoint's)")
-    p.add_argument("-weights", type=cfg.lower_choice(("auto", "ema", "student")), default="auto",
-                   help="auto: the EMA of the weights when the checkpoint has one (what validation selected on)")
+    p.add_argument("-weights", type=cfg.lower_choice(("auto", "ema", "student", "model")), default="auto",
+                   help="auto: the EMA of the weights when the checkpoint has one (what validation selected on); "
+                        "student (= model): the trained weights")
     p.add_argument("-infer", type=cfg.lower_choice(cfg.INFER_MODES), default=None,
                    help="coarse | boxes | pcsw (default: the checkpoint's run)")
     p.add_argument("-save_pred", type=cfg.str2bool, nargs="?", const=True, default=False, metavar="{0,1}")
@@ -73,45 +75,72 @@ def prediction_writer(out_dir: str):
     return save
 
 
+@dataclass
+class LoadedModel:
+    """A checkpoint's network, ready for label-free inference."""
+    net: object                 # SSSNet in eval mode, on ``device``
+    args: argparse.Namespace    # the checkpoint's flags with the overrides applied
+    config: object              # the typed config (cfg.to_config) of those flags
+    device: object              # torch.device
+    weights: str                # "ema" or "student"
+
+    def predictor(self):
+        """``predict(image (D,H,W) f32 [0,1], spacing) -> labels (D,H,W)``: the evaluation loop's predictor."""
+        task, autocast = task_for(self.args.script), lambda: runtime.autocast(self.device, self.args.amp)
+        return lambda image, spacing: task.predict(self.net, image, config=self.config, infer=self.args.infer,
+                                                   device=self.device, autocast=autocast)
+
+
+def load_model(ckpt: str, *, weights: str = "auto", device: str = "auto", gpu_device: int = 0, amp: str = "auto",
+               overrides: dict | None = None, state: dict | None = None) -> LoadedModel:
+    """Build the network of checkpoint ``ckpt`` from its config and load its weights (strict).
+
+    ``weights``: ``auto`` (the EMA of the weights when the checkpoint has one, what validation selected on),
+    ``ema`` (an error without one) or ``student``/``model``. ``overrides``: config keys to replace (None values
+    are ignored), e.g. ``infer``. ``state``: the already loaded checkpoint dict, to avoid reading it twice."""
+    state = load_checkpoint(ckpt) if state is None else state
+    args = argparse.Namespace(**state["config"])
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            setattr(args, key, value)
+    args.device, args.gpu_device, args.amp, args.distributed = device, gpu_device, amp, "none"
+    args.hu_window = tuple(args.hu_window)
+    args.dfe_levels = tuple(args.dfe_levels)
+    if getattr(args, "infer", None) is None:  # a checkpoint from before -infer existed
+        args.infer = "pcsw" if args.pcsw else "boxes"
+    config = cfg.to_config(args, len(args.class_names))
+    dev = runtime.init_distributed(device=device, gpu_device=gpu_device, distributed="none").device
+    net = build_sss_net(config.model, device=dev, sam_ckpt="none")
+    use_ema = weights == "ema" or (weights == "auto" and state.get("ema") is not None)
+    if use_ema and state.get("ema") is None:
+        raise DatasetError(f"{ckpt}: -weights ema, but the checkpoint has no EMA of the weights")
+    load_model_state(net, state["ema"]["module"] if use_ema else state["model"], strict=True)
+    net.eval()
+    return LoadedModel(net=net, args=args, config=config, device=dev, weights="ema" if use_ema else "student")
+
+
 def main(argv=None) -> int:
     opts = parse(argv)
     try:
-        state = load_checkpoint(opts.ckpt)
-        args = argparse.Namespace(**state["config"])
-        for key in ("dataset", "data_path", "protocol", "infer"):
-            if getattr(opts, key) is not None:
-                setattr(args, key, getattr(opts, key))
-        for key in ("device", "gpu_device", "amp"):
-            setattr(args, key, getattr(opts, key))
-        args.distributed = "none"
-        args.hu_window = tuple(args.hu_window)
-        args.dfe_levels = tuple(args.dfe_levels)
-        if getattr(args, "infer", None) is None:  # a checkpoint from before -infer existed
-            args.infer = "pcsw" if args.pcsw else "boxes"
-        script = args.script
+        model = load_model(opts.ckpt, weights=opts.weights, device=opts.device, gpu_device=opts.gpu_device,
+                           amp=opts.amp, overrides={key: getattr(opts, key)
+                                                    for key in ("dataset", "data_path", "protocol", "infer")})
+        args, device, net = model.args, model.device, model.net
         saved_classes = list(args.class_names)
-        splits = build_datasets(args, script)
+        splits = build_datasets(args, args.script)
         if list(splits.class_names) != saved_classes:
             raise DatasetError(f"{args.data_path}: classes {list(splits.class_names)} do not match the checkpoint's "
                                f"{saved_classes}")
         volumes = splits.require_test() if opts.split == "test" else splits.val
 
-        config = cfg.to_config(args, len(saved_classes))
-        device = runtime.init_distributed(device=args.device, gpu_device=args.gpu_device, distributed="none").device
-        net = build_sss_net(config.model, device=device, sam_ckpt="none")
-        use_ema = opts.weights == "ema" or (opts.weights == "auto" and state.get("ema") is not None)
-        if use_ema and state.get("ema") is None:
-            raise DatasetError(f"{opts.ckpt}: -weights ema, but the checkpoint has no EMA teacher")
-        load_model_state(net, state["ema"]["module"] if use_ema else state["model"], strict=True)
-
         run_name = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(opts.ckpt)))) or "ckpt"
         out = os.path.join(opts.log_dir, f"eval_{run_name}_{opts.split}_{dt.datetime.now():%Y%m%d-%H%M%S}")
         os.makedirs(out, exist_ok=True)
         save = prediction_writer(os.path.join(out, "predictions")) if opts.save_pred else None
-        res = evaluate_model(task_for(script), net, volumes, saved_classes, config, infer=args.infer, device=device,
-                             autocast=lambda: runtime.autocast(device, args.amp), split=opts.split, save_pred=save,
-                             max_volumes=opts.max_volumes)
-        summary = dict(res.summary, checkpoint=os.path.abspath(opts.ckpt), weights="ema" if use_ema else "student",
+        res = evaluate_model(task_for(args.script), net, volumes, saved_classes, model.config, infer=args.infer,
+                             device=device, autocast=lambda: runtime.autocast(device, args.amp), split=opts.split,
+                             save_pred=save, max_volumes=opts.max_volumes)
+        summary = dict(res.summary, checkpoint=os.path.abspath(opts.ckpt), weights=model.weights,
                        dataset=args.dataset, data_path=args.data_path, method=args.method)
         write_json_atomic(os.path.join(out, "summary.json"), summary)
         write_case_rows(os.path.join(out, "cases.csv"), res.rows)

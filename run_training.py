@@ -28,8 +28,10 @@ def task_for(script: str) -> Task:
 
 
 def record_of(args, splits) -> dict:
-    """The flat config written to ``config.json`` and every checkpoint: the resolved flags and the classes."""
-    return {**vars(args), "class_names": list(splits.class_names), "num_classes": splits.num_classes}
+    """The flat config written to ``config.json`` and every checkpoint: the resolved flags, the classes and the
+    intensity mapping of the data."""
+    return {**vars(args), "class_names": list(splits.class_names), "num_classes": splits.num_classes,
+            "intensity": splits.info.get("intensity")}  # how images were mapped to [0,1] (predict.py)
 
 
 def main(argv, script: str) -> int:

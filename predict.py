@@ -1,0 +1,371 @@
+"""Segment scans without labels with a trained checkpoint.
+
+    python predict.py -ckpt logs/BHSD_SSS_.../checkpoints/best.pt -input scans/ -out predictions/
+    python predict.py -ckpt logs/ACDC_SSS_.../checkpoints/best.pt -input patient101_frame01.h5 -out pred/ -overlay 1
+
+``-input`` is one file or a folder: NIfTI volumes (``.nii``/``.nii.gz``), ACDC-format ``.h5`` volumes (key
+``image``, (D,H,W) in [0,1]), or folders of PNG slices (one folder = one case, slices sorted by the last
+number in the file name; the input folder itself when it holds PNG files). No label is read.
+
+The network, classes, image size, intensity mapping (CT window for CT checkpoints) and inference mode come
+from the checkpoint; the prediction is the label-free predictor of ``evaluate.py`` (``evaluate.load_model``,
+``trainer.model_predictor``): 2D checkpoints segment slice by slice, 3D checkpoints stream the volume through
+SAM-2's memory bank. Writes into ``-out``:
+
+* ``<case>.nii.gz`` for NIfTI input: uint16 label map on the input's own voxel grid and header (shape, voxel
+  order, affine, qform/sform codes), so it overlays on the scan in ITK-SNAP or 3D Slicer;
+* ``<case>.h5`` (dataset ``prediction``, uint8 (D,H,W)) for h5 input;
+* ``<case>/<slice file name>`` for PNG input: 8-bit masks holding class indices (0 background, 1..K);
+* ``volumes.csv``: one row per case and class (see :func:`class_volumes`);
+* ``overlays/<case>.png`` with ``-overlay 1``: a montage of the slices with the most predicted foreground.
+
+A case that cannot be read is reported in one line naming the file and skipped; the exit status is 1 when
+any case failed, 2 for a usage error (bad checkpoint, no input, outputs that exist without ``-overwrite 1``).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+import cfg
+from dataset import DatasetError
+from dataset import io as dio
+
+NIFTI_EXTS = (".nii.gz", ".nii")
+OVERLAY_DIR = "overlays"
+VOLUME_COLUMNS = ("case", "class", "voxels", "volume_ml", "components", "slices", "first_slice", "last_slice")
+
+
+# ---------------------------------------------------------------------------------------------- cases
+@dataclass
+class Case:
+    """One scan to segment: a NIfTI or h5 file, or a folder of PNG slices (``slices`` in order)."""
+    name: str
+    path: str
+    kind: str                                   # "nifti" | "h5" | "png"
+    slices: list[str] = field(default_factory=list)
+
+
+def _case_name(path: str) -> str:
+    base = os.path.basename(os.path.normpath(path))
+    for ext in (*NIFTI_EXTS, ".h5"):
+        if base.lower().endswith(ext):
+            return base[: -len(ext)]
+    return base
+
+
+def _png_slices(folder: str) -> list[str]:
+    from dataset.custom import _slice_key
+    files = sorted((f for f in os.listdir(folder) if f.lower().endswith(".png")), key=_slice_key)
+    return [os.path.join(folder, f) for f in files]
+
+
+def _file_case(path: str) -> Case | None:
+    low = path.lower()
+    if low.endswith(NIFTI_EXTS):
+        return Case(_case_name(path), path, "nifti")
+    if low.endswith(".h5"):
+        return Case(_case_name(path), path, "h5")
+    return None
+
+
+def find_cases(path: str) -> list[Case]:
+    """The cases under ``path`` (a file, a folder of PNG slices, or a folder of volumes and PNG case folders).
+
+    DatasetError when ``path`` does not exist or holds nothing to segment, or when two inputs would write
+    the same output name."""
+    if os.path.isfile(path):
+        case = _file_case(path)
+        if case is None:
+            raise DatasetError(f"{path}: not a NIfTI (.nii, .nii.gz) or h5 volume")
+        return [case]
+    if not os.path.isdir(path):
+        raise DatasetError(f"{path}: input not found")
+    slices = _png_slices(path)
+    if slices:
+        return [Case(_case_name(path), path, "png", slices)]
+    cases = []
+    for entry in sorted(os.listdir(path)):
+        full = os.path.join(path, entry)
+        if os.path.isfile(full):
+            case = _file_case(full)
+        elif os.path.isdir(full) and _png_slices(full):
+            case = Case(entry, full, "png", _png_slices(full))
+        else:
+            case = None
+        if case is not None:
+            cases.append(case)
+    if not cases:
+        raise DatasetError(f"{path}: no NIfTI (.nii, .nii.gz), h5 volumes or folders of PNG slices found")
+    seen = {}
+    for c in cases:
+        if c.name in seen:
+            raise DatasetError(f"{c.path} and {seen[c.name]} would both be written as case {c.name}")
+        seen[c.name] = c.path
+    return cases
+
+
+def output_paths(case: Case, out_dir: str, overlay: bool) -> list[str]:
+    """The files predict.py writes for ``case``."""
+    if case.kind == "nifti":
+        paths = [os.path.join(out_dir, f"{case.name}.nii.gz")]
+    elif case.kind == "h5":
+        paths = [os.path.join(out_dir, f"{case.name}.h5")]
+    else:
+        paths = [os.path.join(out_dir, case.name, os.path.basename(s)) for s in case.slices]
+    if overlay:
+        paths.append(os.path.join(out_dir, OVERLAY_DIR, f"{case.name}.png"))
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def intensity_for_input(config: dict, kind: str) -> tuple:
+    """How to map an input of ``kind`` to [0, 1] the way the checkpoint's training data was mapped.
+
+    ACDC-format h5 volumes are already in [0, 1]. Otherwise the checkpoint's recorded ``intensity`` is used;
+    for checkpoints without one: the CT window (``hu_window``) for BHSD (and the 3D demo), the custom
+    dataset's rule when its folder still exists, else per-volume min-max (what the SSL4MIS ACDC volumes
+    hold). PNG slices of a CT model are taken as already windowed grey values (/255, /65535 for 16 bit)."""
+    if kind == "h5":
+        return ("unit",)
+    saved = config.get("intensity")
+    hu = tuple(float(v) for v in config.get("hu_window") or (0.0, 80.0))
+    if saved:
+        mode = tuple(saved)
+    elif config.get("dataset") == "bhsd" or (config.get("dataset") == "demo" and config.get("script") == "3d"):
+        mode = ("window", *hu)
+    elif config.get("dataset") == "custom" and config.get("data_path") and os.path.isdir(config["data_path"]):
+        from dataset.custom import intensity_for
+        mode = intensity_for(config["data_path"], hu)
+    else:
+        mode = ("minmax",)
+    if kind == "png" and mode[0] in ("window", "unit"):
+        return ("png_unit",)
+    if kind == "nifti" and mode[0] in ("unit", "png_unit"):
+        return ("minmax",)
+    return mode
+
+
+def nifti_slice_numbers(path: str, depth: int) -> np.ndarray:
+    """(D,) index along the file's own slice axis of each canonical (inferior-to-superior) slice of
+    :func:`dataset.io.read_nifti`, so the numbers match what a viewer shows for the file."""
+    import nibabel as nib
+    ornt = nib.orientations.io_orientation(nib.load(path).affine)
+    axis = int(np.argmax(ornt[:, 0] == 2))
+    z = np.arange(depth)
+    return depth - 1 - z if ornt[axis, 1] < 0 else z
+
+
+def read_case(case: Case, intensity: tuple, spacing: Sequence[float] | None = None):
+    """``(image (D,H,W) float32 in [0,1], spacing (sz,sy,sx) mm or None, slice numbers (D,))``.
+
+    NIfTI volumes are reoriented to the canonical grid as in evaluation; ``spacing`` is used for inputs
+    without a header (h5, PNG). DatasetError naming the file for a corrupt file, a wrong dimensionality or
+    non-finite values."""
+    if case.kind == "nifti":
+        image, vox, _ = dio.read_nifti(case.path)
+        return dio.normalise(image, intensity, case.path), vox, nifti_slice_numbers(case.path, image.shape[0])
+    if case.kind == "h5":
+        (image,) = dio.read_h5(case.path, ("image",))
+        if image.ndim != 3:
+            raise DatasetError(f"{case.path}: expected a 3-D 'image' (D,H,W), got shape {image.shape}")
+    else:
+        planes = [dio.read_png(p) for p in case.slices]
+        shapes = sorted({a.shape for a in planes})
+        if len(shapes) > 1:
+            raise DatasetError(f"{case.path}: PNG slices differ in size {shapes}; expected one size per case")
+        image = np.stack(planes).astype(np.float32)
+    image = dio.normalise(image, intensity, case.path)
+    return image, (None if spacing is None else tuple(float(s) for s in spacing)), np.arange(image.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+def write_prediction(case: Case, pred: np.ndarray, out_dir: str) -> None:
+    """Write the (D,H,W) label map of ``case`` (NIfTI and h5 exactly as ``evaluate.py -save_pred``)."""
+    if case.kind == "png":
+        from PIL import Image
+        folder = os.path.join(out_dir, case.name)
+        os.makedirs(folder, exist_ok=True)
+        for plane, src in zip(pred.astype(np.uint8), case.slices):
+            Image.fromarray(plane).save(os.path.join(folder, os.path.basename(src)))
+        return
+    from evaluate import prediction_writer
+    prediction_writer(out_dir)({"name": case.name, "source": case.path if case.kind == "nifti" else None}, pred)
+
+
+def class_volumes(labels: np.ndarray, class_names: Sequence[str], spacing: Sequence[float] | None = None,
+                  slice_numbers: Sequence[int] | None = None) -> list[dict]:
+    """Per-class figures of a (D,H,W) label map (0 background, k = ``class_names[k-1]``).
+
+    ``voxels``; ``volume_ml`` = voxels x sz*sy*sx mm^3 / 1000 (None without ``spacing``); ``components``:
+    3-D connected components (26-connectivity, ``scipy.ndimage.label``); ``slices``: number of slices holding
+    the class; ``first_slice``/``last_slice``: smallest and largest of their ``slice_numbers`` (default
+    0..D-1), None for an absent class."""
+    from scipy import ndimage
+    labels = np.asarray(labels)
+    numbers = np.arange(labels.shape[0]) if slice_numbers is None else np.asarray(slice_numbers)
+    voxel_ml = None if spacing is None else float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(class_names) + 1)
+    rows = []
+    for k, name in enumerate(class_names, start=1):
+        mask = labels == k
+        present = numbers[mask.reshape(mask.shape[0], -1).any(1)]
+        n = int(counts[k])
+        rows.append({"class": name, "voxels": n,
+                     "volume_ml": None if voxel_ml is None else n * voxel_ml,
+                     "components": int(ndimage.label(mask, structure=np.ones((3, 3, 3)))[1]) if n else 0,
+                     "slices": int(present.size),
+                     "first_slice": int(present.min()) if present.size else None,
+                     "last_slice": int(present.max()) if present.size else None})
+    return rows
+
+
+def write_volumes_csv(path: str, rows: list[dict]) -> None:
+    """``volumes.csv`` (atomically); empty cells for unknown values."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=VOLUME_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else (f"{r[k]:.4f}" if k == "volume_ml" else r[k]))
+                        for k in VOLUME_COLUMNS})
+    os.replace(tmp, path)
+
+
+def save_montage(path: str, image: np.ndarray, pred: np.ndarray, *, slice_numbers: Sequence[int] | None = None,
+                 flip_rows: bool = False, max_tiles: int = 16, tile: int = 256, cols: int = 4) -> list[int]:
+    """A PNG grid of prediction overlays on up to ``max_tiles`` slices of (D,H,W) ``image``/``pred``: the
+    slices with the most predicted foreground (evenly spaced slices when there is none), in slice order,
+    each scaled to at most ``tile`` px and labeled with its entry of ``slice_numbers`` (default its index, as
+    in volumes.csv). ``flip_rows`` puts the last row on top (anterior up for the canonical NIfTI grid).
+    Returns the slice indices (into ``pred``) shown."""
+    from PIL import Image, ImageDraw
+
+    from sam2_train.evaluation.vis import overlay
+    d = pred.shape[0]
+    fg = (pred > 0).reshape(d, -1).sum(1)
+    if fg.any():
+        zs = sorted(z for z in np.argsort(-fg, kind="stable")[:max_tiles].tolist() if fg[z] > 0)
+    else:
+        zs = sorted(set(np.linspace(0, d - 1, min(d, max_tiles)).round().astype(int).tolist()))
+    h, w = pred.shape[1:]
+    scale = min(1.0, tile / max(h, w))
+    th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+    rows = -(-len(zs) // cols)
+    sheet = Image.new("RGB", (min(cols, len(zs)) * tw, rows * th))
+    for i, z in enumerate(zs):
+        rgb = overlay(image[z], pred[z])
+        im = Image.fromarray(rgb[::-1] if flip_rows else rgb).resize((tw, th), Image.BILINEAR)
+        ImageDraw.Draw(im).text((3, 2), str(z if slice_numbers is None else int(slice_numbers[z])),
+                                fill=(255, 255, 255))
+        sheet.paste(im, ((i % cols) * tw, (i // cols) * th))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    sheet.save(path)
+    return zs
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _spacing(value: str) -> tuple[float, float, float]:
+    import argparse
+    try:
+        vals = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3 or not all(np.isfinite(v) and v > 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected three positive numbers 'SZ,SY,SX' in mm, got {value!r}")
+    return vals
+
+
+def parse(argv=None):
+    p = cfg.OneLineParser(prog="predict.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("-ckpt", required=True, help="checkpoint written by train_2d.py / train_3d.py (best.pt, last.pt)")
+    p.add_argument("-input", required=True, help="a NIfTI/h5 file, a folder of PNG slices, or a folder of those")
+    p.add_argument("-out", required=True, help="output folder")
+    p.add_argument("-infer", type=cfg.lower_choice(cfg.INFER_MODES), default=None,
+                   help="coarse | boxes | pcsw (default: the checkpoint's run)")
+    p.add_argument("-weights", type=cfg.lower_choice(("auto", "ema", "model", "student")), default="auto",
+                   help="auto: the EMA teacher when the checkpoint has one; model (= student): the trained weights")
+    p.add_argument("-device", type=cfg.lower_choice(("auto", "cuda", "cpu")), default="auto")
+    p.add_argument("-gpu_device", type=cfg.nonneg_int, default=0)
+    p.add_argument("-amp", type=cfg.lower_choice(("auto", "bf16", "off")), default="auto")
+    p.add_argument("-spacing", type=_spacing, default=None,
+                   help="voxel size 'SZ,SY,SX' in mm for inputs without a header (h5, PNG), for volume_ml")
+    p.add_argument("-overlay", type=cfg.str2bool, nargs="?", const=True, default=False, metavar="{0,1}",
+                   help="also write overlays/<case>.png, a montage of the predicted slices")
+    p.add_argument("-overwrite", type=cfg.str2bool, nargs="?", const=True, default=False, metavar="{0,1}",
+                   help="replace outputs that already exist in -out")
+    return p.parse_args(argv)
+
+
+def check_outputs(cases: list[Case], out_dir: str, overlay: bool, overwrite: bool) -> None:
+    """DatasetError when an output would replace an input, or exists and ``overwrite`` is off."""
+    inputs = {os.path.realpath(c.path) for c in cases} | {os.path.realpath(s) for c in cases for s in c.slices}
+    planned = [p for c in cases for p in output_paths(c, out_dir, overlay)] + [os.path.join(out_dir, "volumes.csv")]
+    clash = [p for p in planned if os.path.realpath(p) in inputs]
+    if clash:
+        raise DatasetError(f"{clash[0]}: the output would replace an input; choose another -out")
+    existing = [p for p in planned if os.path.exists(p)]
+    if existing and not overwrite:
+        raise DatasetError(f"{existing[0]}: output exists ({len(existing)} of the outputs exist); "
+                           f"pass -overwrite 1 to replace them or choose another -out")
+
+
+def predict_cases(cases: list[Case], model, out_dir: str, *, spacing=None, overlay: bool = False,
+                  progress: bool = True) -> tuple[list[dict], list[str]]:
+    """Segment ``cases`` one at a time with ``model`` (:class:`evaluate.LoadedModel`) and write their outputs.
+
+    Returns (volumes.csv rows, one error line per failed case). A case that cannot be read, or whose
+    inference fails (e.g. out of memory), is reported and skipped."""
+    from tqdm import tqdm
+    predict = model.predictor()
+    class_names = list(model.args.class_names)
+    config = vars(model.args)
+    rows, errors = [], []
+    for case in tqdm(cases, desc="predict", unit="case", disable=not progress, dynamic_ncols=True):
+        try:
+            image, vox, numbers = read_case(case, intensity_for_input(config, case.kind), spacing)
+            pred = np.asarray(predict(image, vox))
+        except (DatasetError, RuntimeError) as e:
+            msg = str(e) if isinstance(e, DatasetError) else f"{case.path}: inference failed ({type(e).__name__}: {e})"
+            errors.append(" ".join(msg.split()))
+            tqdm.write(f"error: {errors[-1]}", file=sys.stderr)
+            continue
+        write_prediction(case, pred, out_dir)
+        if overlay:
+            save_montage(os.path.join(out_dir, OVERLAY_DIR, f"{case.name}.png"), image, pred, slice_numbers=numbers,
+                         flip_rows=case.kind == "nifti")
+        rows += [{"case": case.name, **r} for r in class_volumes(pred, class_names, vox, numbers)]
+    return rows, errors
+
+
+def main(argv=None) -> int:
+    from evaluate import load_model
+    from run_training import USER_ERRORS
+    from sam2_train.engine.run_dir import console
+    opts = parse(argv)
+    try:
+        cases = find_cases(opts.input)
+        check_outputs(cases, opts.out, opts.overlay, opts.overwrite)
+        model = load_model(opts.ckpt, weights=opts.weights, device=opts.device, gpu_device=opts.gpu_device,
+                           amp=opts.amp, overrides={"infer": opts.infer})
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    os.makedirs(opts.out, exist_ok=True)
+    console(f"{len(cases)} case(s); {model.args.script.upper()} model {os.path.abspath(opts.ckpt)} "
+            f"({model.weights} weights, -infer {model.args.infer}, "
+            f"classes {', '.join(model.args.class_names)}) on {model.device}")
+    rows, errors = predict_cases(cases, model, opts.out, spacing=opts.spacing, overlay=opts.overlay)
+    write_volumes_csv(os.path.join(opts.out, "volumes.csv"), rows)
+    done = len(cases) - len(errors)
+    console(f"wrote {done} of {len(cases)} case(s) to {opts.out}" + (f"; {len(errors)} failed" if errors else ""))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
