@@ -10,7 +10,6 @@ if ROOT not in sys.path:
 
 # Real ACDC sample shipped beside the repository (../shared/data/ACDC); tests using it skip without it.
 SHARED_ACDC = os.path.join(os.path.dirname(ROOT), "shared", "data", "ACDC")
-BHSD_HEADERS = os.path.join(os.path.dirname(ROOT), "shared", "data", "bhsd_label_headers.csv")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
