@@ -188,6 +188,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="custom: comma-separated foreground class names, label 1 first")
     g.add_argument("-protocol", type=lower_choice(("ssl4mis", "unimatch")), default="ssl4mis",
                    help="ACDC evaluation protocol (nearest-resized argmax vs bilinear logits)")
+    _bool_flag(g, "-check_data", True, "check every file the run reads before training (python -m dataset.check; "
+               "results cached per file in ~/.cache/sss/data_check.json)")
 
     g = p.add_argument_group("method")
     g.add_argument("-method", type=lower_choice(METHODS), default="sss")

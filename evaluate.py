@@ -20,6 +20,7 @@ import numpy as np
 
 import cfg
 from dataset import DatasetError, build_datasets
+from dataset.check import check_volumes
 from dataset.io import write_label_nifti
 from sam2_train import runtime
 from sam2_train.checkpoint import load_checkpoint, load_model_state
@@ -45,6 +46,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("-gpu_device", type=cfg.nonneg_int, default=0)
     p.add_argument("-amp", type=cfg.lower_choice(("auto", "bf16", "off")), default="auto")
     p.add_argument("-max_volumes", type=cfg.nonneg_int, default=0, help="first N volumes only (0 = all)")
+    p.add_argument("-check_data", type=cfg.str2bool, nargs="?", const=True, default=True, metavar="{0,1}",
+                   help="check the files of the evaluated volumes first (see python -m dataset.check)")
     return p.parse_args(argv)
 
 
@@ -94,6 +97,9 @@ def main(argv=None) -> int:
             raise DatasetError(f"{args.data_path}: classes {list(splits.class_names)} do not match the checkpoint's "
                                f"{saved_classes}")
         volumes = splits.require_test() if opts.split == "test" else splits.val
+        if opts.check_data:
+            check_volumes({opts.split: [(r, True) for r in volumes.refs[:opts.max_volumes or None]]},
+                          num_workers=int(getattr(args, "num_workers", 0) or 0))
 
         dist = runtime.init_distributed(args)
         device = dist.device

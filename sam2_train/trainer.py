@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dataset import DatasetError, build_datasets, collate_volumes
+from dataset.check import check_before_training
 from sam2_train import runtime
 from sam2_train.build import CheckpointMismatchError
 from sam2_train.checkpoint import (CheckpointError, ConfigMismatchError, check_config_compatible, gather_rng_states,
@@ -109,6 +110,7 @@ def _train(args, pipeline: Pipeline) -> int:
     args.num_classes = splits.num_classes
     if args.method != "supervised" and splits.unlabeled is None:
         raise DatasetError(splits.unlabeled_missing or "no unlabeled data")
+    check_before_training(splits, args, is_main=dist.is_main)
 
     resume_state = None
     if args.resume:
