@@ -120,7 +120,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-net", type=lower_choice(("sam2",)), default="sam2", help="network family (only sam2)")
     g.add_argument("-exp_name", type=str, default=None, help="run name; outputs go to <log_dir>/<exp_name>_<timestamp>/")
     _bool_flag(g, "-vis", False, "write PNG overlays of validation predictions")
-    _bool_flag(g, "-train_vis", False, "write PNG overlays of training batches")
     g.add_argument("-prompt", type=lower_choice(("bbox", "click")), default="bbox",
                    help="3D: ground-truth prompt type on labeled clips")
     g.add_argument("-prompt_freq", type=positive_int, default=2,
@@ -290,6 +289,17 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
     return args
 
 
+# Flags read by one script only: (flag, the script that reads it, the parser default).
+SCRIPT_ONLY_FLAGS = (("prompt", "3d", "bbox"), ("video_length", "3d", None), ("memory_bank_size", "3d", 16),
+                     ("slab_len", "2d", 4), ("protocol", "2d", "ssl4mis"))
+
+
+def flags_ignored_by(args: argparse.Namespace, script: str) -> list[str]:
+    """Flags set away from their default (before :func:`resolve_defaults`) that ``script`` does not read."""
+    return [f"-{name}" for name, reader, default in SCRIPT_ONLY_FLAGS
+            if reader != script and getattr(args, name) != default]
+
+
 def parse_args(argv: Sequence[str] | None = None, script: str = "2d") -> argparse.Namespace:
     """Parse ``argv`` (default ``sys.argv[1:]``) for ``script`` in {"2d", "3d"}; exits 2 with one line on bad input."""
     if script not in ("2d", "3d"):
@@ -299,4 +309,7 @@ def parse_args(argv: Sequence[str] | None = None, script: str = "2d") -> argpars
     args = parser.parse_args(argv)
     if args.out_size is not None and args.image_size is not None and args.out_size > 4 * args.image_size:
         parser.error(f"argument -out_size: {args.out_size} is larger than 4 x -image_size")
+    for flag in flags_ignored_by(args, script):
+        other = "train_3d.py" if script == "2d" else "train_2d.py"
+        print(f"warning: {flag} is read by {other} only; train_{script}.py ignores it", file=sys.stderr)
     return resolve_defaults(args, script)

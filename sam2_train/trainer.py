@@ -144,6 +144,8 @@ def _train(args, pipeline: Pipeline) -> int:
     else:
         run_dir = RunDir.create(args.log_dir, args.exp_name, args, is_main=dist.is_main)
     teacher = ema.module if ema is not None else net
+    if args.compile:
+        runtime.compile_image_encoders(net, teacher)
     # find_unused_parameters: a step uses only part of SAM-2 (2D never runs the memory modules; prompts and
     # the unlabeled branch vary per step), and DDP must not wait for gradients that never come.
     student = runtime.wrap_ddp(pipeline.make_student(net, args).to(device), dist, find_unused_parameters=True)
