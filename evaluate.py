@@ -28,6 +28,7 @@ from sam2_train.evaluation import format_summary, write_case_rows
 from sam2_train.run_dir import console, write_json_atomic
 from sam2_train.sss_net import build_sss_net
 from sam2_train.trainer import USER_ERRORS, validate
+from sam2_train.trusted_config import trusted_sam_config
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -45,6 +46,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("-device", type=cfg.lower_choice(("auto", "cuda", "cpu")), default="auto")
     p.add_argument("-gpu_device", type=cfg.nonneg_int, default=0)
     p.add_argument("-amp", type=cfg.lower_choice(("auto", "bf16", "off")), default="auto")
+    p.add_argument("-sam_config", default=None,
+                   help="SAM-2 config to build (a name or a yaml path you trust); default: the checkpoint's, "
+                        "which must be a built-in config")
     p.add_argument("-max_volumes", type=cfg.nonneg_int, default=0, help="first N volumes only (0 = all)")
     p.add_argument("-check_data", type=cfg.str2bool, nargs="?", const=True, default=True, metavar="{0,1}",
                    help="check the files of the evaluated volumes first (see python -m dataset.check)")
@@ -78,6 +82,7 @@ def main(argv=None) -> int:
     try:
         state = load_checkpoint(opts.ckpt)
         args = argparse.Namespace(**state["config"])
+        args.sam_config = opts.sam_config or trusted_sam_config(args.sam_config, opts.ckpt)
         for key in ("dataset", "data_path", "protocol"):
             if getattr(opts, key) is not None:
                 setattr(args, key, getattr(opts, key))

@@ -30,6 +30,7 @@ from sam2_train.evaluation import evaluate_volumes, format_summary, write_case_r
 from sam2_train.run_dir import RunDir, console
 from sam2_train.schedule import build_optimizer, build_scheduler, current_lrs
 from sam2_train.sss_net import SSSNet, build_sss_net
+from sam2_train.trusted_config import trusted_sam_config
 from sam2_train.vis import save_overlays
 
 USER_ERRORS = (DatasetError, FileNotFoundError, CheckpointError, CheckpointMismatchError, ConfigMismatchError)
@@ -121,7 +122,8 @@ def _train(args, pipeline: Pipeline) -> int:
                         sam_ckpt="none" if resume_state is not None else None)
     if args.pretrain and resume_state is None:
         state = load_checkpoint(args.pretrain)
-        check_config_compatible(state["config"], args, source=args.pretrain)
+        saved = dict(state["config"], sam_config=trusted_sam_config(state["config"].get("sam_config"), args.pretrain))
+        check_config_compatible(saved, args, source=args.pretrain)
         load_model_state(net, state["model"], strict=True)
 
     semi = args.method != "supervised"
