@@ -214,3 +214,22 @@ def test_cli_exit_codes_and_summary(acdc):
     assert r.returncode == 1
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == [
         f"error: {bad}: label values [9] outside the class range 0..3"]
+
+
+def test_evaluate_checks_the_split_it_reads(acdc, tmp_path, capsys):
+    """evaluate.py checks the evaluated split before building the model: a bad label in the last test volume
+    stops it with one line, even with -max_volumes 0 (all volumes)."""
+    import cfg
+    import evaluate
+    import torch
+    config = vars(cfg.parse_args(["-dataset", "acdc", "-data_path", acdc, "-sam_config", "sam2_hiera_t",
+                                  "-num_workers", "0"], script="2d"))
+    config["class_names"] = ["RV", "Myo", "LV"]
+    ckpt = str(tmp_path / "model.pt")
+    torch.save({"model": {}, "config": config, "version": 1}, ckpt)
+    bad = last_test_volume(acdc)
+    plant_label_value(bad, 9)
+    assert evaluate.main(["-ckpt", ckpt, "-split", "test", "-log_dir", str(tmp_path / "ev")]) == 2
+    err = [ln for ln in capsys.readouterr().err.replace("\r", "\n").splitlines() if ln.startswith("error")]
+    assert err == [f"error: {bad}: label values [9] outside the class range 0..3"]
+    assert not (tmp_path / "ev").exists()
