@@ -205,6 +205,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="custom: comma-separated foreground class names, label 1 first")
     g.add_argument("-protocol", type=lower_choice(("ssl4mis", "unimatch")), default="ssl4mis",
                    help="ACDC evaluation protocol (nearest-resized argmax vs bilinear logits)")
+    _bool_flag(g, "-check_data", True, "check every file the run reads before training (python -m dataset.check; "
+               "results cached per file in ~/.cache/sss/data_check.json)")
 
     g = p.add_argument_group("method")
     g.add_argument("-method", type=lower_choice(METHODS), default="sss")
@@ -295,6 +297,17 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
     return args
 
 
+# Flags read by one script only: (flag, the script that reads it, the parser default).
+SCRIPT_ONLY_FLAGS = (("prompt", "3d", "bbox"), ("video_length", "3d", None), ("memory_bank_size", "3d", 16),
+                     ("slab_len", "2d", 4), ("protocol", "2d", "ssl4mis"))
+
+
+def flags_ignored_by(args: argparse.Namespace, script: str) -> list[str]:
+    """Flags set away from their default (before :func:`resolve_defaults`) that ``script`` does not read."""
+    return [f"-{name}" for name, reader, default in SCRIPT_ONLY_FLAGS
+            if reader != script and getattr(args, name) != default]
+
+
 def to_config(args: argparse.Namespace, num_classes: int) -> TrainConfig:
     """The typed settings of a run: model, semi-supervised method, PCSW, optimisation, run."""
     model = ModelConf(sam_config=args.sam_config, sam_ckpt=args.sam_ckpt, image_size=args.image_size,
@@ -329,4 +342,7 @@ def parse_args(argv: Sequence[str] | None = None, script: str = "2d") -> argpars
     args = parser.parse_args(argv)
     if args.out_size is not None and args.image_size is not None and args.out_size > 4 * args.image_size:
         parser.error(f"argument -out_size: {args.out_size} is larger than 4 x -image_size")
+    for flag in flags_ignored_by(args, script):
+        other = "train_3d.py" if script == "2d" else "train_2d.py"
+        print(f"warning: {flag} is read by {other} only; train_{script}.py ignores it", file=sys.stderr)
     return resolve_defaults(args, script)

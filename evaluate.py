@@ -21,6 +21,7 @@ import numpy as np
 
 import cfg
 from dataset import DatasetError, build_datasets
+from dataset.check import check_volumes
 from dataset.io import write_label_nifti
 from run_training import USER_ERRORS, task_for
 from sam2_train.engine import runtime
@@ -29,6 +30,7 @@ from sam2_train.engine.run_dir import console, write_json_atomic
 from sam2_train.engine.trainer import evaluate_model
 from sam2_train.evaluation.loop import format_summary, write_case_rows
 from sam2_train.model.sss_net import build_sss_net
+from sam2_train.engine.trusted_config import trusted_sam_config
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -49,7 +51,12 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("-device", type=cfg.lower_choice(("auto", "cuda", "cpu")), default="auto")
     p.add_argument("-gpu_device", type=cfg.nonneg_int, default=0)
     p.add_argument("-amp", type=cfg.lower_choice(("auto", "bf16", "off")), default="auto")
+    p.add_argument("-sam_config", default=None,
+                   help="SAM-2 config to build (a name or a yaml path you trust); default: the checkpoint's, "
+                        "which must be a built-in config")
     p.add_argument("-max_volumes", type=cfg.nonneg_int, default=0, help="first N volumes only (0 = all)")
+    p.add_argument("-check_data", type=cfg.str2bool, nargs="?", const=True, default=True, metavar="{0,1}",
+                   help="check the files of the evaluated volumes first (see python -m dataset.check)")
     return p.parse_args(argv)
 
 
@@ -91,6 +98,24 @@ class LoadedModel:
                                                    device=self.device, autocast=autocast)
 
 
+def checkpoint_args(state: dict, ckpt: str, overrides: dict | None = None, *, device: str = "auto",
+                    gpu_device: int = 0, amp: str = "auto") -> argparse.Namespace:
+    """The flags a checkpoint was trained with, with ``overrides`` (None values ignored) applied. A
+    ``sam_config`` not overridden must be a built-in config (a checkpoint cannot name a yaml to run)."""
+    args = argparse.Namespace(**state["config"])
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            setattr(args, key, value)
+    if not (overrides or {}).get("sam_config"):
+        args.sam_config = trusted_sam_config(args.sam_config, ckpt)
+    args.device, args.gpu_device, args.amp, args.distributed = device, gpu_device, amp, "none"
+    args.hu_window = tuple(args.hu_window)
+    args.dfe_levels = tuple(args.dfe_levels)
+    if getattr(args, "infer", None) is None:  # a checkpoint from before -infer existed
+        args.infer = "pcsw" if args.pcsw else "boxes"
+    return args
+
+
 def load_model(ckpt: str, *, weights: str = "auto", device: str = "auto", gpu_device: int = 0, amp: str = "auto",
                overrides: dict | None = None, state: dict | None = None) -> LoadedModel:
     """Build the network of checkpoint ``ckpt`` from its config and load its weights (strict).
@@ -99,15 +124,7 @@ def load_model(ckpt: str, *, weights: str = "auto", device: str = "auto", gpu_de
     ``ema`` (an error without one) or ``student``/``model``. ``overrides``: config keys to replace (None values
     are ignored), e.g. ``infer``. ``state``: the already loaded checkpoint dict, to avoid reading it twice."""
     state = load_checkpoint(ckpt) if state is None else state
-    args = argparse.Namespace(**state["config"])
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            setattr(args, key, value)
-    args.device, args.gpu_device, args.amp, args.distributed = device, gpu_device, amp, "none"
-    args.hu_window = tuple(args.hu_window)
-    args.dfe_levels = tuple(args.dfe_levels)
-    if getattr(args, "infer", None) is None:  # a checkpoint from before -infer existed
-        args.infer = "pcsw" if args.pcsw else "boxes"
+    args = checkpoint_args(state, ckpt, overrides, device=device, gpu_device=gpu_device, amp=amp)
     config = cfg.to_config(args, len(args.class_names))
     dev = runtime.init_distributed(device=device, gpu_device=gpu_device, distributed="none").device
     net = build_sss_net(config.model, device=dev, sam_ckpt="none")
@@ -122,16 +139,22 @@ def load_model(ckpt: str, *, weights: str = "auto", device: str = "auto", gpu_de
 def main(argv=None) -> int:
     opts = parse(argv)
     try:
-        model = load_model(opts.ckpt, weights=opts.weights, device=opts.device, gpu_device=opts.gpu_device,
-                           amp=opts.amp, overrides={key: getattr(opts, key)
-                                                    for key in ("dataset", "data_path", "protocol", "infer")})
-        args, device, net = model.args, model.device, model.net
+        state = load_checkpoint(opts.ckpt)
+        overrides = {key: getattr(opts, key) for key in ("dataset", "data_path", "protocol", "infer", "sam_config")}
+        args = checkpoint_args(state, opts.ckpt, overrides, device=opts.device, gpu_device=opts.gpu_device,
+                               amp=opts.amp)
         saved_classes = list(args.class_names)
         splits = build_datasets(args, args.script)
         if list(splits.class_names) != saved_classes:
             raise DatasetError(f"{args.data_path}: classes {list(splits.class_names)} do not match the checkpoint's "
                                f"{saved_classes}")
         volumes = splits.require_test() if opts.split == "test" else splits.val
+        if opts.check_data:  # every evaluated file, before the model is built
+            check_volumes({opts.split: [(r, True) for r in volumes.refs[:opts.max_volumes or None]]},
+                          num_workers=int(getattr(args, "num_workers", 0) or 0))
+        model = load_model(opts.ckpt, weights=opts.weights, device=opts.device, gpu_device=opts.gpu_device,
+                           amp=opts.amp, overrides=overrides, state=state)
+        device, net = model.device, model.net
 
         run_name = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(opts.ckpt)))) or "ckpt"
         out = os.path.join(opts.log_dir, f"eval_{run_name}_{opts.split}_{dt.datetime.now():%Y%m%d-%H%M%S}")

@@ -9,6 +9,7 @@ import sys
 
 import cfg
 from dataset import DatasetError, build_datasets
+from dataset.check import check_before_training
 from sam2_train.engine import runtime
 from sam2_train.engine.checkpoint import CheckpointError, ConfigMismatchError
 from sam2_train.engine.trainer import RunSetupError, Task, Trainer
@@ -40,6 +41,7 @@ def main(argv, script: str) -> int:
     try:
         dist = runtime.init_distributed(device=args.device, gpu_device=args.gpu_device, distributed=args.distributed)
         splits = build_datasets(args, script)
+        check_before_training(splits, args, is_main=dist.is_main)   # every file the run reads, before training
         config = cfg.to_config(args, splits.num_classes)
         return Trainer(config, task_for(script), splits, dist, record_of(args, splits)).fit()
     except USER_ERRORS as e:  # bad input: one line, no traceback

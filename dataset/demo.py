@@ -10,10 +10,9 @@
 * ``--kind bhsd``: OUT is a BHSD root: ``label_192/images`` + ``label_192/ground truths`` (12 volumes,
   two of them the same patient key) and ``unlabel_1980/{anybleed,nobleed}`` (8 volumes). int16 HU images,
   uint16 labels (1 EDH, 2 IPH, 3 IVH, 4 SAH, 5 SDH). Shapes, spacings and orientations (qform,
-  qfac -1) come from real BHSD headers (``bhsd_label_headers.csv``; a built-in copy of a few rows is used
-  when the file is absent), with the 512 px in-plane grid divided by ``--scale`` (default 4 -> 128 px,
-  spacing x 4 so the anatomy keeps its size in mm). Two labeled volumes have no hemorrhage. The bleeds, the
-  ventricles and the fissure are ``--lesion_scale`` (default 3) times wider than real ones, so that a
+  qfac -1) come from the 192 real BHSD headers shipped in ``dataset/bhsd_headers.csv``, with the 512 px
+  in-plane grid divided by ``--scale`` (default 4 -> 128 px, spacing x 4 so the anatomy keeps its size in
+  mm). Two labeled volumes have no hemorrhage. The bleeds, the ventricles and the fissure are ``--lesion_scale`` (default 3) times wider than real ones, so that a
   randomly initialised model at the demo's 128 px (a 32 x 32 coarse map) can resolve them on a CPU in
   minutes; ``--lesion_scale 1`` gives realistic sizes.
 * ``--kind both``: OUT/demo_acdc and OUT/demo_bhsd (the default -data_path of -dataset demo is
@@ -37,17 +36,8 @@ import numpy as np
 from .io import to_file_orientation
 
 DEMO_MARKER = "DEMO.json"
-HEADERS_CSV = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                           "shared", "data", "bhsd_label_headers.csv")
-# Fallback when the shared CSV is absent: (Z, pixdim x, y, z, quatern b, c, d, qoffset x, y, z) of real volumes.
-_FALLBACK_HEADERS = [
-    (28, 0.48828, 0.48828, 5.288, -0.0, 0.98629, 0.16505, 125.0, -96.03, -63.31),
-    (28, 0.48828, 0.48828, 5.3927, -0.0, 0.98163, 0.19081, 125.0, -113.95, -39.41),
-    (32, 0.48828, 0.48828, 5.0, -0.0, 0.99863, 0.05234, 125.0, -110.0, -50.0),
-    (36, 0.44922, 0.44922, 4.8, -0.0, 0.99619, 0.08716, 115.0, -105.0, -60.0),
-    (30, 0.42969, 0.42969, 5.0, -0.0, 1.0, 0.0, 110.0, -100.0, -70.0),
-    (24, 0.5293, 0.5293, 5.5, -0.0, 0.99027, 0.13917, 135.0, -120.0, -55.0),
-]
+# Real BHSD qform headers (shipped with the repository); see the comment lines at the top of the file.
+HEADERS_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bhsd_headers.csv")
 
 ACDC_DEMO = dict(patients=16, train=10, val=2, test=4, slices=(6, 10), size=(96, 160))
 BHSD_DEMO = dict(labeled=12, unlabeled=8, no_bleed=2, scale=4, lesion_scale=3.0)
@@ -173,18 +163,29 @@ def make_acdc(out: str, seed: int = 0, patients: int = ACDC_DEMO["patients"]) ->
 
 
 def load_headers(path: str | None = None) -> list[tuple]:
-    """Real BHSD header rows as (Z, px, py, pz, qb, qc, qd, ox, oy, oz)."""
+    """Real BHSD header rows as (Z, px, py, pz, qb, qc, qd, ox, oy, oz), in file order.
+
+    ``path`` (default: the table shipped as ``dataset/bhsd_headers.csv``) is that table (columns nz, px, py,
+    pz, quatern_b/c/d, qoffset_x/y/z; ``#`` lines are comments) or a full nibabel header dump with columns
+    ``dim``, ``pixdim``, ``quatern_*``, ``qoffset_*``. DatasetError naming the file when it is missing or
+    has no rows."""
+    from .errors import DatasetError
+
     path = path or HEADERS_CSV
     if not os.path.isfile(path):
-        return list(_FALLBACK_HEADERS)
+        raise DatasetError(f"{path}: BHSD header table not found")
     rows = []
     with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            dim = ast.literal_eval(r["dim"])
-            pix = ast.literal_eval(r["pixdim"])
-            rows.append((int(dim[3]), float(pix[1]), float(pix[2]), float(pix[3]), float(r["quatern_b"]),
-                         float(r["quatern_c"]), float(r["quatern_d"]), float(r["qoffset_x"]),
-                         float(r["qoffset_y"]), float(r["qoffset_z"])))
+        for r in csv.DictReader(ln for ln in f if not ln.startswith("#")):
+            if "dim" in r:
+                dim, pix = ast.literal_eval(r["dim"]), ast.literal_eval(r["pixdim"])
+                z, px, py, pz = int(dim[3]), float(pix[1]), float(pix[2]), float(pix[3])
+            else:
+                z, px, py, pz = int(r["nz"]), float(r["px"]), float(r["py"]), float(r["pz"])
+            rows.append((z, px, py, pz, float(r["quatern_b"]), float(r["quatern_c"]), float(r["quatern_d"]),
+                         float(r["qoffset_x"]), float(r["qoffset_y"]), float(r["qoffset_z"])))
+    if not rows:
+        raise DatasetError(f"{path}: BHSD header table has no rows")
     return rows
 
 
@@ -200,6 +201,22 @@ def header_affine(row: tuple, scale: int, nx: int = 512, ny: int = 512):
     hdr["qoffset_x"], hdr["qoffset_y"], hdr["qoffset_z"] = ox, oy, oz
     hdr["qform_code"] = 1
     return hdr.get_qform()
+
+
+def phantom_grid(row: tuple, scale: int):
+    """(qform affine, canonical (D, H, W) shape, canonical spacing (sz, sy, sx) mm) of a phantom with header
+    ``row`` and the 512 px in-plane grid divided by ``scale``."""
+    import nibabel as nib
+
+    affine = header_affine(row, scale)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    nxyz = (512 // scale, 512 // scale, row[0])
+    ornt = nib.orientations.io_orientation(affine)
+    ras_shape, ras_zoom = [0, 0, 0], [0.0, 0.0, 0.0]
+    for ax in range(3):
+        ras_shape[int(ornt[ax, 0])] = nxyz[ax]
+        ras_zoom[int(ornt[ax, 0])] = float(zooms[ax])
+    return affine, (ras_shape[2], ras_shape[1], ras_shape[0]), (ras_zoom[2], ras_zoom[1], ras_zoom[0])
 
 
 def file_shape_for(affine: np.ndarray, dhw: tuple) -> tuple:
@@ -350,18 +367,7 @@ def make_bhsd(out: str, seed: int = 0, labeled: int = BHSD_DEMO["labeled"], unla
     for i in range(total):
         vrng = np.random.default_rng([seed, 12, i])
         row = rows[int(vrng.integers(0, len(rows)))]
-        affine = header_affine(row, scale)
-        zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
-        nxyz = (512 // scale, 512 // scale, row[0])
-        # canonical (D,H,W) shape and spacing from the file grid
-        import nibabel as nib
-        ornt = nib.orientations.io_orientation(affine)
-        ras_shape, ras_zoom = [0, 0, 0], [0.0, 0.0, 0.0]
-        for ax in range(3):
-            ras_shape[int(ornt[ax, 0])] = nxyz[ax]
-            ras_zoom[int(ornt[ax, 0])] = float(zooms[ax])
-        D, H, W = ras_shape[2], ras_shape[1], ras_shape[0]
-        spacing = (ras_zoom[2], ras_zoom[1], ras_zoom[0])
+        affine, (D, H, W), spacing = phantom_grid(row, scale)
         if i < labeled:
             bleeds = [] if i in no_bleed else list(vrng.choice(_KINDS, size=int(vrng.integers(2, 5)), replace=False))
             if i < len(_KINDS) and i not in no_bleed and _KINDS[i] not in bleeds:

@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -10,7 +11,9 @@ if ROOT not in sys.path:
 
 # Real ACDC sample shipped beside the repository (../shared/data/ACDC); tests using it skip without it.
 SHARED_ACDC = os.path.join(os.path.dirname(ROOT), "shared", "data", "ACDC")
-BHSD_HEADERS = os.path.join(os.path.dirname(ROOT), "shared", "data", "bhsd_label_headers.csv")
+
+# The data check's cache (dataset/check.py) goes to a fresh folder per test session, not ~/.cache.
+os.environ.setdefault("SSS_CACHE_DIR", tempfile.mkdtemp(prefix="sss-test-cache-"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -215,6 +215,19 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
+def compile_image_encoders(*nets: torch.nn.Module) -> int:
+    """``-compile 1``: ``torch.compile`` the SAM-2 image encoder of each distinct network (``SSSNet``, maybe
+    wrapped) in place with ``nn.Module.compile``, so parameters and state-dict keys stay as they are
+    (checkpoints and the EMA are unaffected). Returns the number of encoders compiled."""
+    done = set()
+    for net in nets:
+        encoder = unwrap_model(net).sam.sam.image_encoder
+        if id(encoder) not in done:
+            encoder.compile()
+            done.add(id(encoder))
+    return len(done)
+
+
 def wrap_ddp(model: torch.nn.Module, dist_info: DistInfo, **ddp_kwargs) -> torch.nn.Module:
     """Wrap ``model`` (already on ``dist_info.device``) in DistributedDataParallel when a process group is
     in use; return it unchanged otherwise. Extra keyword arguments go to DDP (e.g.

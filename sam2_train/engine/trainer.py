@@ -29,6 +29,7 @@ from sam2_train.engine.checkpoint import (check_config_compatible, gather_rng_st
 from sam2_train.engine.ema import ModelEMA
 from sam2_train.engine.run_dir import RunDir, write_json_atomic
 from sam2_train.engine.schedule import OptimConf, build_optimizer, build_scheduler, current_lrs
+from sam2_train.engine.trusted_config import trusted_sam_config
 from sam2_train.evaluation.loop import EvalResult, evaluate_volumes, format_summary, write_case_rows
 from sam2_train.evaluation.vis import save_overlays
 from sam2_train.model.pcsw import PCSWConfig
@@ -166,7 +167,8 @@ class Trainer:
                                  sam_ckpt="none" if resume is not None else None)
         if run.pretrain and resume is None:
             state = load_checkpoint(run.pretrain)
-            check_config_compatible(state["config"], self.record, source=run.pretrain)
+            saved = dict(state["config"], sam_config=trusted_sam_config(state["config"].get("sam_config"), run.pretrain))
+            check_config_compatible(saved, self.record, source=run.pretrain)
             load_model_state(self.net, state["model"], strict=True)
 
         self.loader_l = make_loader(self.splits.labeled, run.batch_size, seed=run.seed,
@@ -190,6 +192,8 @@ class Trainer:
             if dist.is_main:
                 write_json_atomic(os.path.join(self.run_dir.path, "splits.json"), self.splits.case_names)
         teacher = self.ema.module if (self.ema is not None and self.semi_supervised) else self.net
+        if run.compile:
+            runtime.compile_image_encoders(self.net, *([self.ema.module] if self.ema is not None else []))
         # find_unused_parameters: a step uses only part of SAM-2 (2D never runs the memory modules; prompts and
         # the unlabeled branch vary per step), and DDP must not wait for gradients that never come.
         student = self.task.make_student(self.net, teacher, self.config, self.autocast).to(self.device)

@@ -1,0 +1,231 @@
+"""The data check (dataset/check.py): every file a run reads is checked before training, bad files anywhere in
+a split stop the run with one line naming them, results are cached per file, ``python -m dataset.check``."""
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from dataset import DatasetError, build_datasets
+from dataset.check import check_before_training, check_file, check_splits
+from tests._data_fixtures import LAS, args, canonical_volume, make_bhsd_root, save_nifti, write_h5
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "sam2_train", "configs", "sam2_hiera_test.yaml")
+ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
+
+
+@pytest.fixture(scope="module")
+def demo_acdc(tmp_path_factory):
+    from dataset.demo import ensure_demo
+    return ensure_demo(str(tmp_path_factory.mktemp("data") / "demo_acdc"), "acdc", seed=0)
+
+
+@pytest.fixture
+def acdc(demo_acdc, tmp_path):
+    """A private copy of the ACDC demo root that a test may damage."""
+    root = str(tmp_path / "acdc")
+    shutil.copytree(demo_acdc, root)
+    return root
+
+
+def last_unlabeled_slice(root):
+    """The h5 file of the last entry of train_slices.list (an unlabeled slice at the default -labeled_num 2)."""
+    name = open(os.path.join(root, "train_slices.list")).read().split()[-1]
+    return os.path.join(root, "data", "slices", name + ".h5")
+
+
+def last_test_volume(root):
+    name = open(os.path.join(root, "test.list")).read().split()[-1]
+    return os.path.join(root, "data", name + ".h5")
+
+
+def plant_label_value(path, value=9):
+    with h5py.File(path, "r+") as f:
+        lab = f["label"][()]
+        lab[tuple(i // 2 for i in lab.shape)] = value
+        del f["label"]
+        f.create_dataset("label", data=lab)
+
+
+def train(root, log_dir, capsys, *extra):
+    """train_2d.py in-process (the check runs before the model is built); returns (status, stdout, stderr)."""
+    import run_training
+    status = run_training.main(["-dataset", "acdc", "-data_path", root, "-sam_config", TINY, "-image_size", "64", "-b", "2",
+                  "-max_iters", "1", "-num_workers", "0", "-device", "cpu", "-log_dir", str(log_dir), *extra], "2d")
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+@pytest.mark.parametrize("fault", ["truncated unlabeled slice", "label 9 in a test volume"])
+def test_bad_file_anywhere_stops_the_run_before_training(acdc, tmp_path, capsys, fault):
+    if fault.startswith("truncated"):
+        bad = last_unlabeled_slice(acdc)
+        with open(bad, "r+b") as f:
+            f.truncate(100)
+        what = "cannot read HDF5 file"
+    else:
+        bad = last_test_volume(acdc)
+        plant_label_value(bad, 9)
+        what = "label values [9] outside the class range 0..3"
+    status, out, err = train(acdc, tmp_path / "logs", capsys)
+    assert status == 2
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.startswith("error")]   # not the tqdm bar
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: ") and what in lines[0], err
+    assert "Traceback" not in err
+    assert not os.path.exists(tmp_path / "logs")            # no run directory: training never started
+
+
+def test_check_data_0_skips_the_check(acdc, tmp_path):
+    plant_label_value(last_test_volume(acdc), 9)
+    a = args(dataset="acdc", data_path=acdc, labeled_num=2)
+    splits = build_datasets(a, "2d")
+    a.check_data, a.num_workers = False, 0
+    assert check_before_training(splits, a) is None
+    a.check_data = True
+    with pytest.raises(DatasetError, match="outside the class range"):
+        check_before_training(splits, a)
+
+
+def test_supervised_runs_do_not_check_the_unlabeled_set(acdc):
+    with open(last_unlabeled_slice(acdc), "r+b") as f:
+        f.truncate(100)
+    a = args(dataset="acdc", data_path=acdc, labeled_num=2, method="supervised", check_data=True, num_workers=0)
+    report = check_before_training(build_datasets(a, "2d"), a)
+    assert report.errors == [] and "unlabeled" not in report.splits
+
+
+def test_cache_skips_unchanged_files_and_sees_changes(acdc, tmp_path):
+    cache = str(tmp_path / "cache.json")
+    splits = build_datasets(args(dataset="acdc", data_path=acdc, labeled_num=2), "2d")
+    first = check_splits(splits, cache_file=cache, progress=False)
+    assert first.files > 100 and first.cached == 0 and os.path.isfile(cache)
+    second = check_splits(splits, cache_file=cache, progress=False)
+    assert second.cached == second.files == first.files
+    assert second.splits == first.splits                      # the summary comes back from the cache
+    bad = last_test_volume(acdc)
+    plant_label_value(bad, 9)                                 # size/mtime change: re-read, error found
+    os.utime(bad, ns=(os.stat(bad).st_atime_ns, os.stat(bad).st_mtime_ns + 10**9))
+    third = check_splits(splits, cache_file=cache, progress=False, raise_on_error=False)
+    assert third.cached == first.files - 1
+    assert len(third.errors) == 1 and third.errors[0].startswith(f"{bad}: label values [9]")
+
+
+def test_parallel_check_finds_the_same(acdc, tmp_path):
+    with open(last_unlabeled_slice(acdc), "r+b") as f:
+        f.truncate(100)
+    plant_label_value(last_test_volume(acdc), 9)
+    splits = build_datasets(args(dataset="acdc", data_path=acdc, labeled_num=2), "2d")
+    serial = check_splits(splits, cache_file="", progress=False, raise_on_error=False)
+    parallel = check_splits(splits, num_workers=2, cache_file="", progress=False, raise_on_error=False)
+    assert len(serial.errors) == 2 and parallel.errors == serial.errors
+    assert parallel.splits == serial.splits
+    with pytest.raises(DatasetError) as e:
+        serial.raise_if_bad()
+    assert "\n" not in str(e.value) and "1 more bad file" in str(e.value)
+
+
+def test_h5_contents(tmp_path):
+    p = str(tmp_path / "s.h5")
+    lab = np.zeros((8, 8), np.uint8)
+    write_h5(p, image=np.full((8, 8), np.nan, np.float32), label=lab)
+    with pytest.raises(DatasetError, match="64 non-finite values"):
+        check_file(("h5", p, p, 3, 2))
+    write_h5(p, image=np.zeros((0, 8), np.float32), label=np.zeros((0, 8), np.uint8))
+    with pytest.raises(DatasetError, match="image is empty"):
+        check_file(("h5", p, p, 3, 2))
+    write_h5(p, image=np.zeros((8, 8), np.float32))
+    with pytest.raises(DatasetError, match="missing key"):
+        check_file(("h5", p, p, 3, 2))
+    write_h5(p, image=np.zeros((8, 8), np.float32), label=np.full((8, 8), 0.5, np.float32))
+    with pytest.raises(DatasetError, match="non-integer"):
+        check_file(("h5", p, p, 3, 2))
+    write_h5(p, image=np.zeros((2, 8, 8), np.float32), label=np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(DatasetError, match="expected a 2-D image"):
+        check_file(("h5", p, p, 3, 2))
+    lab = np.zeros((8, 8), np.uint8)
+    lab[2, 3] = 2
+    write_h5(p, image=np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8), label=lab)
+    s = check_file(("h5", p, p, 3, 2))
+    assert s["hist"] == [63, 0, 1, 0] and (s["min"], s["max"]) == (0.0, 1.0) and s["shape"] == [8, 8]
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("affine", "label affine differs from the image affine"),
+    ("shape", "label shape (24, 20, 5) != image shape (24, 20, 6)"),
+    ("orientation", "label orientation RAS != image orientation LAS"),
+    ("spacing", "label spacing [2.0, 2.0, 2.5] mm != image spacing [2.0, 2.0, 5.0] mm"),
+])
+def test_nifti_image_and_label_must_agree(tmp_path, fault, message):
+    root = str(tmp_path / "bhsd")
+    names = make_bhsd_root(root, n=6)
+    label = os.path.join(root, "label_192", "ground truths", names[-1] + ".nii.gz")
+    hu, lab = canonical_volume(seed=5)
+    affine = LAS.copy()
+    if fault == "affine":
+        affine[:3, 3] += 4.0                                  # same grid, shifted 4 mm
+    elif fault == "shape":
+        lab = lab[:5]
+    elif fault == "orientation":
+        affine = np.diag([2.0, 2.0, 5.0, 1.0])
+    else:
+        affine = np.diag([-2.0, 2.0, 2.5, 1.0])
+    save_nifti(label, lab, affine, np.uint16)
+    splits = build_datasets(args(dataset="bhsd", data_path=root), "3d")      # every label is read
+    report = check_splits(splits, cache_file="", progress=False, raise_on_error=False)
+    (err,) = report.errors
+    assert err.startswith(f"{label}: {message} of {label.replace('ground truths', 'images')}"), err
+
+
+def test_nifti_summary(tmp_path):
+    root = str(tmp_path / "bhsd")
+    make_bhsd_root(root, n=6, unlabeled=2)
+    report = check_splits(build_datasets(args(dataset="bhsd", data_path=root), "3d"), cache_file="",
+                          progress=False)
+    lab = report.splits["labeled"]
+    assert (lab["volumes"], lab["slices"]) == (3, 18) and report.splits["unlabeled"]["volumes"] == 2
+    assert lab["spacing_min"] == lab["spacing_max"] == [5.0, 2.0, 2.0]
+    expected = np.zeros(6, np.int64)
+    names = [r.name for r in build_datasets(args(dataset="bhsd", data_path=root), "3d").labeled.refs]
+    for n in names:
+        seed = int(n.split("_ID_")[1], 16)
+        expected += np.bincount(canonical_volume(seed=seed)[1].ravel(), minlength=6)
+    assert lab["hist"] == expected.tolist()
+    assert "labeled: 3 volume(s), 18 slice(s); spacing (z,y,x) 5-5 / 2-2 / 2-2 mm" in report.summary()
+
+
+def test_cli_exit_codes_and_summary(acdc):
+    cmd = [sys.executable, "-m", "dataset.check", "-dataset", "acdc", "-data_path", acdc, "-num_workers", "2"]
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "data check:" in r.stdout and ": ok" in r.stdout
+    assert "labeled: 6 volume(s)" in r.stdout and "classes (voxels): background" in r.stdout   # 3 patients
+    assert "intensity 0..1" in r.stdout
+    bad = last_test_volume(acdc)
+    plant_label_value(bad, 9)
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == [
+        f"error: {bad}: label values [9] outside the class range 0..3"]
+
+
+def test_evaluate_checks_the_split_it_reads(acdc, tmp_path, capsys):
+    """evaluate.py checks the evaluated split before building the model: a bad label in the last test volume
+    stops it with one line, even with -max_volumes 0 (all volumes)."""
+    import cfg
+    import evaluate
+    import torch
+    config = vars(cfg.parse_args(["-dataset", "acdc", "-data_path", acdc, "-sam_config", "sam2_hiera_t",
+                                  "-num_workers", "0"], script="2d"))
+    config["class_names"] = ["RV", "Myo", "LV"]
+    ckpt = str(tmp_path / "model.pt")
+    torch.save({"model": {}, "config": config, "version": 1}, ckpt)
+    bad = last_test_volume(acdc)
+    plant_label_value(bad, 9)
+    assert evaluate.main(["-ckpt", ckpt, "-split", "test", "-log_dir", str(tmp_path / "ev")]) == 2
+    err = [ln for ln in capsys.readouterr().err.replace("\r", "\n").splitlines() if ln.startswith("error")]
+    assert err == [f"error: {bad}: label values [9] outside the class range 0..3"]
+    assert not (tmp_path / "ev").exists()
