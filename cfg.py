@@ -160,6 +160,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-max_iters", type=nonneg_int, default=None,
                    help="stop after this many iterations (0 = run all epochs)")
     g.add_argument("-resume", type=str, default=None, help="continue the run saved in this checkpoint (last.pt)")
+    _bool_flag(g, "-resume_force", False, "resume even though flags that change the run differ from the "
+               "checkpoint's (recorded in config.json under 'resumed')")
     g.add_argument("-num_workers", type=nonneg_int, default=None, help="DataLoader workers (default min(8, cpus))")
     g.add_argument("-log_dir", type=str, default="logs")
     g.add_argument("-log_freq", type=positive_int, default=20, help="log scalars every N iterations")

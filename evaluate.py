@@ -24,7 +24,7 @@ from dataset.io import write_label_nifti
 from sam2_train import runtime
 from sam2_train.checkpoint import load_checkpoint, load_model_state
 from sam2_train.evaluation import format_summary, write_case_rows
-from sam2_train.run_dir import console, write_json_atomic
+from sam2_train.run_dir import console, make_unique_dir, write_json_atomic
 from sam2_train.sss_net import build_sss_net
 from sam2_train.trainer import USER_ERRORS, validate
 
@@ -104,8 +104,8 @@ def main(argv=None) -> int:
         load_model_state(net, state["ema"]["module"] if use_ema else state["model"], strict=True)
 
         run_name = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(opts.ckpt)))) or "ckpt"
-        out = os.path.join(opts.log_dir, f"eval_{run_name}_{opts.split}_{dt.datetime.now():%Y%m%d-%H%M%S}")
-        os.makedirs(out, exist_ok=True)
+        stamp = f"{dt.datetime.now():%Y%m%d-%H%M%S}"
+        out = make_unique_dir(os.path.join(opts.log_dir, f"eval_{run_name}_{opts.split}_{stamp}"))
         save = prediction_writer(os.path.join(out, "predictions")) if opts.save_pred else None
         res = validate(pipeline, net, volumes, saved_classes, args, device,
                        lambda: runtime.autocast(device, args.amp), split=opts.split, save_pred=save,
