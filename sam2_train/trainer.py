@@ -21,17 +21,19 @@ from tqdm import tqdm
 from dataset import DatasetError, build_datasets, collate_volumes
 from sam2_train import runtime
 from sam2_train.build import CheckpointMismatchError
-from sam2_train.checkpoint import (CheckpointError, ConfigMismatchError, check_config_compatible, gather_rng_states,
-                                   load_checkpoint, load_model_state, make_checkpoint, restore_training_state,
-                                   save_checkpoint)
+from sam2_train.checkpoint import (CheckpointError, ConfigMismatchError, check_config_compatible, check_resume_config,
+                                   copy_file_atomic, gather_rng_states, load_checkpoint, load_model_state,
+                                   make_checkpoint, restore_training_state, resume_record, save_checkpoint,
+                                   saved_world_size, world_size_change_message)
 from sam2_train.ema import ModelEMA
 from sam2_train.evaluation import evaluate_volumes, format_summary, write_case_rows
-from sam2_train.run_dir import RunDir, console
+from sam2_train.run_dir import RunDir, RunLockedError, console
 from sam2_train.schedule import build_optimizer, build_scheduler, current_lrs
 from sam2_train.sss_net import SSSNet, build_sss_net
 from sam2_train.vis import save_overlays
 
-USER_ERRORS = (DatasetError, FileNotFoundError, CheckpointError, CheckpointMismatchError, ConfigMismatchError)
+USER_ERRORS = (DatasetError, FileNotFoundError, CheckpointError, CheckpointMismatchError, ConfigMismatchError,
+               RunLockedError)
 
 
 @dataclass
@@ -113,7 +115,8 @@ def _train(args, pipeline: Pipeline) -> int:
     resume_state = None
     if args.resume:
         resume_state = load_checkpoint(args.resume)
-        check_config_compatible(resume_state["config"], args, source=args.resume)
+        resume_changes = check_resume_config(resume_state["config"], args, force=args.resume_force,
+                                             source=args.resume)
 
     net = build_sss_net(args, splits.num_classes, device=device,
                         sam_ckpt="none" if resume_state is not None else None)
@@ -133,12 +136,14 @@ def _train(args, pipeline: Pipeline) -> int:
     scheduler = build_scheduler(optimizer, args, total)
     ema = ModelEMA(net, args.ema) if semi and args.ema > 0 else None
     guard = runtime.NonFiniteGuard(args.max_bad_steps)
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
     start, best = 0, {"metric": "dice", "value": -1.0, "iteration": 0}
     if resume_state is not None:
         info = restore_training_state(resume_state, net, optimizer=optimizer, scheduler=scheduler, ema=ema)
         start, best = info["iteration"], info["best"] or best
         guard.load_state_dict(resume_state.get("guard", {}))
         run_dir = RunDir.open(args.resume, is_main=dist.is_main, resume_iteration=start)
+        run_dir.record_resume(resume_record(resume_state, args.resume, resume_changes, dist.world_size))
     else:
         run_dir = RunDir.create(args.log_dir, args.exp_name, args, is_main=dist.is_main)
     teacher = ema.module if ema is not None else net
@@ -151,6 +156,13 @@ def _train(args, pipeline: Pipeline) -> int:
     log(f"run directory: {run_dir.path}" if dist.is_main else "")
     if resume_state is not None:
         log(f"resumed from {args.resume} at iteration {start}/{total}")
+        if resume_changes:
+            log("warning: -resume_force 1: continuing with changed flags " + ", ".join(
+                f"-{k} {old!r} -> {new!r}" for k, (old, new) in resume_changes.items()))
+        ws_change = world_size_change_message(saved_world_size(resume_state), dist.world_size, batch=args.b,
+                                              source=args.resume)
+        if ws_change:
+            log(f"warning: {ws_change}")
     log(f"{args.method} | {args.sam_config} @ {args.image_size}px | DFE {int(args.dfe)} PCSW {int(args.pcsw)} | "
         f"{total} iterations ({iters_per_epoch}/epoch) on {device}, world size {dist.world_size}")
 
@@ -158,11 +170,12 @@ def _train(args, pipeline: Pipeline) -> int:
     it_u = runtime.InfiniteLoader(dl_u, start_iter=start) if semi else None
 
     def checkpoint(name: str, iteration: int):
+        guard.require_finite_weights()  # collective; non-finite weights never reach a checkpoint
         rng = gather_rng_states()
         if dist.is_main:
             state = make_checkpoint(net, args, optimizer=optimizer, scheduler=scheduler, ema=ema, rng=rng,
                                     iteration=iteration, epoch=iteration // iters_per_epoch, best=best,
-                                    guard=guard.state_dict())
+                                    guard=guard.state_dict(), world_size=dist.world_size)
             save_checkpoint(run_dir.checkpoint_path(name), state)
 
     eval_net = lambda: teacher if ema is not None else net  # noqa: E731  (EMA teacher when there is one)
@@ -177,16 +190,18 @@ def _train(args, pipeline: Pipeline) -> int:
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        # one host sync per step: skip the update when the loss or any gradient is not finite
-        if guard.check(out["loss"].detach().float() + grad_norm, it):
+        done = it + 1  # the step's number in logs, messages and checkpoints
+        # one host sync per step: skip the update when the loss or any gradient is not finite; the same sync
+        # reads the finiteness of the weights the previous update produced
+        if guard.check(out["loss"].detach().float() + grad_norm, done):
             optimizer.step()
+            guard.watch_weights(trainable, done)
             if ema is not None:
                 ema.update(net)
         scheduler.step()
         for key, v in out.items():   # accumulate on device; fetched once per log interval
             sums[key] = sums.get(key, 0.0) + v.detach().float()
         n_sum += 1
-        done = it + 1
         if done % args.log_freq == 0 or done == total:
             keys = list(sums)
             means = {k: v / n_sum for k, v in zip(keys, torch.stack([sums[k] for k in keys]).cpu().tolist())}
@@ -198,6 +213,8 @@ def _train(args, pipeline: Pipeline) -> int:
         if args.save_freq and done % args.save_freq == 0 and done % val_every != 0 and done != total:
             checkpoint("last", done)
         if done % val_every == 0 or done == total:
+            guard.require_finite_weights()
+            improved = False
             if dist.is_main:
                 vis_dir = os.path.join(run_dir.vis_dir, f"iter{done:06d}") if args.vis else None
                 res = validate(pipeline, eval_net(), splits.val, args.class_names, args, device, autocast,
@@ -212,10 +229,10 @@ def _train(args, pipeline: Pipeline) -> int:
                     + " ".join(f"{c} {res.summary['dice'][c] * 100:.1f}" for c in args.class_names))
                 if np.isfinite(dice) and dice > best["value"]:
                     best = {"metric": "dice", "value": float(dice), "iteration": done}
-                    checkpoint("best", done)
-            else:
-                gather_rng_states()  # collective: keep ranks in step with the main rank's checkpoint()
-            checkpoint("last", done)
+                    improved = True
+            checkpoint("last", done)  # last.pt first, then best.pt as its copy
+            if improved:
+                copy_file_atomic(run_dir.checkpoint_path("last"), run_dir.checkpoint_path("best"))
             runtime.barrier()
 
     return _final_evaluation(args, pipeline, net, ema, splits, run_dir, device, autocast, dist)
