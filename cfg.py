@@ -176,6 +176,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "pcsw for every method; boxes for the '-pcsw 0' ablation. The final evaluation reports "
                         "all three")
     g.add_argument("-resume", type=str, default=None, help="continue the run saved in this checkpoint (last.pt)")
+    _bool_flag(g, "-resume_force", False, "resume even though flags that change the run differ from the "
+               "checkpoint's (recorded in config.json under 'resumed')")
     g.add_argument("-num_workers", type=nonneg_int, default=None, help="DataLoader workers (default min(8, cpus))")
     g.add_argument("-log_dir", type=str, default="logs")
     g.add_argument("-log_freq", type=positive_int, default=20, help="log scalars every N iterations")
@@ -328,7 +330,8 @@ def to_config(args: argparse.Namespace, num_classes: int) -> TrainConfig:
                   max_iters=args.max_iters, val_every=args.val_every * args.val_freq, val_volumes=args.val_volumes,
                   log_freq=args.log_freq, save_freq=args.save_freq, max_bad_steps=args.max_bad_steps,
                   batch_size=args.b, batch_size_u=args.b_u, num_workers=args.num_workers, ema=args.ema,
-                  infer=args.infer, protocol=args.protocol, resume=args.resume, pretrain=args.pretrain,
+                  infer=args.infer, protocol=args.protocol, resume=args.resume, resume_force=bool(args.resume_force),
+                  pretrain=args.pretrain,
                   vis=bool(args.vis), compile=bool(args.compile))
     return TrainConfig(model=model, semi=semi, pcsw=pcsw, optim=optim, run=run)
 

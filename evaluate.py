@@ -26,11 +26,11 @@ from dataset.io import write_label_nifti
 from run_training import USER_ERRORS, task_for
 from sam2_train.engine import runtime
 from sam2_train.engine.checkpoint import load_checkpoint, load_model_state
-from sam2_train.engine.run_dir import console, write_json_atomic
+from sam2_train.engine.run_dir import console, make_unique_dir, write_json_atomic
 from sam2_train.engine.trainer import evaluate_model
 from sam2_train.evaluation.loop import format_summary, write_case_rows
-from sam2_train.model.sss_net import build_sss_net
 from sam2_train.engine.trusted_config import trusted_sam_config
+from sam2_train.model.sss_net import build_sss_net
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -157,8 +157,8 @@ def main(argv=None) -> int:
         device, net = model.device, model.net
 
         run_name = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(opts.ckpt)))) or "ckpt"
-        out = os.path.join(opts.log_dir, f"eval_{run_name}_{opts.split}_{dt.datetime.now():%Y%m%d-%H%M%S}")
-        os.makedirs(out, exist_ok=True)
+        stamp = f"{dt.datetime.now():%Y%m%d-%H%M%S}"
+        out = make_unique_dir(os.path.join(opts.log_dir, f"eval_{run_name}_{opts.split}_{stamp}"))
         save = prediction_writer(os.path.join(out, "predictions")) if opts.save_pred else None
         res = evaluate_model(task_for(args.script), net, volumes, saved_classes, model.config, infer=args.infer,
                              device=device, autocast=lambda: runtime.autocast(device, args.amp), split=opts.split,

@@ -12,11 +12,12 @@ from dataset import DatasetError, build_datasets
 from dataset.check import check_before_training
 from sam2_train.engine import runtime
 from sam2_train.engine.checkpoint import CheckpointError, ConfigMismatchError
+from sam2_train.engine.run_dir import RunLockedError
 from sam2_train.engine.trainer import RunSetupError, Task, Trainer
 from sam2_train.model.build import CheckpointMismatchError
 
 USER_ERRORS = (DatasetError, FileNotFoundError, CheckpointError, CheckpointMismatchError, ConfigMismatchError,
-               RunSetupError)
+               RunSetupError, RunLockedError)
 
 
 def task_for(script: str) -> Task:

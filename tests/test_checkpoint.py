@@ -180,3 +180,49 @@ def test_config_compat_lists_all_differences():
     assert bad.image_size == 128 and bad.sam_config == "sam2_hiera_t" and bad.dfe_levels == (0, 1, 2)
     assert set(changed) == {"image_size", "sam_config", "dfe"}
     check_config_compatible(saved, bad)
+
+
+def test_resume_config_lists_changed_flags_and_force_accepts(tmp_path):
+    from sam2_train.engine.checkpoint import check_resume_config
+    saved = {"sam_config": "sam2_hiera_t", "image_size": 128, "dataset": "demo", "method": "sss", "seed": 0,
+             "b": 4, "max_iters": 300, "data_path": "./data/demo_acdc", "hu_window": [0.0, 80.0], "lr": 1e-3,
+             "num_workers": 4, "log_dir": "logs"}
+    same = args_ns(image_size=128, b=4, max_iters=300, data_path="data/demo_acdc/", hu_window=(0.0, 80.0),
+                   lr=1e-3, num_workers=0, log_dir="elsewhere")
+    assert check_resume_config(saved, same) == {}  # workers, log_dir, path spelling do not change the run
+    changed = args_ns(image_size=128, b=2, max_iters=600, data_path="./data/other", hu_window=(0.0, 80.0),
+                      lr=1e-3, seed=1)
+    with pytest.raises(ConfigMismatchError) as e:
+        check_resume_config(saved, changed, source="run/last.pt")
+    msg = str(e.value)
+    assert "\n" not in msg and "run/last.pt" in msg and "-resume_force 1" in msg
+    for part in ("-b 4 -> 2", "-max_iters 300 -> 600", "-seed 0 -> 1", "-data_path './data/demo_acdc' -> './data/other'"):
+        assert part in msg, msg
+    assert check_resume_config(saved, changed, force=True) == {
+        "seed": [0, 1], "b": [4, 2], "max_iters": [300, 600], "data_path": ["./data/demo_acdc", "./data/other"]}
+    # an architecture change cannot be forced: the weights would not fit
+    with pytest.raises(ConfigMismatchError, match="-image_size"):
+        check_resume_config(saved, args_ns(image_size=256, b=4), force=True)
+
+
+def test_world_size_change_is_explained():
+    from sam2_train.engine.checkpoint import saved_world_size, world_size_change_message
+    state = {"rng": {"per_rank": [capture_rng_state(), capture_rng_state()]}}
+    assert saved_world_size(state) == 2 and saved_world_size({"world_size": 4, **state}) == 4
+    assert saved_world_size({"rng": None}) is None
+    assert world_size_change_message(2, 2) is None and world_size_change_message(None, 2) is None
+    msg = world_size_change_message(2, 1, batch=4, source="last.pt")
+    assert "last.pt was saved by 2 process(es), this run has 1" in msg
+    assert "shard" in msg and "random" in msg and "4 x 1 = 4 instead of 4 x 2 = 8" in msg
+
+
+def test_temporary_names_are_unique_and_best_is_a_copy(tmp_path):
+    from sam2_train.engine.checkpoint import copy_file_atomic, unique_tmp_path
+    names = {unique_tmp_path(tmp_path / "last.pt") for _ in range(100)}
+    assert len(names) == 100 and all(n.startswith(str(tmp_path / "last.pt.")) and n.endswith(".tmp") for n in names)
+    # a stale temporary file of another process (same old fixed name) does not disturb a save
+    (tmp_path / "last.pt.tmp").write_bytes(b"junk")
+    save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.arange(3.0)}, "version": 1})
+    copy_file_atomic(tmp_path / "last.pt", tmp_path / "best.pt")
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt", "last.pt.tmp"]

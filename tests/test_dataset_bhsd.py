@@ -139,3 +139,34 @@ def test_custom_png(tmp_path):
     os.remove(root / "train" / "masks" / "c1" / "10.png")
     with pytest.raises(DatasetError, match=r"c1.10\.png: mask not found"):
         build_datasets(args(dataset="custom", data_path=str(root), labeled_num=1, class_names="a,b"), "2d")
+
+
+@pytest.mark.parametrize("affine,to_file", [
+    # LAS (BHSD's qfac -1 headers): voxel axis i runs right-to-left along x
+    (np.diag([-2.0, 2.0, 5.0, 1.0]), lambda c: np.transpose(c, (2, 1, 0))[::-1]),
+    # every axis flipped
+    (np.diag([-2.0, -2.0, -5.0, 1.0]), lambda c: np.transpose(c, (2, 1, 0))[::-1, ::-1, ::-1]),
+    # permuted: i -> z (S, 5 mm), j -> x (R), k -> y running posterior
+    (np.array([[0, 2.0, 0, 0], [0, 0, -2.0, 0], [5.0, 0, 0, 0], [0, 0, 0, 1]]),
+     lambda c: np.transpose(c, (0, 2, 1))[:, :, ::-1]),
+])
+def test_orientation_against_hand_built_voxel_order(tmp_path, affine, to_file):
+    """Stored arrays are laid out by hand (numpy transposes/flips written from the affine, not the code's
+    own inverse): read_nifti must give back the canonical (z, y, x) anatomy, and write_label_nifti must
+    store a canonical label in exactly that hand-built order."""
+    hu, lab = canonical_volume()                      # canonical (D=z, H=y, W=x), asymmetric
+    stored = np.ascontiguousarray(to_file(hu))
+    img = nib.Nifti1Image(stored, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    src = str(tmp_path / "img.nii.gz")
+    nib.save(img, src)
+    arr, spacing, _ = read_nifti(src)
+    np.testing.assert_array_equal(arr, hu.astype(np.float32))
+    assert spacing == (5.0, 2.0, 2.0)
+    from dataset.io import write_label_nifti
+    out = str(tmp_path / "pred.nii.gz")
+    write_label_nifti(out, lab, src)
+    saved = nib.load(out)
+    np.testing.assert_array_equal(np.asanyarray(saved.dataobj), to_file(lab))
+    np.testing.assert_allclose(saved.affine, affine)

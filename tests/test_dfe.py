@@ -140,3 +140,38 @@ def test_coarse_head_shape_and_grad():
     assert sum(p.numel() for p in head.parameters()) < 100_000
     with pytest.raises(ValueError):
         head(f[:2])
+
+
+def test_two_view_output_matches_hand_computed_values():
+    """One pixel, C = 2, W = (1, 0), S = (1, 1); phi = identity; gate a = 2, b = -0.5; gamma = 0.5;
+    M(x) = (relu(n0), relu(n2)) with n = LayerNorm(x0, -x0, x1, -x1) (eps 1e-6). By hand:
+      sigma = cos(W, S) = 1/sqrt(2) = 0.707107;  g = sigmoid(2 sigma - 0.5) = sigmoid(0.914214) = 0.713862
+      M(W): h = (1, -1, 0, 0), mean 0, var 0.5  -> n = (1.414214, -1.414214, 0, 0) -> M(W) = (1.414212, 0)
+      M(S): h = (1, -1, 1, -1), mean 0, var 1   -> M(S) = (1.0, 1.0)   (0.9999995 with eps)
+      F = g M(W) + (1 - g) M(S) = (1.295690, 0.286138)
+      D = (1 - sigma)(S - W) = 0.292893 * (0, 1) = (0, 0.292893)
+      W' = W + gamma (F - D) = (1.647845, -0.003377);  S' = S + gamma (F + D) = (1.647845, 1.289516)
+    Swapping the gate branches, using (1 + sigma) in D or swapping the signs of D each changes W' or S'."""
+    blk = DFE((2,), levels=(0,), sim="pixel").blocks["0"]
+    with torch.no_grad():
+        blk.phi.weight.zero_()
+        blk.phi.weight[0, 0, 1, 1] = blk.phi.weight[1, 1, 1, 1] = 1.0
+        blk.phi.bias.zero_()
+        conv1, norm, _, conv2 = blk.mlp
+        conv1.weight.copy_(torch.tensor([[1.0, 0], [-1, 0], [0, 1], [0, -1]]).view(4, 2, 1, 1))
+        conv1.bias.zero_()
+        norm.weight.fill_(1.0)
+        norm.bias.zero_()
+        conv2.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 0, 1, 0]]).view(2, 4, 1, 1))
+        conv2.bias.zero_()
+        blk.gate_a.fill_(2.0)
+        blk.gate_b.fill_(-0.5)
+        blk.gamma.fill_(0.5)
+    w = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    s = torch.tensor([1.0, 1.0]).view(1, 2, 1, 1)
+    w2, s2 = blk(w, s)
+    torch.testing.assert_close(w2.flatten(), torch.tensor([1.647845, -0.003377]), rtol=0, atol=2e-5)
+    torch.testing.assert_close(s2.flatten(), torch.tensor([1.647845, 1.289516]), rtol=0, atol=2e-5)
+    # the single-view shortcut (S = W): sigma = 1, D = 0, F = M(W): W' = W + gamma M(W)
+    w3, _ = blk(w)
+    torch.testing.assert_close(w3.flatten(), torch.tensor([1 + 0.5 * 1.414212, 0.0]), rtol=0, atol=2e-5)

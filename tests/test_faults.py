@@ -90,9 +90,9 @@ def test_non_finite_losses_skip_then_stop_keeping_good_checkpoints(acdc_root, tm
                                    "-save_freq", "1", "-lr", "1e30", "-max_bad_steps", "2"])
     out = r.stdout + r.stderr
     assert r.returncode == 3, out[-3000:]
-    assert "non-finite loss at iteration 1: step skipped (1/2 in a row)" in out
+    assert "non-finite loss at iteration 2: step skipped (1/2 in a row)" in out
     errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
-    assert errors == ["error: non-finite loss at iteration 2: 2 in a row (-max_bad_steps 2); training diverged, "
+    assert errors == ["error: non-finite loss at iteration 3: 2 in a row (-max_bad_steps 2); training diverged, "
                       "the last good checkpoint is kept"], out[-3000:]
     assert "Traceback" not in out
     (run,) = run_dirs(log_dir)

@@ -1,4 +1,5 @@
 """Losses (sam2_train/model/losses.py)."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -116,3 +117,22 @@ def test_bce_dice_mask_and_bf16():
     assert torch.isfinite(xr.grad).all() and xr.grad.abs().sum() > 0
     with pytest.raises(ValueError):
         bce_dice_loss(x, t[:, :2])
+
+
+def test_bce_dice_equals_independent_formula():
+    """Against the written-out definition in float64 numpy: per object o, over the valid pixels V,
+    BCE_o = mean_V -(y log p + (1 - y) log(1 - p)), Dice_o = 1 - (2 sum_V p y + 1e-5) / (sum_V p + sum_V y + 1e-5),
+    loss = sum_o w_o (0.7 BCE_o + 1.3 Dice_o) / sum_o w_o, p = 1 / (1 + exp(-x))."""
+    x, t = obj_case(B=2, K=3, H=5, W=4, seed=3)
+    w = torch.tensor([[1.0, 0.0, 2.0], [0.5, 1.0, 0.0]])
+    valid = torch.rand(2, 5, 4, generator=torch.Generator().manual_seed(1)) > 0.3
+    got = bce_dice_loss(x, t, w, valid, bce_weight=0.7, dice_weight=1.3)
+    xn, yn, vn, wn = x.double().numpy(), t.double().numpy(), valid.numpy(), w.double().numpy()
+    num = 0.0
+    for b in range(2):
+        for k in range(3):
+            p, y = 1 / (1 + np.exp(-xn[b, k][vn[b]])), yn[b, k][vn[b]]
+            bce = np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p)))
+            dice = 1 - (2 * np.sum(p * y) + 1e-5) / (np.sum(p) + np.sum(y) + 1e-5)
+            num += wn[b, k] * (0.7 * bce + 1.3 * dice)
+    assert got.item() == pytest.approx(num / wn.sum(), rel=1e-5)

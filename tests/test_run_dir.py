@@ -99,3 +99,41 @@ def test_non_main_rank_is_a_noop(tmp_path):
     run.close()
     assert not os.path.exists(tmp_path / "logs")
     assert RunDir.open(str(tmp_path / "whatever"), is_main=False).path is None
+
+
+def test_run_lock_refuses_a_second_user_and_takes_over_a_dead_ones(tmp_path):
+    import subprocess
+    import sys
+
+    from sam2_train.engine.run_dir import RunLockedError
+    run = RunDir.create(str(tmp_path), "r", {"a": 1}, tensorboard=False)
+    lock = os.path.join(run.path, "run.lock")
+    assert open(lock).read().split()[0] == str(os.getpid())
+    with pytest.raises(RunLockedError) as e:
+        RunDir.open(run.path, resume_iteration=0, tensorboard=False)
+    assert f"in use by process {os.getpid()}" in str(e.value) and lock in str(e.value)
+    run.close()
+    assert not os.path.exists(lock)
+    # a lock file left by a process that died (SIGKILL: no clean-up) is taken over
+    code = ("import sys; sys.path.insert(0, sys.argv[2]); from sam2_train.engine.run_dir import RunDir; "
+            "r = RunDir.open(sys.argv[1], tensorboard=False); import os; os._exit(0)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code, run.path, root], check=True)
+    dead_pid = open(lock).read().split()[0]
+    assert dead_pid != str(os.getpid())
+    again = RunDir.open(run.path, resume_iteration=0, tensorboard=False)
+    assert open(lock).read().split()[0] == str(os.getpid())
+    again.close()
+
+
+def test_record_resume_and_unique_dirs(tmp_path):
+    from sam2_train.engine.run_dir import make_unique_dir
+    run = RunDir.create(str(tmp_path), "r", {"b": 4}, tensorboard=False)
+    run.record_resume({"iteration": 2, "changed": {"b": [4, 2]}})
+    run.record_resume({"iteration": 5, "changed": {}})
+    cfg = run.read_config()
+    assert cfg["b"] == 4 and cfg["resumed"] == [{"iteration": 2, "changed": {"b": [4, 2]}},
+                                                {"iteration": 5, "changed": {}}]
+    run.close()
+    base = str(tmp_path / "eval_x")
+    assert [make_unique_dir(base) for _ in range(3)] == [base, base + "_2", base + "_3"]

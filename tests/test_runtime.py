@@ -259,3 +259,23 @@ def test_enable_tf32_keeps_legacy_and_new_flags_readable():
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # reading must not raise
     finally:
         torch.set_float32_matmul_precision(prev)
+
+
+def test_nonfinite_weights_are_caught_in_the_next_sync_or_before_a_checkpoint():
+    g = NonFiniteGuard(max_bad_steps=3)
+    w = torch.nn.Parameter(torch.tensor([1e30, -2.0]))   # large but finite: no false alarm
+    g.watch_weights([w], 1)
+    assert g.check(torch.tensor(1.0), 2)
+    g.watch_weights([w], 2)
+    g.require_finite_weights()
+    with torch.no_grad():
+        w.mul_(1e10)                                       # overflow to inf
+    g.watch_weights([w], 3)
+    with pytest.raises(TrainingDiverged, match="non-finite weights after the update of iteration 3"):
+        g.check(torch.tensor(1.0), 4)                     # the next step's sync reads it
+    with torch.no_grad():
+        w.fill_(float("nan"))
+    g.watch_weights([w], 5)
+    with pytest.raises(TrainingDiverged, match="iteration 5"):
+        g.require_finite_weights()                        # before a checkpoint: one sync
+    g.require_finite_weights()                             # nothing pending: no-op

@@ -19,9 +19,12 @@ has_gauss, cached_gaussian], "torch": uint8 tensor, "cuda": [uint8 tensor per de
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import pickle
 import random
+import secrets
+import shutil
 import warnings
 import zipfile
 from typing import Any, Iterable, Optional
@@ -36,6 +39,8 @@ __all__ = [
     "save_checkpoint", "load_checkpoint", "to_plain", "config_to_dict", "capture_rng_state",
     "gather_rng_states", "restore_rng_state", "model_state_dict", "load_model_state", "make_checkpoint",
     "restore_training_state", "config_differences", "check_config_compatible", "apply_saved_config",
+    "RESUME_KEYS", "unique_tmp_path", "copy_file_atomic", "check_resume_config", "saved_world_size",
+    "world_size_change_message", "resume_record",
 ]
 
 CHECKPOINT_VERSION = 1
@@ -43,6 +48,21 @@ CHECKPOINT_VERSION = 1
 # Args that change the network's parameters (shapes or presence) or the meaning of its outputs.
 ARCH_KEYS = ("net", "sam_config", "image_size", "dataset", "class_names", "script", "method",
              "dfe", "dfe_sim", "dfe_levels")
+
+
+# Args that change what a resumed run computes (besides ARCH_KEYS): data, split, seed, batches, the
+# optimisation schedule and iteration budget, the method's hyper-parameters, validation and precision.
+# Where the run writes (log_dir, exp_name), how fast it reads (num_workers), logging and checkpoint
+# frequency, the device and the checkpoint path are not in it.
+RESUME_KEYS = ARCH_KEYS + (
+    "data_path", "labeled_num", "labeled_ratio", "seed", "b", "b_u", "slab_len", "video_length", "out_size",
+    "hu_window", "protocol", "prompt", "prompt_freq", "memory_bank_size", "amp",
+    "max_iters", "val_every", "infer", "lr", "sched", "warmup_iters", "weight_decay", "encoder_lr_mult",
+    "ema", "lambda_u", "rampup", "tau_u", "p_gt", "unsup_encoder_grad", "cutmix_p",
+    "pcsw", "pcsw_thresh", "pcsw_tau", "pcsw_tau_conf", "pcsw_min_len", "pcsw_max_len", "pcsw_min_voxels",
+    "pcsw_min_area", "pcsw_max_area", "pcsw_margin", "pcsw_select",
+    "val_freq", "val_volumes",
+)
 
 
 class CheckpointError(RuntimeError):
@@ -118,8 +138,36 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def unique_tmp_path(path: str | os.PathLike) -> str:
+    """A temporary file name beside ``path`` that no other process or thread uses:
+    ``<path>.<pid>.<random hex>.tmp``. Open it with mode ``"x"`` (exclusive create)."""
+    return f"{os.fspath(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def copy_file_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> str:
+    """Copy ``src`` to ``dst`` through a unique temporary file and ``os.replace``: readers of ``dst`` see the
+    old file or the complete new one, never a partial copy. Returns ``dst``."""
+    dst = os.fspath(dst)
+    tmp = unique_tmp_path(dst)
+    try:
+        with open(src, "rb") as fin, open(tmp, "xb") as fout:
+            shutil.copyfileobj(fin, fout, 16 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    return dst
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> str:
-    """Write ``state`` to ``path`` atomically: ``torch.save`` to ``<path>.tmp`` in the same folder, flush,
+    """Write ``state`` to ``path`` atomically: ``torch.save`` to a unique temporary file (see
+    :func:`unique_tmp_path`) in the same folder, flush,
     fsync, ``os.replace``. On any failure the temporary file is removed and an existing ``path`` is left
     untouched. ``state`` is converted by :func:`to_plain` first (non-plain objects raise ``TypeError``
     before anything is written). Call it on the main rank only. Returns the path."""
@@ -127,9 +175,9 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> str:
     state = to_plain(state)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = unique_tmp_path(path)
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
@@ -370,3 +418,63 @@ def apply_saved_config(args: Any, saved_config: dict, keys: Iterable[str] = ARCH
                 changed[k] = (old, new)
             setattr(args, k, new)
     return changed
+
+
+def _norm_key(key: str, v: Any) -> Any:
+    if key == "data_path" and isinstance(v, str):
+        return os.path.normpath(v)
+    return _norm(v)
+
+
+def check_resume_config(saved_config: dict, args: Any, *, force: bool = False,
+                        source: str = "the checkpoint") -> dict:
+    """Compare the flags that change a run (:data:`RESUME_KEYS`) between the checkpoint's config and this
+    run's args. Architecture keys (:data:`ARCH_KEYS`) must match (:func:`check_config_compatible`). Any
+    other difference raises :class:`ConfigMismatchError`, one line listing every changed flag with its old
+    and new value, unless ``force``. Returns ``{flag: [old, new]}`` for the changes accepted (empty when
+    nothing changed). Keys absent on either side (an older checkpoint) are not compared."""
+    check_config_compatible(saved_config, args, source=source)
+    missing = object()
+    changed = {}
+    for k in RESUME_KEYS:
+        old, new = _get(saved_config, k, missing), _get(args, k, missing)
+        if old is missing or new is missing or _norm_key(k, old) == _norm_key(k, new):
+            continue
+        changed[k] = [to_plain(old), to_plain(new)]
+    if changed and not force:
+        listed = ", ".join(f"-{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise ConfigMismatchError(f"-resume: flags changed since {source} was saved: {listed}; resume with the "
+                                  "checkpoint's values, or pass -resume_force 1 to accept the change")
+    return changed
+
+
+def saved_world_size(state: dict) -> Optional[int]:
+    """The number of processes that wrote the checkpoint: its ``world_size`` entry, else the number of
+    per-rank RNG states it holds; None when it has neither."""
+    if isinstance(state.get("world_size"), int):
+        return state["world_size"]
+    rng = state.get("rng") or {}
+    per_rank = rng.get("per_rank") if isinstance(rng, dict) else None
+    return len(per_rank) if per_rank else None
+
+
+def world_size_change_message(saved: Optional[int], current: int, *, batch: Optional[int] = None,
+                              source: str = "the checkpoint") -> Optional[str]:
+    """A one-line warning saying what changes when a checkpoint saved by ``saved`` processes is resumed by
+    ``current`` ones (None when they agree or ``saved`` is unknown). ``batch``: the per-process batch."""
+    if saved is None or saved == current:
+        return None
+    glob = (f"; the global batch becomes {batch} x {current} = {batch * current} instead of "
+            f"{batch} x {saved} = {batch * saved}") if batch else ""
+    return (f"{source} was saved by {saved} process(es), this run has {current}: every process now reads "
+            f"another shard of the data (each epoch's permutation is split {current} ways instead of {saved}){glob}, "
+            "and the random streams differ (the per-rank RNG states saved no longer map one to one onto the "
+            "processes), so the run does not continue as the interrupted one would have")
+
+
+def resume_record(state: dict, source: str, changed: dict, world_size: int) -> dict:
+    """The ``resumed`` entry for ``config.json``: when, from which checkpoint and iteration, the flags
+    accepted with a change (``{flag: [old, new]}``) and the world sizes (saved, now)."""
+    return {"time": datetime.datetime.now().isoformat(timespec="seconds"),
+            "checkpoint": os.path.abspath(source), "iteration": int(state.get("iteration", 0)),
+            "changed": dict(changed), "world_size": [saved_world_size(state), int(world_size)]}

@@ -3,24 +3,29 @@
 ``RunDir.create(log_dir, exp_name, config)`` makes ``<log_dir>/<exp_name>_<YYYYmmdd-HHMMSS>/`` with
 ``config.json`` (the full resolved args), ``checkpoints/``, ``vis/``, TensorBoard event files (in the run
 directory itself), ``metrics.csv`` (one row per validation), ``summary.json`` and ``train.log`` (a copy of
-the console messages). ``RunDir.open(path)`` re-opens it to resume (appending). On non-main ranks every
-method is a no-op and ``path`` is ``None``.
+the console messages). ``RunDir.open(path)`` re-opens it to resume (appending). While a run uses the
+directory it holds ``run.lock`` (an ``flock`` on a file holding its pid and host), so a second run or resume
+on the same directory stops with a clear message; a lock left by a process that died is taken over. On
+non-main ranks every method is a no-op and ``path`` is ``None``.
 """
 from __future__ import annotations
 
 import csv
 import datetime as _dt
+import fcntl
 import json
 import math
 import os
+import socket
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
+from sam2_train.engine.checkpoint import unique_tmp_path
 from sam2_train.engine.runtime import is_main_process
 
-__all__ = ["RunDir", "console", "write_json_atomic"]
+__all__ = ["RunDir", "RunLockedError", "RunLock", "console", "write_json_atomic", "make_unique_dir"]
 
 
 def console(msg: str, all_ranks: bool = False) -> None:
@@ -47,9 +52,10 @@ def _json_default(o: Any):
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
+    """Write ``obj`` as JSON to ``path`` through a unique temporary file and ``os.replace``."""
+    tmp = unique_tmp_path(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "x", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
             f.write("\n")
             f.flush()
@@ -59,6 +65,71 @@ def write_json_atomic(path: str, obj: Any) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def make_unique_dir(base: str) -> str:
+    """Create and return ``base``, or ``base_2``, ``base_3``, ... if it exists (``os.makedirs`` without
+    ``exist_ok`` decides, so two processes started in the same second never share a folder)."""
+    path, n = base, 1
+    while True:
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            n += 1
+            path = f"{base}_{n}"
+
+
+class RunLockedError(RuntimeError):
+    """Another live process holds the run directory's lock."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory: ``<run>/run.lock`` holding ``"<pid> <host>"``, locked with
+    ``fcntl.flock`` for as long as this object is held. The kernel drops the lock when its process dies, so
+    the file of a dead process is taken over. :meth:`release` (or process exit) unlocks and removes it."""
+
+    NAME = "run.lock"
+
+    def __init__(self, run_path: str):
+        self.path = os.path.join(run_path, self.NAME)
+        self._file = None
+        for _ in range(10):
+            f = open(self.path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                owner = f.read().strip() or "unknown"
+                f.close()
+                pid, _, host = owner.partition(" ")
+                raise RunLockedError(
+                    f"run directory {run_path} is in use by process {pid}" + (f" on {host}" if host else "")
+                    + f" (lock file {self.path}); wait for that run to finish or stop it") from None
+            try:  # the file we locked must still be the one at self.path (a releasing holder unlinks it)
+                same = os.path.samestat(os.fstat(f.fileno()), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            f.close()
+        else:
+            raise RunLockedError(f"could not lock {self.path}: it keeps being replaced by another process")
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is None:
+            return
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+        self._file.close()  # closing the last descriptor drops the flock
+        self._file = None
 
 
 def _cell(v: Any) -> Any:
@@ -97,13 +168,16 @@ class RunDir:
     CONFIG, METRICS, SUMMARY, LOG = "config.json", "metrics.csv", "summary.json", "train.log"
 
     def __init__(self, path: Optional[str], is_main: bool = True, purge_step: Optional[int] = None,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, lock: Optional[RunLock] = None):
         self.is_main = bool(is_main) and path is not None
         self.path = os.path.abspath(path) if self.is_main else None
         self._writer = None
         self._fields: Optional[list] = None
+        self._lock = lock
         if not self.is_main:
             return
+        if self._lock is None:
+            self._lock = RunLock(self.path)
         os.makedirs(self.checkpoints_dir, exist_ok=True)
         os.makedirs(self.vis_dir, exist_ok=True)
         if tensorboard:
@@ -124,15 +198,7 @@ class RunDir:
         if not is_main:
             return cls(None, is_main=False)
         stamp = timestamp or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = os.path.join(log_dir, f"{exp_name}_{stamp}")
-        path, n = base, 1
-        while True:
-            try:
-                os.makedirs(path)
-                break
-            except FileExistsError:
-                n += 1
-                path = f"{base}_{n}"
+        path = make_unique_dir(os.path.join(log_dir, f"{exp_name}_{stamp}"))
         run = cls(path, is_main=True, tensorboard=tensorboard)
         cfg = vars(config) if hasattr(config, "__dict__") and not isinstance(config, dict) else dict(config)
         write_json_atomic(run.config_path, cfg)
@@ -154,10 +220,16 @@ class RunDir:
                 path = os.path.dirname(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"run directory not found: {existing_path}")
-        if resume_iteration is not None:
-            cls._truncate_metrics(os.path.join(path, cls.METRICS), resume_iteration)
-        return cls(path, is_main=True, purge_step=(resume_iteration + 1) if resume_iteration is not None else None,
-                   tensorboard=tensorboard)
+        lock = RunLock(path)  # before touching anything another run may be writing
+        try:
+            if resume_iteration is not None:
+                cls._truncate_metrics(os.path.join(path, cls.METRICS), resume_iteration)
+            return cls(path, is_main=True,
+                       purge_step=(resume_iteration + 1) if resume_iteration is not None else None,
+                       tensorboard=tensorboard, lock=lock)
+        except BaseException:
+            lock.release()
+            raise
 
     @staticmethod
     def _truncate_metrics(metrics_path: str, resume_iteration: int) -> None:
@@ -181,14 +253,19 @@ class RunDir:
 
     @staticmethod
     def _write_csv(path: str, fields: list, rows: list) -> None:
-        tmp = path + ".tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=fields, restval="")
-            w.writeheader()
-            w.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        tmp = unique_tmp_path(path)
+        try:
+            with open(tmp, "x", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=fields, restval="")
+                w.writeheader()
+                w.writerows(rows)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
 
     # -- paths ---------------------------------------------------------------------------------
     def _join(self, *parts) -> Optional[str]:
@@ -223,6 +300,15 @@ class RunDir:
             return None
         with open(self.config_path, encoding="utf-8") as f:
             return json.load(f)
+
+    def record_resume(self, entry: dict) -> None:
+        """Append ``entry`` (e.g. ``{"iteration", "checkpoint", "changed": {flag: [old, new]}}``) to the
+        ``resumed`` list of ``config.json``, rewriting it atomically; the original values stay as they were."""
+        if not self.is_main:
+            return
+        cfg = self.read_config() or {}
+        cfg["resumed"] = list(cfg.get("resumed") or []) + [dict(entry)]
+        write_json_atomic(self.config_path, cfg)
 
     # -- logging -------------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -307,9 +393,13 @@ class RunDir:
             self._writer.flush()
 
     def close(self) -> None:
+        """Close the TensorBoard writer and release the run directory's lock."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> "RunDir":
         return self

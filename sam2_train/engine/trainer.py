@@ -23,9 +23,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sam2_train.engine import runtime
-from sam2_train.engine.checkpoint import (check_config_compatible, gather_rng_states, load_checkpoint,
-                                          load_model_state, make_checkpoint, restore_training_state,
-                                          save_checkpoint)
+from sam2_train.engine.checkpoint import (check_config_compatible, check_resume_config, gather_rng_states,
+                                          load_checkpoint, load_model_state, make_checkpoint, restore_training_state,
+                                          resume_record, save_checkpoint, saved_world_size,
+                                          world_size_change_message)
 from sam2_train.engine.ema import ModelEMA
 from sam2_train.engine.run_dir import RunDir, write_json_atomic
 from sam2_train.engine.schedule import OptimConf, build_optimizer, build_scheduler, current_lrs
@@ -64,6 +65,7 @@ class RunConf:
     save_freq: int = 200
     max_bad_steps: int = 5
     resume: str | None = None
+    resume_force: bool = False  # resume although flags that change the run differ (recorded in config.json)
     pretrain: str | None = None
     vis: bool = False
     compile: bool = False
@@ -162,7 +164,8 @@ class Trainer:
         runtime.enable_tf32()
         resume = load_checkpoint(run.resume) if run.resume else None
         if resume is not None:
-            check_config_compatible(resume["config"], self.record, source=run.resume)
+            resume_changes = check_resume_config(resume["config"], self.record, force=run.resume_force,
+                                                 source=run.resume)
         self.net = build_sss_net(self.config.model, device=self.device,
                                  sam_ckpt="none" if resume is not None else None)
         if run.pretrain and resume is None:
@@ -179,6 +182,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.config.optim, run.max_iters)
         self.ema = ModelEMA(self.net, run.ema) if run.ema > 0 else None   # every method: EMA weights are evaluated
         self.guard = runtime.NonFiniteGuard(run.max_bad_steps)
+        self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.best = {"metric": "dice", "value": -1.0, "iteration": 0}
         start = 0
         if resume is not None:
@@ -187,6 +191,7 @@ class Trainer:
             start, self.best = info["iteration"], info["best"] or self.best
             self.guard.load_state_dict(resume.get("guard", {}))
             self.run_dir = RunDir.open(run.resume, is_main=dist.is_main, resume_iteration=start)
+            self.run_dir.record_resume(resume_record(resume, run.resume, resume_changes, dist.world_size))
         else:
             self.run_dir = RunDir.create(run.log_dir, run.exp_name, self.record, is_main=dist.is_main)
             if dist.is_main:
@@ -209,6 +214,13 @@ class Trainer:
         log(f"run directory: {self.run_dir.path}" if dist.is_main else "")
         if resume is not None:
             log(f"resumed from {run.resume} at iteration {start}/{run.max_iters}")
+            if resume_changes:
+                log("warning: -resume_force 1: continuing with changed flags " + ", ".join(
+                    f"-{k} {old!r} -> {new!r}" for k, (old, new) in resume_changes.items()))
+            ws_change = world_size_change_message(saved_world_size(resume), dist.world_size, batch=run.batch_size,
+                                                  source=run.resume)
+            if ws_change:
+                log(f"warning: {ws_change}")
         m = self.config.model
         log(f"{self.config.semi.method} | {m.sam_config} @ {m.image_size}px | DFE {int(m.dfe)} "
             f"PCSW {int(self.config.semi.use_pcsw)} | {run.max_iters} iterations, validation every {run.val_every} "
@@ -231,9 +243,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
-        # one host sync per step: skip the update when the loss or any gradient is not finite
-        if self.guard.check(out["loss"].detach().float() + grad_norm, it):
+        # one host sync per step: skip the update when the loss or any gradient is not finite; the same sync
+        # reads the finiteness of the weights the previous update produced
+        if self.guard.check(out["loss"].detach().float() + grad_norm, it + 1):
             self.optimizer.step()
+            self.guard.watch_weights(self.trainable, it + 1)
             if self.ema is not None:
                 self.ema.update(self.net)
         self.scheduler.step()
@@ -260,6 +274,7 @@ class Trainer:
         """Validate the evaluated weights on the validation split; keep the best by mean Dice."""
         if not self.is_validation_iteration(done):
             return
+        self.guard.require_finite_weights()  # collective; non-finite weights are never validated or saved
         improved = False
         if self.dist.is_main:
             vis_dir = os.path.join(self.run_dir.vis_dir, f"iter{done:06d}") if self.run.vis else None
@@ -289,12 +304,13 @@ class Trainer:
     def save(self, names: tuple[str, ...], iteration: int) -> None:
         """Write the checkpoints ``names`` (``last`` first) atomically; every rank calls it (the random states
         of all ranks are gathered into the main rank's checkpoint)."""
+        self.guard.require_finite_weights()  # collective; non-finite weights never reach a checkpoint
         rng = gather_rng_states()
         if not self.dist.is_main:
             return
         state = make_checkpoint(self.net, self.record, optimizer=self.optimizer, scheduler=self.scheduler,
                                 ema=self.ema, rng=rng, iteration=iteration, epoch=iteration // self.run.val_every,
-                                best=self.best, guard=self.guard.state_dict())
+                                best=self.best, guard=self.guard.state_dict(), world_size=self.dist.world_size)
         for name in names:
             save_checkpoint(self.run_dir.checkpoint_path(name), state)
 
