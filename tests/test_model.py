@@ -229,7 +229,7 @@ def test_track_gradients_reach_all_trained_modules():
     boxes = torch.tensor([[8., 8, 40, 40], [20, 10, 60, 50]]).expand(T, K, 4)
     valid = torch.zeros(T, K, dtype=torch.bool)
     valid[0] = True
-    out = m.forward_clip(clip, boxes=boxes, box_valid=valid)
+    out = m.track(m.encode(clip), boxes=boxes, box_valid=valid)
     assert out.masks.requires_grad
     target = torch.zeros(T, K, S // 4, S // 4)
     target[..., 4:10, 4:10] = 1
@@ -496,7 +496,7 @@ def test_autocast_bf16_keeps_fp32_weights_and_outputs():
     boxes = torch.tensor([[4., 4, 20, 20]]).expand(2, 1, 4)
     valid = torch.tensor([[True], [False]])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = m.forward_clip(clip, boxes=boxes, box_valid=valid, memory_dtype=torch.bfloat16)
+        out = m.track(m.encode(clip), boxes=boxes, box_valid=valid, memory_dtype=torch.bfloat16)
         out2d = m(clip, boxes=boxes)
     for t in (out.masks, out.ious, out.object_scores, out2d.masks, out2d.ious, out2d.object_scores):
         assert t.dtype == torch.float32 and torch.isfinite(t).all()

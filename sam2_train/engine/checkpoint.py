@@ -38,7 +38,7 @@ __all__ = [
     "CHECKPOINT_VERSION", "ARCH_KEYS", "CheckpointError", "CheckpointNotFoundError", "ConfigMismatchError",
     "save_checkpoint", "load_checkpoint", "to_plain", "config_to_dict", "capture_rng_state",
     "gather_rng_states", "restore_rng_state", "model_state_dict", "load_model_state", "make_checkpoint",
-    "restore_training_state", "config_differences", "check_config_compatible", "apply_saved_config",
+    "restore_training_state", "config_differences", "check_config_compatible",
     "RESUME_KEYS", "unique_tmp_path", "copy_file_atomic", "check_resume_config", "saved_world_size",
     "world_size_change_message", "resume_record",
 ]
@@ -307,15 +307,19 @@ def model_state_dict(model: torch.nn.Module) -> dict:
     return {k.replace("_orig_mod.", ""): v for k, v in sd.items()}
 
 
-def load_model_state(model: torch.nn.Module, state_dict: dict, strict: bool = True):
+def load_model_state(model: torch.nn.Module, state_dict: dict, strict: bool = True, what: str = "the checkpoint"):
     """Load a (prefix-free) state dict into ``model``, which may be DDP-wrapped or hold compiled
-    submodules. Returns ``load_state_dict``'s result."""
+    submodules. ``strict``: a state dict that does not fit raises :class:`CheckpointMismatchError` naming
+    ``what`` and the first missing / unexpected / mis-shaped keys (:func:`sam2_train.model.build.load_model_state`)."""
+    from sam2_train.model.build import load_model_state as load_strict
     target = unwrap_model(model)
     own = target.state_dict().keys()
     if any("_orig_mod." in k for k in own):
         rename = {k.replace("_orig_mod.", ""): k for k in own}
         state_dict = {rename.get(k, k): v for k, v in state_dict.items()}
-    return target.load_state_dict(state_dict, strict=strict)
+    if strict:
+        return load_strict(target, state_dict, what=what, config=type(target).__name__)
+    return target.load_state_dict(state_dict, strict=False)
 
 
 def make_checkpoint(model: torch.nn.Module, config: Any, *, optimizer=None, scheduler=None, ema=None,
@@ -403,21 +407,6 @@ def check_config_compatible(saved_config: dict, args: Any, keys: Iterable[str] =
         raise ConfigMismatchError(f"flags incompatible with {source}: {lines}. Use the checkpoint's values "
                                   "(or drop these flags to take them from its config)")
 
-
-def apply_saved_config(args: Any, saved_config: dict, keys: Iterable[str] = ARCH_KEYS) -> dict:
-    """Set ``keys`` of ``args`` from the checkpoint's config (evaluation without repeating flags).
-    Returns ``{key: (old, new)}`` for the values that changed."""
-    changed = {}
-    for k in keys:
-        if k in saved_config:
-            new = saved_config[k]
-            if isinstance(getattr(args, k, None), tuple) and isinstance(new, list):
-                new = tuple(new)
-            old = getattr(args, k, None)
-            if _norm(old) != _norm(new):
-                changed[k] = (old, new)
-            setattr(args, k, new)
-    return changed
 
 
 def _norm_key(key: str, v: Any) -> Any:

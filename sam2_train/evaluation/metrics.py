@@ -1,4 +1,4 @@
-"""Per-volume, per-class segmentation metrics (DESIGN.md section 6), computed with MONAI and checked
+"""Per-volume, per-class segmentation metrics, computed with MONAI and checked
 against medpy in ``tests/test_metrics.py``. Conventions are documented in ``docs/metrics.md``.
 
 ``volume_metrics(pred, gt, num_classes, spacing=None)`` returns, for the foreground classes ``1..K``,

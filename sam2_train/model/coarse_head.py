@@ -1,4 +1,4 @@
-"""Coarse segmentation head H (DESIGN.md section 4.3): a light FPN on SAM-2's multi-scale features.
+"""Coarse segmentation head H: a light FPN on SAM-2's multi-scale features.
 
 Levels (SAM-2 with high-resolution features, input size S): ``(B,32,S/4,S/4)``, ``(B,64,S/8,S/8)``,
 ``(B,256,S/16,S/16)``. Each level goes through a 1x1 lateral conv to ``width`` channels; the coarsest is

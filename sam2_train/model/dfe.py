@@ -1,4 +1,4 @@
-"""Discriminative Feature Enhancement (DFE), DESIGN.md section 4.2.
+"""Discriminative Feature Enhancement (DFE).
 
 DFE takes the multi-scale image features of a weak view ``W`` and a strong view ``S`` of the same
 (pixel-aligned) image and rebuilds both from what the two views agree on (a gated fusion ``F``) and

@@ -1,4 +1,4 @@
-"""PCSW prompt generator: Physical Constraints + Sliding Window (DESIGN.md section 4.4).
+"""PCSW prompt generator: Physical Constraints + Sliding Window.
 
 From the coarse head's class probabilities over the slices of one volume or slab, PCSW finds, per
 foreground class, a structure that is continuous across neighbouring slices and turns it into one box

@@ -8,7 +8,7 @@ Shapes (S = model image size, h = w = S/4 low-res mask size, B images, K objects
   matching (1,256,H_l,W_l) positional encodings (identical for every image, so stored once).
 - :meth:`SAM2Seg.decode`: features + (B,K,4) boxes and/or (B,K,P,2) points -> :class:`DecoderOutput`
   with masks (B,K,h,w) logits, ious (B,K), object_scores (B,K) (``multimask=True``: (B,K,3,h,w), (B,K,3)).
-- :meth:`SAM2Seg.track` / :meth:`SAM2Seg.forward_clip`: T frames, prompts on some frames, K objects ->
+- :meth:`SAM2Seg.track`: T frames, prompts on some frames, K objects ->
   :class:`TrackOutput` with masks (T,K,h,w), ious (T,K), object_scores (T,K).
 - :class:`SAM2Tracker`: the same tracking, streamed one frame at a time (memory of old frames dropped); each
   object is conditioned on its own prompted frames only (:class:`SAM2GroupTracker` per set of such frames).
@@ -350,12 +350,6 @@ class SAM2Seg(nn.Module):
         is_prompt = prompted.any(dim=1)
         return TrackOutput(masks=masks, ious=ious, object_scores=scores, prompt_frames=is_prompt)
 
-    def forward_clip(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
-                     box_valid: torch.Tensor | None = None, points: torch.Tensor | None = None,
-                     point_labels: torch.Tensor | None = None, **track_kwargs) -> TrackOutput:
-        """Encode a clip (T,1|3,S,S) in [0,1] in one batched call, then :meth:`track` it."""
-        return self.track(self.encode(images), boxes=boxes, box_valid=box_valid, points=points,
-                          point_labels=point_labels, **track_kwargs)
 
 
 @dataclass
