@@ -19,6 +19,7 @@ has_gauss, cached_gaussian], "torch": uint8 tensor, "cuda": [uint8 tensor per de
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import pickle
@@ -144,50 +145,43 @@ def unique_tmp_path(path: str | os.PathLike) -> str:
     return f"{os.fspath(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
 
 
-def copy_file_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> str:
-    """Copy ``src`` to ``dst`` through a unique temporary file and ``os.replace``: readers of ``dst`` see the
-    old file or the complete new one, never a partial copy. Returns ``dst``."""
-    dst = os.fspath(dst)
-    tmp = unique_tmp_path(dst)
-    try:
-        with open(src, "rb") as fin, open(tmp, "xb") as fout:
-            shutil.copyfileobj(fin, fout, 16 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(os.path.dirname(os.path.abspath(dst)))
-    return dst
-
-
-def save_checkpoint(path: str | os.PathLike, state: dict) -> str:
-    """Write ``state`` to ``path`` atomically: ``torch.save`` to a unique temporary file (see
-    :func:`unique_tmp_path`) in the same folder, flush,
-    fsync, ``os.replace``. On any failure the temporary file is removed and an existing ``path`` is left
-    untouched. ``state`` is converted by :func:`to_plain` first (non-plain objects raise ``TypeError``
-    before anything is written). Call it on the main rank only. Returns the path."""
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
+    """``with atomic_write(path) as f``: write to a unique temporary file beside ``path`` (:func:`unique_tmp_path`);
+    on success flush, fsync and ``os.replace`` it onto ``path``, so readers see the old file or the complete new
+    one; on any failure remove it and leave ``path`` untouched."""
     path = os.fspath(path)
-    state = to_plain(state)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     tmp = unique_tmp_path(path)
     try:
-        with open(tmp, "xb") as f:
-            torch.save(state, f)
+        with open(tmp, mode.replace("w", "x"), **open_kwargs) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.remove(tmp)
-        except OSError:
-            pass
         raise
+
+
+def copy_file_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> str:
+    """Copy ``src`` to ``dst`` atomically (:func:`atomic_write`). Returns ``dst``."""
+    with open(src, "rb") as fin, atomic_write(dst) as fout:
+        shutil.copyfileobj(fin, fout, 16 << 20)
+    _fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    return os.fspath(dst)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> str:
+    """Write ``state`` to ``path`` atomically (:func:`atomic_write`, then the folder is fsynced). ``state`` is
+    converted by :func:`to_plain` first (non-plain objects raise ``TypeError`` before anything is written).
+    Call it on the main rank only. Returns the path."""
+    path = os.fspath(path)
+    state = to_plain(state)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with atomic_write(path) as f:
+        torch.save(state, f)
     _fsync_dir(folder)
     return path
 

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from sam2_train.engine.checkpoint import unique_tmp_path
+from sam2_train.engine.checkpoint import atomic_write
 from sam2_train.engine.runtime import is_main_process
 
 __all__ = ["RunDir", "RunLockedError", "RunLock", "console", "write_json_atomic", "make_unique_dir"]
@@ -52,19 +52,10 @@ def _json_default(o: Any):
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a unique temporary file and ``os.replace``."""
-    tmp = unique_tmp_path(path)
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``obj`` as JSON to ``path`` atomically (:func:`atomic_write`)."""
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+        f.write("\n")
 
 
 def make_unique_dir(base: str) -> str:
@@ -253,19 +244,10 @@ class RunDir:
 
     @staticmethod
     def _write_csv(path: str, fields: list, rows: list) -> None:
-        tmp = unique_tmp_path(path)
-        try:
-            with open(tmp, "x", newline="", encoding="utf-8") as f:
-                w = csv.DictWriter(f, fieldnames=fields, restval="")
-                w.writeheader()
-                w.writerows(rows)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_write(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=fields, restval="")
+            w.writeheader()
+            w.writerows(rows)
 
     # -- paths ---------------------------------------------------------------------------------
     def _join(self, *parts) -> Optional[str]:

@@ -7,14 +7,13 @@ labels and comparing predictions.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from sam2_train.engine.checkpoint import unique_tmp_path
+from sam2_train.engine.checkpoint import atomic_write
 from sam2_train.evaluation.metrics import summarize, volume_metrics
 
 # predict(image (D,H,W) float32 in [0,1], spacing or None) -> label volume (D,H,W) int
@@ -94,12 +93,10 @@ def evaluate_volumes(volumes: Iterable[dict], predict: PredictFn, class_names: S
 
 def write_case_rows(path: str, rows: list[dict]) -> None:
     """Write per-(case, class) metric rows as CSV (atomically)."""
-    tmp = unique_tmp_path(path)
-    with open(tmp, "x", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["case", "class", *REPORTED, *COUNTED])
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def format_summary(summary: dict, class_names: Sequence[str]) -> str:
