@@ -49,14 +49,17 @@ def _worker_init(_: int) -> None:
 
 
 def _loader(ds, batch_size: int, args, dist: runtime.DistInfo, shuffle: bool = True) -> DataLoader:
-    sampler = runtime.ResumableSampler(len(ds), batch_size=None, seed=args.seed, rank=dist.rank,
-                                       world_size=dist.world_size, shuffle=shuffle, drop_last=True)
-    if len(sampler) < batch_size:
+    """Training DataLoader: an endless resumable sampler over ``EpochKeyed(ds)``, persistent workers (the
+    epoch advances inside the sampler, so workers prefetch across epoch boundaries); use it through
+    :class:`runtime.InfiniteLoader`."""
+    if len(ds) // dist.world_size < batch_size:
         raise DatasetError(f"{type(ds).__name__}: {len(ds)} items is fewer than one batch of {batch_size} "
                            f"per process; lower the batch size")
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=args.num_workers, drop_last=True,
-                      pin_memory=torch.cuda.is_available(), generator=torch.Generator(),
-                      persistent_workers=False, worker_init_fn=_worker_init)
+    sampler = runtime.ResumableSampler(len(ds), batch_size=batch_size, seed=args.seed, rank=dist.rank,
+                                       world_size=dist.world_size, shuffle=shuffle, drop_last=True, endless=True)
+    return DataLoader(runtime.EpochKeyed(ds), batch_size=batch_size, sampler=sampler, num_workers=args.num_workers,
+                      drop_last=True, pin_memory=torch.cuda.is_available(), generator=torch.Generator(),
+                      persistent_workers=args.num_workers > 0, worker_init_fn=_worker_init)
 
 
 def _to(batch: dict, device) -> dict:
