@@ -166,6 +166,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-max_bad_steps", type=positive_int, default=5,
                    help="stop after this many non-finite losses in a row (each is skipped)")
     _bool_flag(g, "-compile", False, "torch.compile the image encoder")
+    _bool_flag(g, "-grad_ckpt", False, "activation checkpointing of the Hiera blocks: less memory, the "
+               "encoder forward recomputed in backward")
     g.add_argument("-val_volumes", type=nonneg_int, default=None,
                    help="periodic validation on the first N volumes only (0 = all; default 0, 3D demo 2); "
                         "the final evaluation always uses every volume")

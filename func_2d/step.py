@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from sam2_train.model.cutmix import sample_box_masks, sample_cutmix_partners
+from sam2_train.model.levers import encoder_frozen
 from sam2_train.model.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.model.pcsw import PCSWConfig
 from sam2_train.model.semi import (body_mask, choose_prompts, gt_prompts, mix_strong_views, one_hot_fg, run_step,
@@ -33,18 +34,21 @@ class UnlabeledTargets:
     labels: torch.Tensor        # (2N,s,s) int64 pseudo-labels, mixed
     conf: torch.Tensor          # (2N,s,s) confidence, mixed
     prompts: SlicePrompts       # (2N,K) prompts, mixed
+    weak_feats: list | None = None  # the teacher's weak-view encoder features (3 levels of (N,...)), when shared
 
 
 @torch.no_grad()
 def teacher_targets(teacher: SSSNet, views: dict, slab_len: int, cfg: PCSWConfig, use_pcsw: bool,
-                    cutmix_p: float) -> UnlabeledTargets:
+                    cutmix_p: float, share_weak: bool = False) -> UnlabeledTargets:
     """Teacher pass on the weak view -> pseudo-labels, confidences, prompts; then CutMix of both strong views.
 
-    views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,L,1,S,S).
+    views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,L,1,S,S). ``share_weak``: hand the weak view's
+    encoder features to the student (``weak_feats``; only valid with a frozen encoder).
     """
     xw, xs1, xs2 = (views[key].flatten(0, 1) for key in ("image_w", "image_s1", "image_s2"))
     n, size = xw.shape[0], xw.shape[-1]
-    fw, _ = teacher.enhance(teacher.encode(xw).feats)
+    enc = teacher.encode(xw)
+    fw, _ = teacher.enhance(enc.feats)
     probs = teacher.coarse(fw).float().softmax(1)                               # (N,K+1,s,s)
     s = probs.shape[-1]
     prompts = prompts_from_probs(probs.view(-1, slab_len, *probs.shape[1:]), size, cfg, use_pcsw,
@@ -55,7 +59,8 @@ def teacher_targets(teacher: SSSNet, views: dict, slab_len: int, cfg: PCSWConfig
     # partner: for each row of the stacked (view 1, view 2) batch, a row of the same view.
     partner = torch.cat([sample_cutmix_partners(n), sample_cutmix_partners(n) + n]).to(xw.device)  # (2N,)
     box_masks = sample_box_masks(2 * n, size, cutmix_p, xw.device)                                # (2N,S,S)
-    return UnlabeledTargets(**mix_strong_views(xw, xs1, xs2, labels, conf, prompts, partner, box_masks, cfg.margin))
+    return UnlabeledTargets(**mix_strong_views(xw, xs1, xs2, labels, conf, prompts, partner, box_masks, cfg.margin),
+                            weak_feats=enc.feats if share_weak else None)
 
 
 class Student2D(nn.Module):
@@ -67,6 +72,7 @@ class Student2D(nn.Module):
         self.use_pcsw, self.p_gt, self.tau_u = bool(args.pcsw), args.p_gt, args.tau_u
         self.out_size, self.unsup_encoder_grad = args.out_size, args.unsup_encoder_grad
         self.pcsw_cfg = PCSWConfig.from_args(args)
+        self.encoder_frozen = encoder_frozen(net.sam.sam.image_encoder)   # the teacher's weak pass is ours then
 
     def forward(self, image_l: torch.Tensor, label_l: torch.Tensor, u: UnlabeledTargets | None = None) -> dict:
         net, k, size = self.net, self.net.num_classes, self.net.image_size
@@ -86,7 +92,8 @@ class Student2D(nn.Module):
             return {"loss_x": loss_x}
 
         # Unlabeled: weak + mixed strong views through the encoder (no autograd by default), DFE(W, S1/S2).
-        _, fs = strong_view_features(net, u.images, u.partner, u.box_masks, self.unsup_encoder_grad)
+        _, fs = strong_view_features(net, u.images, u.partner, u.box_masks, self.unsup_encoder_grad,
+                                     u.weak_feats if self.encoder_frozen else None)
         valid_px = u.conf >= self.tau_u
         coarse_s, refined_s = net.coarse(fs), net.refine(fs, u.prompts)
         with record_function("sss.loss"):
@@ -97,7 +104,8 @@ class Student2D(nn.Module):
 
 def unlabeled_targets(teacher: SSSNet, batch_u: dict, args) -> UnlabeledTargets:
     """:func:`teacher_targets` with the settings of ``args``."""
-    return teacher_targets(teacher, batch_u, args.slab_len, PCSWConfig.from_args(args), bool(args.pcsw), args.cutmix_p)
+    return teacher_targets(teacher, batch_u, args.slab_len, PCSWConfig.from_args(args), bool(args.pcsw), args.cutmix_p,
+                           share_weak=getattr(args, "encoder_lr_mult", 1.0) == 0)
 
 
 # train_step(student, teacher, batch_l, batch_u, args, iteration, autocast) -> {"loss", ...}

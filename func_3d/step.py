@@ -34,6 +34,7 @@ from sam2_train.model.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.model.pcsw import PCSWConfig
 from sam2_train.model.sam2_model import ImageFeatures, upsample_logits
 from sam2_train.model.cutmix import clip_cutmix_partners, sample_box_masks
+from sam2_train.model.levers import encoder_frozen
 from sam2_train.model.semi import (body_mask, choose_prompts, gt_prompts, mix_strong_views, one_hot_fg, run_step,
                                   strong_view_features, thin_prompt_frames)
 from sam2_train.model.sss_net import NEG, SlicePrompts, SSSNet, prompts_from_probs, pseudo_labels, upsample
@@ -111,18 +112,20 @@ class UnlabeledTargets:
     conf: torch.Tensor          # (2N,s,s) confidence, mixed
     prompts: SlicePrompts       # (2N,K) prompts, mixed
     num_clips: int              # 2*Bu strong clips of T frames
+    weak_feats: list | None = None  # the teacher's weak-clip encoder features (3 levels of (N,...)), when shared
 
 
 @torch.no_grad()
 def teacher_targets(teacher: SSSNet, views: dict, cfg: PCSWConfig, use_pcsw: bool, cutmix_p: float,
-                    prompt_freq: int) -> UnlabeledTargets:
+                    prompt_freq: int, share_weak: bool = False) -> UnlabeledTargets:
     """Teacher pass on the weak clips -> tracked pseudo-labels, confidences, prompts; then 3-D CutMix.
 
     views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,T,1,S,S). Prompts: the PCSW prompts of the
     clip, each class on every ``prompt_freq``-th of its PCSW-prompted frames (:func:`thin_prompt_frames`);
     SAM-2 tracks them through all frames. Pseudo-labels come from the tracked logits of the prompted classes on frames
     where SAM-2's object score is > 0; elsewhere a class counts as not prompted (coarse-probability
-    fallback for the confidence, see :func:`pseudo_labels`).
+    fallback for the confidence, see :func:`pseudo_labels`). ``share_weak``: hand the weak clips' encoder
+    features to the student (``weak_feats``; only valid with a frozen encoder).
     """
     bu, t = views["image_w"].shape[:2]
     xw, xs1, xs2 = (views[key].flatten(0, 1) for key in ("image_w", "image_s1", "image_s2"))
@@ -143,7 +146,7 @@ def teacher_targets(teacher: SSSNet, views: dict, cfg: PCSWConfig, use_pcsw: boo
     partner = torch.cat([clip_cutmix_partners(bu, t, xw.device), clip_cutmix_partners(bu, t, xw.device) + n])
     box_masks = sample_box_masks(2 * bu, size, cutmix_p, xw.device).repeat_interleave(t, dim=0)  # (2N,S,S)
     return UnlabeledTargets(**mix_strong_views(xw, xs1, xs2, labels, conf, prompts, partner, box_masks, cfg.margin),
-                            num_clips=2 * bu)
+                            num_clips=2 * bu, weak_feats=enc.feats if share_weak else None)
 
 
 class Student3D(nn.Module):
@@ -156,6 +159,7 @@ class Student3D(nn.Module):
         self.out_size, self.unsup_encoder_grad = args.out_size, args.unsup_encoder_grad
         self.prompt, self.prompt_freq = args.prompt, args.prompt_freq
         self.pcsw_cfg = PCSWConfig.from_args(args)
+        self.encoder_frozen = encoder_frozen(net.sam.sam.image_encoder)   # the teacher's weak pass is ours then
 
     def labeled_prompts(self, probs: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, b: int, t: int):
         """Prompts of B labeled clips on frames 0, f, 2f, ...: (SlicePrompts (N,K), use_box (N,1), use_point (N,1)).
@@ -192,7 +196,8 @@ class Student3D(nn.Module):
 
         # Unlabeled: weak + mixed strong clips through the encoder (no autograd by default), the weak
         # features mixed like the strong images so DFE(W, S1), DFE(W, S2) pair aligned pixels.
-        enc_u, fs = strong_view_features(net, u.images, u.partner, u.box_masks, self.unsup_encoder_grad)
+        enc_u, fs = strong_view_features(net, u.images, u.partner, u.box_masks, self.unsup_encoder_grad,
+                                         u.weak_feats if self.encoder_frozen else None)
         valid_px = u.conf >= self.tau_u
         tracked_u = track_clips(net, enc_u.replace(fs), u.prompts, u.num_clips)
         coarse_s = net.coarse(fs)
@@ -205,7 +210,7 @@ class Student3D(nn.Module):
 def unlabeled_targets(teacher: SSSNet, batch_u: dict, args):
     """:func:`teacher_targets` with the settings of ``args``."""
     return teacher_targets(teacher, batch_u, PCSWConfig.from_args(args), bool(args.pcsw), args.cutmix_p,
-                           args.prompt_freq)
+                           args.prompt_freq, share_weak=getattr(args, "encoder_lr_mult", 1.0) == 0)
 
 
 # train_step(student, teacher, batch_l, batch_u, args, iteration, autocast) -> {"loss", ...}

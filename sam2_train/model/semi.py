@@ -113,16 +113,23 @@ def thin_prompt_frames(valid: torch.Tensor, freq: int) -> torch.Tensor:
 
 
 def strong_view_features(net, images: torch.Tensor, partner: torch.Tensor, box_masks: torch.Tensor,
-                         encoder_grad: bool):
+                         encoder_grad: bool, weak_feats: list[torch.Tensor] | None = None):
     """Student features of the unlabeled views: images (3N,1,S,S) = weak, mixed strong 1, mixed strong 2.
 
     The encoder runs without autograd unless ``encoder_grad``; the weak features are CutMix-ed like the
     strong images (``partner`` (2N,), ``box_masks`` (2N,S,S)) so DFE(W, S1), DFE(W, S2) pair aligned pixels.
+    ``weak_feats`` (3 levels of (N,...)): the weak view's encoder features already computed by the teacher
+    (valid only when the encoder is frozen, :func:`sam2_train.model.levers.encoder_frozen`); only the 2N strong
+    images are then encoded.
     Returns (ImageFeatures of all 3N images, DFE-enhanced strong features: 3 levels of (2N,...)).
     """
     n = images.shape[0] // 3
     with contextlib.nullcontext() if encoder_grad else torch.no_grad():
-        enc = net.encode(images)
+        if weak_feats is None:
+            enc = net.encode(images)
+        else:
+            enc_s = net.encode(images[n:])
+            enc = enc_s.replace([torch.cat([w.to(s.dtype), s]) for w, s in zip(weak_feats, enc_s.feats)])
     fw = [mix(torch.cat([f[:n], f[:n]]), partner, box_masks) for f in enc.feats]
     _, fs = net.enhance(fw, [f[n:] for f in enc.feats])
     return enc, fs

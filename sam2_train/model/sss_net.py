@@ -19,6 +19,7 @@ from torch.profiler import record_function
 from sam2_train.model.build import build_sam2_base
 from sam2_train.model.coarse_head import CoarseHead
 from sam2_train.model.dfe import DFE
+from sam2_train.model.levers import enable_grad_checkpointing
 from sam2_train.model.pcsw import PCSWConfig, coarse_box_prompts, pcsw_prompts
 from sam2_train.model.sam2_model import SAM2Seg
 
@@ -129,7 +130,8 @@ def build_sss_net(args: argparse.Namespace, num_classes: int, device="cpu", sam_
     ``sam_ckpt`` overrides ``args.sam_ckpt`` (``"none"`` when the weights come from our own checkpoint).
     For volumes (``args.script == "3d"``) SAM-2 attends to at most ``-memory_bank_size`` conditioning
     (prompted) frames (``max_cond_frames_in_attn``; no weights depend on it). ``-encoder_lr_mult 0`` freezes
-    the image encoder (``requires_grad=False``: no gradient, no backward through it, not in the optimiser)."""
+    the image encoder (``requires_grad=False``: no gradient, no backward through it, not in the optimiser);
+    ``-grad_ckpt 1`` checkpoints its Hiera blocks (:mod:`sam2_train.model.levers`)."""
     overrides = []
     if getattr(args, "script", "2d") == "3d" and getattr(args, "memory_bank_size", None):
         overrides.append(f"++model.max_cond_frames_in_attn={int(args.memory_bank_size)}")
@@ -138,6 +140,8 @@ def build_sss_net(args: argparse.Namespace, num_classes: int, device="cpu", sam_
     dfe = DFE(levels=tuple(args.dfe_levels), sim=args.dfe_sim) if args.dfe else None
     if getattr(args, "encoder_lr_mult", 1.0) == 0:
         sam.sam.image_encoder.requires_grad_(False)
+    if getattr(args, "grad_ckpt", False):
+        enable_grad_checkpointing(sam.sam.image_encoder)
     return SSSNet(sam, num_classes, dfe).to(device)
 
 
