@@ -9,7 +9,8 @@ encoder pass can stand in for the student's (:func:`encoder_frozen`).
   training mode and autograd is recording, so the EMA teacher, ``no_grad`` passes and evaluation run the
   plain block.
 - :func:`compile_encoder` compiles the image encoder in place (``nn.Module.compile``: the state-dict keys
-  stay the same). Call it after the EMA copy is made (the teacher keeps the eager encoder).
+  stay the same) with a chosen backend (the benchmarks' ``-compile 1``; ``"eager"`` for a quick CPU dry run).
+  Call it after the EMA copy is made (the teacher keeps the eager encoder).
 """
 from __future__ import annotations
 
