@@ -186,6 +186,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-max_bad_steps", type=positive_int, default=5,
                    help="stop after this many non-finite losses in a row (each is skipped)")
     _bool_flag(g, "-compile", False, "torch.compile the image encoder")
+    _bool_flag(g, "-grad_ckpt", False, "activation checkpointing of the Hiera blocks: less memory, the "
+               "encoder forward recomputed in backward")
     g.add_argument("-val_volumes", type=nonneg_int, default=None,
                    help="periodic validation on the first N volumes only (0 = all; default 0, 3D demo 2); "
                         "the final evaluation always uses every volume")
@@ -316,7 +318,7 @@ def to_config(args: argparse.Namespace, num_classes: int) -> TrainConfig:
                       num_classes=num_classes, dfe=bool(args.dfe), dfe_sim=args.dfe_sim,
                       dfe_levels=tuple(args.dfe_levels),
                       memory_bank_size=args.memory_bank_size if args.script == "3d" else None,
-                      freeze_encoder=args.encoder_lr_mult == 0)
+                      freeze_encoder=args.encoder_lr_mult == 0, grad_ckpt=bool(args.grad_ckpt))
     semi = SemiConf(method=args.method, lambda_u=args.lambda_u, rampup=args.rampup, tau_u=args.tau_u, p_gt=args.p_gt,
                     cutmix_p=args.cutmix_p, unsup_encoder_grad=bool(args.unsup_encoder_grad), out_size=args.out_size,
                     slab_len=args.slab_len, prompt=args.prompt, prompt_freq=args.prompt_freq, use_pcsw=bool(args.pcsw))

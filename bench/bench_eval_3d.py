@@ -38,6 +38,42 @@ def phantom(h: int, w: int, d: int) -> np.ndarray:
     return np.repeat(sl[None], d, axis=0)
 
 
+def bench_volume(flags: list[str], size=(512, 512, 60), classes: int = 5) -> dict:
+    """Label-free evaluation of one phantom volume of ``size`` (H,W,D) under train_3d.py ``flags``:
+    {"seconds", "per_slice", "foreground", "shape" (D,H,W) and "max_label" of the prediction, "peak_gib"
+    (CUDA allocator peak, None on CPU), "base_gib", "rss_growth_mib", "peak_rss_gib", "setting", "device"}."""
+    args = cfg.parse_args(["-dataset", "demo", "-distributed", "none", "-pcsw", "0", *flags], script="3d")
+    device = runtime.select_device(args.device, args.gpu_device)
+    config = cfg.to_config(args, classes)
+    net = build_sss_net(config.model, device=device)
+    with torch.no_grad():   # class 1 wins everywhere: every slice gets a prompt
+        net.head.cls.bias.copy_(torch.tensor([0.0, 8.0] + [0.0] * (classes - 1)))
+    h, w, d = size
+    image = phantom(h, w, d)
+    autocast = lambda: runtime.autocast(device, args.amp)  # noqa: E731
+    predict = lambda img: TASK_3D.predict(net, img, config=config, infer="boxes", device=device,  # noqa: E731
+                                          autocast=autocast)
+    predict(image[:2])                                                         # warm-up
+    base = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) / 2**30
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    pred = predict(image)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    dt = time.perf_counter() - t0
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return dict(seconds=dt, per_slice=dt / d, foreground=float((pred > 0).mean()), base_gib=base,
+                shape=tuple(pred.shape), max_label=int(pred.max()),
+                peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+                rss_growth_mib=(rss1 - rss0) / 2**10, peak_rss_gib=rss1 / 2**20, device=str(device),
+                setting=f"volume {h}x{w}x{d}, {args.sam_config} @ {args.image_size}px, {classes} classes, "
+                        f"prompt_freq {args.prompt_freq}")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     own, flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
@@ -46,36 +82,12 @@ def main(argv=None) -> int:
     p.add_argument("--classes", type=int, default=5)
     opts = p.parse_args(own)
     warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")
-    args = cfg.parse_args(["-dataset", "demo", "-distributed", "none", "-pcsw", "0", *flags], script="3d")
-    device = runtime.select_device(args.device, args.gpu_device)
-    config = cfg.to_config(args, opts.classes)
-    net = build_sss_net(config.model, device=device)
-    with torch.no_grad():   # class 1 wins everywhere: every slice gets a prompt
-        net.head.cls.bias.copy_(torch.tensor([0.0, 8.0] + [0.0] * (opts.classes - 1)))
-    h, w, d = opts.size
-    image = phantom(h, w, d)
-    autocast = lambda: runtime.autocast(device, args.amp)  # noqa: E731
-    predict = lambda img: TASK_3D.predict(net, img, config=config, infer="boxes", device=device,  # noqa: E731
-                                          autocast=autocast)
-    predict(image[:2])                                                         # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    pred = predict(image)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    dt = time.perf_counter() - t0
-    print(f"volume {h}x{w}x{d}, {args.sam_config} @ {args.image_size}px, {opts.classes} classes, "
-          f"prompt_freq {args.prompt_freq}, {device}: {dt:.1f} s per volume, {dt / d:.2f} s per slice, "
-          f"foreground {100 * (pred > 0).mean():.1f}%")
-    if device.type == "cuda":
-        print(f"peak CUDA memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB "
-              f"(weights and buffers before the volume: {base / 2**30:.2f} GiB)")
-    print(f"process peak RSS grew by {(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 2**10:.0f} MiB "
-          f"during the volume (peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB)")
+    r = bench_volume(flags, tuple(opts.size), opts.classes)
+    print(f"{r['setting']}, {r['device']}: {r['seconds']:.1f} s per volume, {r['per_slice']:.2f} s per slice, "
+          f"foreground {100 * r['foreground']:.1f}%")
+    if r["peak_gib"] is not None:
+        print(f"peak CUDA memory {r['peak_gib']:.2f} GiB (weights and buffers before the volume: {r['base_gib']:.2f} GiB)")
+    print(f"process peak RSS grew by {r['rss_growth_mib']:.0f} MiB during the volume (peak RSS {r['peak_rss_gib']:.2f} GiB)")
     return 0
 
 

@@ -12,7 +12,10 @@ image encoder, DFE, coarse head, PCSW, prompt encoder + mask decoder (2D), SAM-2
 (3D: memory attention, decoder, memory encoder), losses, backward, optimiser + EMA, and the rest (Python
 glue), each as seconds and as a share of the step; the share spent outside the model (data + PCSW + glue);
 images/s (labeled + unlabeled; 3D: slices, and seconds per training volume = per clip); and peak memory
-(CUDA allocator peak on a GPU, process peak RSS on CPU).
+(CUDA allocator peak on a GPU, process peak RSS on CPU). The step time includes waiting for the DataLoader
+(the real loaders of the trainer: persistent workers, prefetching across epochs); ``--in-memory 1`` (default)
+then times as many steps again on batches drawn into memory beforehand, so the two per-step times show what
+the loader costs (pass ``--steps`` > batches per epoch to include epoch boundaries).
 Part times come from the ``sss.*`` ``record_function`` scopes of the model code (GPU time on CUDA).
 """
 from __future__ import annotations
@@ -23,9 +26,11 @@ import resource
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,7 +40,8 @@ from sam2_train.engine import runtime  # noqa: E402
 from run_training import task_for  # noqa: E402
 from sam2_train.engine.ema import ModelEMA  # noqa: E402
 from sam2_train.engine.schedule import build_optimizer  # noqa: E402
-from sam2_train.engine.trainer import _to, make_loader  # noqa: E402
+from sam2_train.engine.trainer import _to, _worker_init, make_loader  # noqa: E402
+from sam2_train.model.levers import compile_encoder  # noqa: E402
 from sam2_train.model.sss_net import build_sss_net  # noqa: E402
 
 PARTS = ("encoder", "dfe", "head", "pcsw", "decoder", "track", "loss")
@@ -58,7 +64,57 @@ def scope_times(prof, device) -> dict:
     return out
 
 
-def bench_method(method: str, flags: list[str], steps: int, warmup: int, script: str = "2d") -> dict:
+@dataclass
+class Setup:
+    """Everything one training step needs (built as ``sam2_train.trainer`` builds it)."""
+    args: argparse.Namespace
+    config: object              # cfg.to_config(args): the typed settings the trainer uses
+    device: torch.device
+    net: torch.nn.Module
+    student: torch.nn.Module
+    teacher: torch.nn.Module
+    ema: ModelEMA | None
+    opt: torch.optim.Optimizer
+    it_l: runtime.InfiniteLoader
+    it_u: runtime.InfiniteLoader | None
+    autocast: object
+
+    @property
+    def semi(self) -> bool:
+        return self.it_u is not None
+
+    def next_batches(self) -> tuple[dict, dict | None]:
+        """The next labeled and unlabeled batches on the device."""
+        return _to(next(self.it_l), self.device), (_to(next(self.it_u), self.device) if self.semi else None)
+
+    @property
+    def unlabeled_batch(self) -> int:
+        return task_for(self.args.script).unlabeled_batch(self.config)
+
+    def forward(self, batch_l: dict, batch_u: dict | None, iteration: int) -> dict:
+        return self.student(batch_l, batch_u, iteration)
+
+    def update(self) -> None:
+        self.opt.step()
+        if self.ema is not None:
+            self.ema.update(self.net)
+
+
+def per_epoch_loader(ds, batch_size: int, *, seed: int, num_workers: int, dist) -> DataLoader:
+    """For comparison only: a loader whose workers are restarted at every epoch (a fresh iterator per epoch,
+    no persistent workers), as training loaders were built before the endless sampler."""
+    sampler = runtime.ResumableSampler(len(ds), batch_size=batch_size, seed=seed, rank=dist.rank,
+                                       world_size=dist.world_size, drop_last=True)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator(), persistent_workers=False,
+                      worker_init_fn=_worker_init)
+
+
+def setup(method: str, flags: list[str], script: str = "2d", compile_backend: str = "inductor",
+          restart_workers: bool = False) -> Setup:
+    """Model, EMA teacher, optimiser and loaders of ``train_2d.py`` / ``train_3d.py`` ``flags -method method``
+    (one process; ``-compile 1`` compiles the student's encoder after the EMA copy, as the trainer does, with
+    ``compile_backend``). ``restart_workers``: the per-epoch loader of :func:`per_epoch_loader` instead."""
     args = cfg.parse_args(flags + ["-method", method, "-distributed", "none"], script=script)
     task = task_for(script)
     device = runtime.select_device(args.device, args.gpu_device)
@@ -68,14 +124,39 @@ def bench_method(method: str, flags: list[str], steps: int, warmup: int, script:
     dist = runtime.DistInfo(rank=0, local_rank=0, world_size=1, is_main=True, device=device)
     net = build_sss_net(config.model, device=device)
     ema = ModelEMA(net, args.ema) if args.ema > 0 else None
-    semi = method != "supervised"
-    teacher = ema.module if ema is not None and semi else net
+    teacher = ema.module if ema is not None and method != "supervised" else net
     student = task.make_student(net, teacher, config, autocast).to(device)
+    if args.compile:
+        compile_encoder(net.sam.sam.image_encoder, backend=compile_backend)
     opt = build_optimizer(net, config.optim)
-    loader = lambda ds, b: make_loader(ds, b, seed=args.seed, num_workers=args.num_workers, dist=dist)  # noqa: E731
-    n_u = task.unlabeled_batch(config)
-    it_l = iter(runtime.InfiniteLoader(loader(splits.labeled, args.b)))
-    it_u = iter(runtime.InfiniteLoader(loader(splits.unlabeled, n_u))) if semi else None
+    make = per_epoch_loader if restart_workers else make_loader
+    loader = lambda ds, b: make(ds, b, seed=args.seed, num_workers=args.num_workers, dist=dist)  # noqa: E731
+    it_l = runtime.InfiniteLoader(loader(splits.labeled, args.b))
+    it_u = runtime.InfiniteLoader(loader(splits.unlabeled, task.unlabeled_batch(config))) \
+        if method != "supervised" else None
+    return Setup(args, config, device, net, student, teacher, ema, opt, it_l, it_u, autocast)
+
+
+def time_in_memory(su: Setup, steps: int) -> float:
+    """Seconds per step (forward, backward, optimiser) over ``steps`` batches drawn into memory beforehand."""
+    batches = [su.next_batches() for _ in range(steps)]
+    sync(su.device)
+    t0 = time.perf_counter()
+    for i, (bl, bu) in enumerate(batches):
+        out = su.forward(bl, bu, i)
+        su.opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        su.update()
+    sync(su.device)
+    return (time.perf_counter() - t0) / steps
+
+
+def bench_method(method: str, flags: list[str], steps: int, warmup: int, script: str = "2d",
+                 in_memory: bool = False, compile_backend: str = "inductor", restart_workers: bool = False) -> dict:
+    """Times ``steps`` steps after ``warmup`` ones (see the module docstring); returns the figures, the last
+    loss (``loss``) and whether every parameter is still fp32 on the device (``weights_ok``)."""
+    su = setup(method, flags, script, compile_backend, restart_workers)
+    args, device, semi = su.args, su.device, su.semi
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -88,20 +169,17 @@ def bench_method(method: str, flags: list[str], steps: int, warmup: int, script:
             prof = profile(activities=acts)
             prof.__enter__()
         t0 = time.perf_counter()
-        batch_l = _to(next(it_l), device)
-        batch_u = _to(next(it_u), device) if semi else None
+        batch_l, batch_u = su.next_batches()
         sync(device)
         t1 = time.perf_counter()
-        out = student(batch_l, batch_u, i)
+        out = su.forward(batch_l, batch_u, i)
         sync(device)
         t2 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
+        su.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         sync(device)
         t3 = time.perf_counter()
-        opt.step()
-        if ema is not None:
-            ema.update(net)
+        su.update()
         sync(device)
         t4 = time.perf_counter()
         if timed:
@@ -115,16 +193,19 @@ def bench_method(method: str, flags: list[str], steps: int, warmup: int, script:
     glue = max(0.0, per["forward"] - model_fwd - parts["pcsw"])
     per_item = args.slab_len if script == "2d" else args.video_length     # images per unlabeled item
     images = (args.b if script == "2d" else args.b * args.video_length) + \
-        (n_u * per_item if semi else 0)
+        (su.unlabeled_batch * per_item if semi else 0)
     peak = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    return dict(method=method, script=script, clips=args.b + (n_u if semi else 0),
-                device=str(device), step=step, data=per["data"], parts=parts, glue=glue,
+    loss = float(out["loss"].detach())
+    weights_ok = all(p.dtype == torch.float32 and p.device.type == device.type for p in su.net.parameters())
+    in_mem = time_in_memory(su, steps) if in_memory else None
+    return dict(method=method, script=script, clips=args.b + (su.unlabeled_batch if semi else 0),
+                step_in_memory=in_mem, loss=loss, weights_ok=weights_ok, amp=str(runtime.amp_dtype(device, args.amp)), device=str(device), step=step, data=per["data"], parts=parts, glue=glue,
                 backward=per["backward"], optim=per["optim"], images=images, peak_gib=peak,
                 peak_kind="CUDA allocator peak" if device.type == "cuda" else "process peak RSS",
                 outside=(per["data"] + parts["pcsw"] + glue) / step, setting=f"{args.sam_config} @ {args.image_size}px, "
                 + (f"b={args.b}" if script == "2d" else f"b={args.b} clips of {args.video_length} slices")
-                + (f" + {n_u} unlabeled {'slabs' if script == '2d' else 'clips'}"
+                + (f" + {su.unlabeled_batch} unlabeled {'slabs' if script == '2d' else 'clips'}"
                    if semi else ""))
 
 
@@ -137,9 +218,14 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--methods", nargs="+", default=["supervised", "fixmatch", "sss"],
                    choices=["supervised", "fixmatch", "sss"])
+    p.add_argument("--in-memory", type=int, choices=[0, 1], default=1,
+                   help="also time the same number of steps on batches drawn into memory beforehand (no loader)")
+    p.add_argument("--restart-workers", type=int, choices=[0, 1], default=0,
+                   help="1: restart the DataLoader workers at every epoch (the old loaders), for comparison")
     opts = p.parse_args(own)
     warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")
-    rows = [bench_method(m, flags, opts.steps, opts.warmup, opts.script) for m in opts.methods]
+    rows = [bench_method(m, flags, opts.steps, opts.warmup, opts.script, bool(opts.in_memory),
+                         restart_workers=bool(opts.restart_workers)) for m in opts.methods]
     for r in rows:
         s = r["step"]
         print(f"\n== {r['method']}  ({r['setting']}, {r['device']}, {torch.get_num_threads()} CPU threads)")
@@ -151,6 +237,9 @@ def main(argv=None) -> int:
         for name, v in items:
             print(f"  {name:14s} {v:8.3f} s  {100 * v / s:5.1f} %")
         print(f"  outside the model (data + PCSW + glue): {100 * r['outside']:.1f} % of the step")
+        if r["step_in_memory"] is not None:
+            print(f"  per step: {s:.3f} s with the DataLoader (waiting for batches included), "
+                  f"{r['step_in_memory']:.3f} s with the batches already in memory")
     if len(rows) > 1:
         base = rows[0]["step"]
         print("\nstep time relative to " + rows[0]["method"] + ": "

@@ -25,12 +25,14 @@ from sam2_train.model.sss_net import SSSNet, prompts_from_probs, pseudo_labels, 
 
 @torch.no_grad()
 def teacher_targets(teacher: SSSNet, views: dict, *, slab_len: int, pcsw: PCSWConfig, use_pcsw: bool,
-                    cutmix_p: float) -> UnlabeledTargets:
+                    cutmix_p: float, share_weak: bool = False) -> UnlabeledTargets:
     """Teacher pass on the weak view -> PCSW prompts, pseudo-labels, confidences; then CutMix of both strong
-    views by the same boxes. views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,L,1,S,S)."""
+    views by the same boxes. views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,L,1,S,S).
+    ``share_weak``: hand the weak view's encoder features to the student (only with a frozen encoder)."""
     img_u_w, img_u_s1, img_u_s2 = (views[key].flatten(0, 1) for key in ("image_w", "image_s1", "image_s2"))
     n, size = img_u_w.shape[0], img_u_w.shape[-1]
-    feats_u_w, _ = teacher.enhance(teacher.encode(img_u_w).feats)
+    enc_u_w = teacher.encode(img_u_w)
+    feats_u_w, _ = teacher.enhance(enc_u_w.feats)
     probs_u_w = teacher.coarse(feats_u_w).float().softmax(1)                         # (N,K+1,s,s)
     s = probs_u_w.shape[-1]
     prompts_u_w = prompts_from_probs(probs_u_w.view(-1, slab_len, *probs_u_w.shape[1:]), size, pcsw, use_pcsw,
@@ -42,7 +44,7 @@ def teacher_targets(teacher: SSSNet, views: dict, *, slab_len: int, pcsw: PCSWCo
                          clip_cutmix_partners(bu, slab_len, img_u_w.device) + n])                      # (2N,)
     box_masks = sample_box_masks(2 * n, size, cutmix_p, img_u_w.device)                                # (2N,S,S)
     return mix_strong_views(img_u_w, img_u_s1, img_u_s2, mask_u_w, conf_u_w, prompts_u_w, partner, box_masks,
-                            pcsw.margin)
+                            pcsw.margin, weak_feats=enc_u_w.feats if share_weak else None)
 
 
 class Student2D(nn.Module):
@@ -54,6 +56,8 @@ class Student2D(nn.Module):
     def __init__(self, net: SSSNet, teacher: SSSNet, config: TrainConfig, autocast=contextlib.nullcontext):
         super().__init__()
         self.net, self._teacher, self.semi, self.pcsw, self.autocast = net, (teacher,), config.semi, config.pcsw, autocast
+        # a frozen encoder is the same in teacher and student: the teacher's weak-view pass serves both
+        self.frozen_encoder = config.model.freeze_encoder
 
     def forward(self, batch_l: dict, batch_u: dict | None, iteration: int) -> dict:
         net, semi, k, size = self.net, self.semi, self.net.num_classes, self.net.image_size
@@ -76,9 +80,10 @@ class Student2D(nn.Module):
 
             # unlabeled: the teacher's pseudo-labels on the weak view, carried to two CutMix-ed strong views
             u = teacher_targets(self._teacher[0], batch_u, slab_len=semi.slab_len, pcsw=self.pcsw,
-                                use_pcsw=semi.use_pcsw, cutmix_p=semi.cutmix_p)
+                                use_pcsw=semi.use_pcsw, cutmix_p=semi.cutmix_p, share_weak=self.frozen_encoder)
             # student: weak + strong views through the encoder (no autograd by default), DFE(W, S1), DFE(W, S2)
-            _, feats_u_s = strong_view_features(net, u.images, u.partner, u.box_masks, semi.unsup_encoder_grad)
+            _, feats_u_s = strong_view_features(net, u.images, u.partner, u.box_masks, semi.unsup_encoder_grad,
+                                                u.weak_feats)
             conf_ok = u.conf >= semi.tau_u                                              # (2N,s,s)
             pred_u_s, refined_u_s = net.coarse(feats_u_s), net.refine(feats_u_s, u.prompts)
             with record_function("sss.loss"):

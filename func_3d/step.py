@@ -104,7 +104,7 @@ def track_loss(tr: Tracked, target: torch.Tensor, valid_px: torch.Tensor | None 
 
 @torch.no_grad()
 def teacher_targets(teacher: SSSNet, views: dict, *, pcsw: PCSWConfig, use_pcsw: bool, cutmix_p: float,
-                    prompt_freq: int) -> UnlabeledTargets:
+                    prompt_freq: int, share_weak: bool = False) -> UnlabeledTargets:
     """Teacher pass on the weak clips -> tracked pseudo-labels, confidences, prompts; then 3-D CutMix.
 
     views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,T,1,S,S). Each class is prompted on every
@@ -112,6 +112,7 @@ def teacher_targets(teacher: SSSNet, views: dict, *, pcsw: PCSWConfig, use_pcsw:
     pseudo-labels come from the tracked logits where SAM-2's object score is > 0 (elsewhere the class counts as
     not prompted: coarse-probability confidence, see :func:`pseudo_labels`). CutMix: one box per strong clip
     on all its frames (a cuboid), partner = frame t of another clip (the same clip reversed if there is one).
+    ``share_weak``: hand the weak clips' encoder features to the student (only with a frozen encoder).
     """
     bu, t = views["image_w"].shape[:2]
     img_u_w, img_u_s1, img_u_s2 = (views[key].flatten(0, 1) for key in ("image_w", "image_s1", "image_s2"))
@@ -129,7 +130,7 @@ def teacher_targets(teacher: SSSNet, views: dict, *, pcsw: PCSWConfig, use_pcsw:
     partner = torch.cat([clip_cutmix_partners(bu, t, img_u_w.device), clip_cutmix_partners(bu, t, img_u_w.device) + n])
     box_masks = sample_box_masks(2 * bu, size, cutmix_p, img_u_w.device).repeat_interleave(t, dim=0)   # (2N,S,S)
     return mix_strong_views(img_u_w, img_u_s1, img_u_s2, mask_u_w, conf_u_w, prompts_u_w, partner, box_masks,
-                            pcsw.margin, num_clips=2 * bu)
+                            pcsw.margin, num_clips=2 * bu, weak_feats=enc.feats if share_weak else None)
 
 
 def labeled_prompts(net: SSSNet, probs: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, b: int, t: int, *,
@@ -156,6 +157,8 @@ class Student3D(nn.Module):
     def __init__(self, net: SSSNet, teacher: SSSNet, config: TrainConfig, autocast=contextlib.nullcontext):
         super().__init__()
         self.net, self._teacher, self.semi, self.pcsw, self.autocast = net, (teacher,), config.semi, config.pcsw, autocast
+        # a frozen encoder is the same in teacher and student: the teacher's weak-view pass serves both
+        self.frozen_encoder = config.model.freeze_encoder
 
     def forward(self, batch_l: dict, batch_u: dict | None, iteration: int) -> dict:
         net, semi, k = self.net, self.semi, self.net.num_classes
@@ -179,9 +182,10 @@ class Student3D(nn.Module):
 
             # unlabeled clips: the teacher's tracked pseudo-labels on the weak clips, carried to two strong clips
             u = teacher_targets(self._teacher[0], batch_u, pcsw=self.pcsw, use_pcsw=semi.use_pcsw,
-                                cutmix_p=semi.cutmix_p, prompt_freq=semi.prompt_freq)
+                                cutmix_p=semi.cutmix_p, prompt_freq=semi.prompt_freq, share_weak=self.frozen_encoder)
             # student: weak + strong clips through the encoder (no autograd by default), DFE(W, S1), DFE(W, S2)
-            enc_u, feats_u_s = strong_view_features(net, u.images, u.partner, u.box_masks, semi.unsup_encoder_grad)
+            enc_u, feats_u_s = strong_view_features(net, u.images, u.partner, u.box_masks, semi.unsup_encoder_grad,
+                                                    u.weak_feats)
             conf_ok = u.conf >= semi.tau_u                                                 # (2N,s,s)
             tracked_u_s = track_clips(net, enc_u.replace(feats_u_s), u.prompts, u.num_clips)
             with record_function("sss.loss"):

@@ -28,3 +28,45 @@ def test_bench_train_splits_a_step_into_its_parts(script, tmp_path, capsys):
     else:
         assert r["parts"]["decoder"] > 0 and r["parts"]["track"] == 0 and r["images"] == 2
     assert "outside the model" in out and "images/s" in out
+
+
+def test_gpu_check_without_cuda_says_so_in_one_line(monkeypatch, capsys, tmp_path):
+    import gpu_check
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert gpu_check.main(["--out", str(tmp_path / "t.md")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "CUDA is not available" in out and not (tmp_path / "t.md").exists()
+
+
+def test_gpu_check_dry_run_runs_the_whole_sequence(tmp_path, capsys):
+    """The CUDA sequence on CPU at a tiny size: every item runs and passes, one table is written."""
+    import gpu_check
+    out = tmp_path / "gpu_check.md"
+    assert gpu_check.main(["--dry-run", "--out", str(out)]) == 0
+    table = out.read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| check")]
+    checks = [r.split(" | ")[0][2:] for r in rows]
+    assert checks == ["2D supervised"] * 2 + ["2D fixmatch"] * 2 + ["2D sss"] * 2 + [
+        "2D sss, -compile 1", "3D sss", "3D evaluation, one volume, label-free",
+        "resume from a checkpoint: next losses match", "DDP, 2 processes (NCCL)"]
+    assert all(r.rstrip(" |").split(" | ")[-1].startswith("ok") for r in rows), table
+    assert "bf16/fp32 x" in table and "compile x" in table and "skipped: 0 GPU(s)" in table
+    assert "s/step" in table and "images/s" in table and "s per training volume" in table
+    assert "FAIL" not in capsys.readouterr().err
+
+
+def test_gpu_check_fails_on_errors_and_resume_mismatch(monkeypatch, tmp_path):
+    """A dtype error in a step, a failed evaluation and diverging resumed losses each mark their row FAIL
+    and make the exit status non-zero; the table is still written."""
+    import gpu_check
+
+    def dtype_error(*a, **k):
+        raise RuntimeError("expected scalar type Float but found BFloat16")
+    monkeypatch.setattr(gpu_check.bench_train, "bench_method", dtype_error)
+    monkeypatch.setattr(gpu_check.bench_eval_3d, "bench_volume", dtype_error)
+    monkeypatch.setattr(gpu_check, "resumed_losses", lambda *a, **k: ([1.0, 2.0], [1.0, 2.5], True))
+    out = tmp_path / "gpu_check.md"
+    assert gpu_check.main(["--dry-run", "--out", str(out)]) == 1
+    table = out.read_text()
+    assert table.count("FAIL: RuntimeError: expected scalar type Float but found BFloat16") == 9
+    assert "FAIL: losses 1.00000/1.00000, 2.00000/2.50000" in table

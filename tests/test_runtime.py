@@ -174,6 +174,51 @@ def test_infinite_loader_resume_with_sample_counting_sampler():
     assert [next(make(s))[:, 0].tolist() for s in (2, 4)] == [full[2], full[4]]
 
 
+class PidEpochDataset(EpochDataset):
+    """Returns (index, epoch, pid of the loading process)."""
+
+    def __getitem__(self, i):
+        return torch.tensor([i, self.epoch, os.getpid()])
+
+
+def test_endless_sampler_persistent_workers_match_per_epoch_loader_and_resume():
+    """Endless sampler + EpochKeyed + persistent workers: the same batches (items and their dataset epoch) as
+    the per-epoch loader across epoch boundaries, one set of worker processes for all epochs, exact resume."""
+    def per_epoch():
+        ds = EpochDataset(14)
+        loader = DataLoader(ds, batch_size=4, sampler=ResumableSampler(14, batch_size=4, seed=5), drop_last=True,
+                            generator=torch.Generator())
+        return InfiniteLoader(loader)
+
+    def endless(start, workers=2):
+        sampler = ResumableSampler(14, batch_size=4, seed=5, endless=True)
+        loader = DataLoader(runtime.EpochKeyed(PidEpochDataset(14)), batch_size=4, sampler=sampler, drop_last=True,
+                            num_workers=workers, persistent_workers=workers > 0, generator=torch.Generator())
+        return InfiniteLoader(loader, start_iter=start)
+
+    ref_it = per_epoch()
+    ref = [next(ref_it).tolist() for _ in range(10)]           # 3 batches per epoch: epochs 0..3
+    it = endless(0)
+    got = [next(it) for _ in range(10)]
+    assert [b[:, :2].tolist() for b in got] == ref
+    assert it.epoch == 3 and it.iteration == 10 and it.batches_per_epoch == 3
+    pids = {int(p) for b in got for p in b[:, 2]}
+    assert len(pids) <= 2 and os.getpid() not in pids          # the same two workers served all four epochs
+    first_iter = it._it
+    next(it)
+    assert it._it is first_iter                                # never re-created at an epoch boundary
+    for start in (1, 3, 5):
+        r = endless(start, workers=0)
+        assert [next(r)[:, :2].tolist() for _ in range(10 - start)] == ref[start:]
+
+
+def test_endless_sampler_needs_batches_and_epoch_keys():
+    with pytest.raises(ValueError, match="endless=True needs a batch_size"):
+        ResumableSampler(10, endless=True)
+    with pytest.raises(ValueError, match="EpochKeyed"):
+        InfiniteLoader(DataLoader(EpochDataset(8), batch_size=2, sampler=ResumableSampler(8, 2, endless=True)))
+
+
 def test_infinite_loader_refuses_persistent_workers_with_set_epoch():
     ds = EpochDataset(8)
     loader = DataLoader(ds, batch_size=2, num_workers=1, persistent_workers=True)

@@ -26,7 +26,8 @@ __all__ = [
     "select_device", "enable_tf32", "amp_dtype", "autocast", "seed_everything",
     "DistInfo", "init_distributed", "wrap_ddp", "unwrap_model", "barrier",
     "broadcast_object", "cleanup", "is_dist", "get_rank", "get_world_size", "is_main_process",
-    "ResumableSampler", "distinct_group_blocks", "InfiniteLoader", "NonFiniteGuard", "TrainingDiverged",
+    "ResumableSampler", "distinct_group_blocks", "EpochKeyed", "InfiniteLoader", "NonFiniteGuard",
+    "TrainingDiverged",
 ]
 
 
@@ -328,11 +329,17 @@ class ResumableSampler(Sampler[int]):
     ``groups`` (one id per sample, e.g. the volume a 2D slab comes from) with ``block`` (the DataLoader's
     batch size): each rank's shard is reordered so that every run of ``block`` consecutive samples holds
     distinct groups wherever the shard allows it (:func:`distinct_group_blocks`).
+
+    ``endless=True`` (needs ``batch_size`` and ``drop_last=True``): one iterator runs through epoch
+    ``self.epoch`` (after the skip), then epochs ``+1``, ``+2``, ... without end, yielding ``(epoch, index)``
+    keys for an :class:`EpochKeyed` dataset. The epoch thus advances inside the sampler: the DataLoader
+    iterator is made once, its (persistent) workers keep prefetching across epoch boundaries, and the
+    batches are exactly those of the per-epoch iteration.
     """
 
     def __init__(self, dataset_len: int, batch_size: Optional[int] = None, seed: int = 0, rank: int = 0,
                  world_size: int = 1, shuffle: bool = True, drop_last: bool = True,
-                 groups: Optional[list] = None, block: int = 1):
+                 groups: Optional[list] = None, block: int = 1, endless: bool = False):
         if groups is not None and len(groups) != dataset_len:
             raise ValueError(f"ResumableSampler: {len(groups)} groups for {dataset_len} samples")
         self.groups, self.block = (None if groups is None else list(groups)), int(block)
@@ -342,6 +349,10 @@ class ResumableSampler(Sampler[int]):
             raise ValueError(f"ResumableSampler: invalid rank {rank} for world_size {world_size}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"ResumableSampler: batch_size must be >= 1, got {batch_size}")
+        if endless and (batch_size is None or not drop_last):
+            raise ValueError("ResumableSampler: endless=True needs a batch_size and drop_last=True "
+                             "(an endless stream has no partial last batch)")
+        self.endless = bool(endless)
         self.dataset_len = int(dataset_len)
         self.batch_size = batch_size
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
@@ -400,9 +411,18 @@ class ResumableSampler(Sampler[int]):
             shard = distinct_group_blocks(shard, self.groups, self.block)
         return shard
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator:
         skip, self._skip_samples = self._skip_samples, 0   # one-shot
+        if self.endless:
+            return self._endless(self.epoch, skip)
         return iter(self.epoch_indices(self.epoch)[skip:])
+
+    def _endless(self, epoch: int, skip: int) -> Iterator[tuple[int, int]]:
+        """(epoch, index) keys from ``skip`` samples into ``epoch``, then every later epoch."""
+        while True:
+            for i in self.epoch_indices(epoch)[skip:]:
+                yield epoch, i
+            epoch, skip = epoch + 1, 0
 
     def __len__(self) -> int:
         return self.num_samples
@@ -412,6 +432,29 @@ class ResumableSampler(Sampler[int]):
 
     def load_state_dict(self, state: dict) -> None:
         self.set_epoch(state["epoch"])
+
+
+class EpochKeyed(torch.utils.data.Dataset):
+    """Dataset view indexed by ``(epoch, index)`` keys (from an endless :class:`ResumableSampler`).
+
+    ``self[(e, i)]`` calls ``dataset.set_epoch(e)`` (when the dataset has it) on this process's copy and
+    returns ``dataset[i]``; each DataLoader worker holds its own copy, so the epoch reaches the workers with
+    every key and persistent workers never see a stale epoch. The datasets here draw their augmentation from
+    ``(seed, epoch, index)`` only, so the item does not depend on which worker loads it.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        set_epoch = getattr(self.dataset, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+        return self.dataset[index]
 
 
 class InfiniteLoader:
@@ -424,8 +467,12 @@ class InfiniteLoader:
     ``start_iter % len(loader)`` batches (needs a :class:`ResumableSampler`, the loader's ``drop_last``
     consistent with it), so it yields exactly what the uninterrupted run would have yielded.
 
-    Notes: ``persistent_workers=True`` is refused with a dataset that has ``set_epoch`` (the workers would
-    keep the first epoch's copy of the dataset). Each new DataLoader iterator draws one number from the
+    With an endless sampler (``ResumableSampler(endless=True)`` over an :class:`EpochKeyed` dataset) the
+    DataLoader iterator is made once and never ends: the sampler carries the epoch, so workers can be
+    persistent and keep prefetching across epoch boundaries (no stall at each epoch start).
+
+    Notes: ``persistent_workers=True`` is refused with a dataset that has ``set_epoch`` and a per-epoch
+    sampler (the workers would keep the first epoch's copy of the dataset). Each new DataLoader iterator draws one number from the
     global torch RNG unless the DataLoader was built with ``generator=torch.Generator()``; pass one to keep the
     global RNG stream identical between resumed and uninterrupted runs.
     """
@@ -440,6 +487,11 @@ class InfiniteLoader:
         if getattr(loader, "persistent_workers", False) and callable(getattr(ds, "set_epoch", None)):
             raise ValueError("InfiniteLoader: persistent_workers=True would keep the dataset's first epoch in the "
                              "workers; build the DataLoader with persistent_workers=False")
+        sampler = self._resumable()
+        self.endless = sampler is not None and sampler.endless
+        if self.endless and not isinstance(ds, EpochKeyed):
+            raise ValueError("InfiniteLoader: an endless ResumableSampler yields (epoch, index) keys; wrap the "
+                             "dataset in EpochKeyed")
         self.epoch, skip = divmod(int(start_iter), n)
         self.iteration = int(start_iter)
         self._it = None
@@ -486,6 +538,11 @@ class InfiniteLoader:
     def __next__(self):
         if self._it is None:
             self._start_epoch()
+        if self.endless:  # the sampler moves on to the next epoch by itself
+            batch = next(self._it)
+            self.iteration += 1
+            self.epoch = self.iteration // self.batches_per_epoch
+            return batch
         while True:
             try:
                 batch = next(self._it)

@@ -100,16 +100,19 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(ds, batch_size: int, *, seed: int, num_workers: int, dist: runtime.DistInfo) -> DataLoader:
-    """A DataLoader over a :class:`runtime.ResumableSampler` (this process's shard, drop_last)."""
-    sampler = runtime.ResumableSampler(len(ds), batch_size=None, seed=seed, rank=dist.rank,
-                                       world_size=dist.world_size, shuffle=True, drop_last=True,
-                                       groups=getattr(ds, "groups", None), block=batch_size)
-    if len(sampler) < batch_size:
+    """Training DataLoader: an endless resumable sampler (this process's shard, drop_last; 2D slabs of a batch
+    from distinct volumes via ``ds.groups``) over ``EpochKeyed(ds)``, with persistent workers: the epoch
+    advances inside the sampler, so workers prefetch across epoch boundaries. Use it through
+    :class:`runtime.InfiniteLoader`."""
+    if len(ds) // dist.world_size < batch_size:
         raise RunSetupError(f"{type(ds).__name__}: {len(ds)} items is fewer than one batch of {batch_size} per "
-                         f"process; lower the batch size")
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
-                      pin_memory=torch.cuda.is_available(), generator=torch.Generator(),
-                      persistent_workers=False, worker_init_fn=_worker_init)
+                            f"process; lower the batch size")
+    sampler = runtime.ResumableSampler(len(ds), batch_size=batch_size, seed=seed, rank=dist.rank,
+                                       world_size=dist.world_size, shuffle=True, drop_last=True,
+                                       groups=getattr(ds, "groups", None), block=batch_size, endless=True)
+    return DataLoader(runtime.EpochKeyed(ds), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=True, pin_memory=torch.cuda.is_available(), generator=torch.Generator(),
+                      persistent_workers=num_workers > 0, worker_init_fn=_worker_init)
 
 
 def _to(batch: dict, device) -> dict:

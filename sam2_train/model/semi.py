@@ -51,7 +51,8 @@ class UnlabeledTargets:
     images (3N,1,S,S): weak, mixed strong 1, mixed strong 2. box_masks (2N,S,S) bool: CutMix region of each
     strong row. partner (2N,): the stacked row pasted into each box. labels (2N,s,s) int64 and conf (2N,s,s)
     float: mixed pseudo-labels and their confidences. prompts (2N,K): mixed prompts, in model-input pixels.
-    num_clips: 3D only, the number of strong clips (2*Bu) of N/Bu frames each; 0 for 2D."""
+    num_clips: 3D only, the number of strong clips (2*Bu) of N/Bu frames each; 0 for 2D. weak_feats: the
+    teacher's weak-view encoder features (3 levels of (N,...)) when the student may reuse them (frozen encoder)."""
     images: torch.Tensor
     box_masks: torch.Tensor
     partner: torch.Tensor
@@ -59,6 +60,7 @@ class UnlabeledTargets:
     conf: torch.Tensor
     prompts: SlicePrompts
     num_clips: int = 0
+    weak_feats: list | None = None
 
 
 def body_mask(images: torch.Tensor, s: int, thresh: float = 0.02) -> torch.Tensor:
@@ -166,11 +168,12 @@ def mix_prompts(prompts: SlicePrompts, partner: torch.Tensor, box_masks: torch.T
 
 def mix_strong_views(xw: torch.Tensor, xs1: torch.Tensor, xs2: torch.Tensor, labels: torch.Tensor,
                      conf: torch.Tensor, prompts: SlicePrompts, partner: torch.Tensor, box_masks: torch.Tensor,
-                     margin: int, num_clips: int = 0) -> UnlabeledTargets:
+                     margin: int, num_clips: int = 0, weak_feats: list | None = None) -> UnlabeledTargets:
     """The teacher's weak-view targets carried to both CutMix-ed strong views (rows: view 1 then view 2).
 
     xw, xs1, xs2 (N,1,S,S); labels, conf (N,s,s); prompts (N,K); partner (2N,) rows of the stacked strong
-    views (a row of the same view); box_masks (2N,S,S); num_clips: 3D strong clips (0 in 2D). Images,
+    views (a row of the same view); box_masks (2N,S,S); num_clips: 3D strong clips (0 in 2D); weak_feats: handed
+    on to the student (see :class:`UnlabeledTargets`). Images,
     pseudo-labels, confidences and prompts are all mixed by the same boxes.
     """
     rep = lambda t: torch.cat([t, t])                                                             # noqa: E731
@@ -179,7 +182,7 @@ def mix_strong_views(xw: torch.Tensor, xs1: torch.Tensor, xs2: torch.Tensor, lab
         labels=mix(rep(labels), partner, box_masks), conf=mix(rep(conf), partner, box_masks),
         prompts=mix_prompts(SlicePrompts(rep(prompts.boxes), rep(prompts.points), rep(prompts.valid), rep(prompts.masks)),
                             partner, box_masks, xw.shape[-1], margin),
-        num_clips=num_clips)
+        num_clips=num_clips, weak_feats=weak_feats)
 
 
 def lambda_u(conf: SemiConf, iteration: int) -> float:
@@ -206,16 +209,23 @@ def thin_prompt_frames(valid: torch.Tensor, freq: int) -> torch.Tensor:
 
 
 def strong_view_features(net, images: torch.Tensor, partner: torch.Tensor, box_masks: torch.Tensor,
-                         encoder_grad: bool):
+                         encoder_grad: bool, weak_feats: list[torch.Tensor] | None = None):
     """Student features of the unlabeled views: images (3N,1,S,S) = weak, mixed strong 1, mixed strong 2.
 
     The encoder runs without autograd unless ``encoder_grad``; the weak features are CutMix-ed like the
     strong images (``partner`` (2N,), ``box_masks`` (2N,S,S)) so DFE(W, S1), DFE(W, S2) pair aligned pixels.
+    ``weak_feats`` (3 levels of (N,...)): the weak view's encoder features already computed by the teacher
+    (valid only when the encoder is frozen, :func:`sam2_train.model.levers.encoder_frozen`); only the 2N strong
+    images are then encoded.
     Returns (ImageFeatures of all 3N images, DFE-enhanced strong features: 3 levels of (2N,...)).
     """
     n = images.shape[0] // 3
     with contextlib.nullcontext() if encoder_grad else torch.no_grad():
-        enc = net.encode(images)
+        if weak_feats is None:
+            enc = net.encode(images)
+        else:
+            enc_s = net.encode(images[n:])
+            enc = enc_s.replace([torch.cat([w.to(s.dtype), s]) for w, s in zip(weak_feats, enc_s.feats)])
     fw = [mix(torch.cat([f[:n], f[:n]]), partner, box_masks) for f in enc.feats]
     _, fs = net.enhance(fw, [f[n:] for f in enc.feats])
     return enc, fs

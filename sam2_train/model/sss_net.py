@@ -18,6 +18,7 @@ from torch.profiler import record_function
 from sam2_train.model.build import build_sam2_base
 from sam2_train.model.coarse_head import CoarseHead
 from sam2_train.model.dfe import DFE
+from sam2_train.model.levers import enable_grad_checkpointing
 from sam2_train.model.pcsw import PCSWConfig, coarse_box_prompts, pcsw_prompts
 from sam2_train.model.sam2_model import SAM2Seg
 
@@ -27,7 +28,8 @@ class ModelConf:
 
     ``sam_ckpt``: SAM-2 checkpoint path or ``"none"`` (random init). ``memory_bank_size``: volumes only, the
     most prompted (conditioning) frames SAM-2 attends to (None: the config's). ``freeze_encoder``: the image
-    encoder gets no gradient and no backward pass (``-encoder_lr_mult 0``)."""
+    encoder gets no gradient and no backward pass (``-encoder_lr_mult 0``). ``grad_ckpt``: activation
+    checkpointing of the Hiera blocks (``-grad_ckpt 1``)."""
     sam_config: str
     image_size: int
     num_classes: int
@@ -37,6 +39,7 @@ class ModelConf:
     dfe_levels: tuple[int, ...] = (0, 1, 2)
     memory_bank_size: int | None = None
     freeze_encoder: bool = False
+    grad_ckpt: bool = False
 
 
 @dataclass
@@ -150,7 +153,8 @@ def build_sss_net(conf: ModelConf, device="cpu", sam_ckpt: str | None = None) ->
 
     ``sam_ckpt`` overrides ``conf.sam_ckpt`` (``"none"`` when the weights come from our own checkpoint).
     SAM-2 attends to at most ``memory_bank_size`` conditioning frames (``max_cond_frames_in_attn``; no
-    weights depend on it). ``freeze_encoder``: ``requires_grad=False`` on the image encoder."""
+    weights depend on it). ``freeze_encoder``: ``requires_grad=False`` on the image encoder. ``grad_ckpt``:
+    activation checkpointing of its Hiera blocks (:mod:`sam2_train.model.levers`)."""
     overrides = []
     if conf.memory_bank_size:
         overrides.append(f"++model.max_cond_frames_in_attn={int(conf.memory_bank_size)}")
@@ -159,6 +163,8 @@ def build_sss_net(conf: ModelConf, device="cpu", sam_ckpt: str | None = None) ->
     dfe = DFE(levels=tuple(conf.dfe_levels), sim=conf.dfe_sim) if conf.dfe else None
     if conf.freeze_encoder:
         sam.sam.image_encoder.requires_grad_(False)
+    if conf.grad_ckpt:
+        enable_grad_checkpointing(sam.sam.image_encoder)
     return SSSNet(sam, conf.num_classes, dfe).to(device)
 
 

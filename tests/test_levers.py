@@ -1,0 +1,126 @@
+"""Memory levers: -grad_ckpt 1 keeps fewer activations for backward (same gradients), and with a frozen
+encoder the teacher's weak-view encoder pass serves the student too (same losses and gradients, 2N instead
+of 3N student encoder images)."""
+import copy
+import os
+import sys
+import warnings
+
+import pytest
+import torch
+
+from tests._model_fixtures import TEST_CFG
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+
+def make_args(script, *extra):
+    import cfg
+    base = ["-dataset", "demo", "-sam_config", TEST_CFG, "-image_size", "64", "-distributed", "none"]
+    base += ["-b", "2", "-b_u", "4", "-slab_len", "2"] if script == "2d" else ["-video_length", "4", "-b", "1"]
+    return cfg.parse_args([*base, *extra], script=script)
+
+
+def make_net(args, num_classes=3, seed=0):
+    import cfg
+    from sam2_train.model.sss_net import build_sss_net
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_sss_net(cfg.to_config(args, num_classes).model)
+
+
+def encoder_grads_and_saved(net, x):
+    from bench_memory import SavedBytes
+    net.train()
+    with SavedBytes() as saved:
+        feats = net.encode(x).feats
+    sum(f.square().mean() for f in feats).backward()
+    grads = {n: p.grad.clone() for n, p in net.sam.sam.image_encoder.named_parameters() if p.grad is not None}
+    return grads, saved
+
+
+def test_grad_ckpt_keeps_less_for_backward_with_identical_gradients():
+    from sam2_train.engine.ema import ModelEMA
+    from sam2_train.model.levers import is_checkpointed
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    plain = make_net(make_args("2d", "-encoder_lr_mult", "1"))
+    ckpt = make_net(make_args("2d", "-encoder_lr_mult", "1", "-grad_ckpt", "1"))
+    blocks = ckpt.sam.sam.image_encoder.trunk.blocks
+    assert all(is_checkpointed(b) for b in blocks) and not any(is_checkpointed(b) for b in plain.sam.sam.image_encoder.trunk.blocks)
+    assert list(ckpt.state_dict()) == list(plain.state_dict())             # checkpoints stay interchangeable
+    g0, s0 = encoder_grads_and_saved(plain, x)
+    g1, s1 = encoder_grads_and_saved(ckpt, x)
+    assert s1.bytes < 0.5 * s0.bytes and s1.count < s0.count, (s0.bytes, s1.bytes)
+    assert g0.keys() == g1.keys() and len(g0) > 0
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6, msg=n)
+    # the EMA teacher (deep copy, eval mode, no autograd) runs the plain blocks and saves nothing
+    teacher = ModelEMA(ckpt, 0.99).module
+    assert all(is_checkpointed(b) for b in teacher.sam.sam.image_encoder.trunk.blocks)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher.encode(x).feats[-1], plain.eval().encode(x).feats[-1])
+
+
+class EncodeLog:
+    """Records the batch size of every ``net.sam.encode`` call."""
+
+    def __init__(self, net):
+        self.sizes, orig = [], net.sam.encode
+
+        def encode(images):
+            self.sizes.append(images.shape[0])
+            return orig(images)
+        net.sam.encode = encode
+
+
+@pytest.mark.parametrize("script", ["2d", "3d"])
+def test_frozen_encoder_shares_the_weak_view_pass(script):
+    import cfg
+    from func_2d.step import Student2D
+    from func_3d.step import Student3D
+    from sam2_train.engine.ema import ModelEMA
+    args = make_args(script, "-encoder_lr_mult", "0", "-tau_u", "0", "-cutmix_p", "1")
+    net = make_net(args, num_classes=3)
+    ema = ModelEMA(net, 0.99)
+    ema.update(net)
+    teacher = ema.module
+    g = torch.Generator().manual_seed(3)
+    lead = (2, 2) if script == "2d" else (1, 4)                     # (slabs, L) / (clips, T)
+    views = {k: torch.rand(*lead, 1, 64, 64, generator=g) for k in ("image_w", "image_s1", "image_s2")}
+    if script == "2d":
+        image_l, label_l = torch.rand(2, 1, 64, 64, generator=g), torch.randint(0, 4, (2, 64, 64), generator=g)
+        student = Student2D(net, teacher, cfg.to_config(args, 3))
+    else:
+        image_l, label_l = torch.rand(1, 4, 1, 64, 64, generator=g), torch.randint(0, 4, (1, 4, 64, 64), generator=g)
+        student = Student3D(net, teacher, cfg.to_config(args, 3))
+    assert student.frozen_encoder
+    n = lead[0] * lead[1]
+    out, grads = {}, {}
+    for share in (False, True):
+        log = EncodeLog(net)
+        net.zero_grad(set_to_none=True)
+        student.frozen_encoder = share                               # the switch under test
+        torch.manual_seed(7)
+        out[share] = student({"image": image_l, "label": label_l}, views, 0)
+        (out[share]["loss_x"] + out[share]["loss_u"]).backward()
+        grads[share] = {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+        del net.sam.encode
+        labeled = image_l.shape[0] * (1 if script == "2d" else 4)
+        assert log.sizes == [labeled, 2 * n if share else 3 * n], log.sizes   # student: labeled, unlabeled
+    assert out[True]["loss_u"] > 0
+    for key in ("loss_x", "loss_u", "mask_ratio"):
+        torch.testing.assert_close(out[True][key], out[False][key], rtol=1e-5, atol=1e-6)
+    assert grads[True].keys() == grads[False].keys() and any("dfe" in k for k in grads[True])
+    for k in grads[True]:
+        torch.testing.assert_close(grads[True][k], grads[False][k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_weak_features_are_not_used_when_the_encoder_trains():
+    import cfg
+    from func_2d.step import Student2D
+    net = make_net(make_args("2d", "-encoder_lr_mult", "1"))
+    assert not Student2D(net, net, cfg.to_config(make_args("2d", "-encoder_lr_mult", "1"), 3)).frozen_encoder
+    frozen = copy.deepcopy(net).requires_grad_(False)
+    assert Student2D(frozen, frozen, cfg.to_config(make_args("2d", "-encoder_lr_mult", "0"), 3)).frozen_encoder
