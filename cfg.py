@@ -202,6 +202,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-b_u", type=positive_int, default=None,
                    help="2D: unlabeled slices per step (default = -b), as max(2, b_u // slab_len) slabs from "
                         "distinct volumes; 3D: unlabeled clips (default 1)")
+    g.add_argument("-fg_oversample", type=unit_float, default=0.33,
+                   help="3D: probability that a labeled training clip is placed over a labeled slice (nnU-Net's "
+                        "foreground oversampling)")
     g.add_argument("-slab_len", type=positive_int, default=4,
                    help="2D: unlabeled slices come as slabs of this many consecutive slices (PCSW needs neighbours)")
     g.add_argument("-hu_window", type=float_pair, default=(0.0, 80.0), help="CT window in HU, 'LOW,HIGH'")
@@ -303,7 +306,8 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
 
 # Flags read by one script only: (flag, the script that reads it, the parser default).
 SCRIPT_ONLY_FLAGS = (("prompt", "3d", "bbox"), ("video_length", "3d", None), ("memory_bank_size", "3d", 16),
-                     ("slab_len", "2d", 4), ("protocol", "2d", "ssl4mis"))
+                     ("slab_len", "2d", 4), ("protocol", "2d", "ssl4mis"),
+                     ("fg_oversample", "3d", 0.33))
 
 
 def flags_ignored_by(args: argparse.Namespace, script: str) -> list[str]:

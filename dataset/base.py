@@ -337,7 +337,7 @@ class _ClipBase(_TrainBase):
     def volume_names(self):
         return [r.name for r in self.refs]
 
-    def _clip(self, index, rng, with_label):
+    def _clip(self, index, rng, with_label, fg_oversample: float = 0.0):
         ref = self.refs[index]
         if with_label:
             img, lab, _, _ = _cached_load(ref, True)
@@ -345,6 +345,12 @@ class _ClipBase(_TrainBase):
             img, lab = _cached_load(ref, False)[0], None
         n = img.shape[0]
         start = int(rng.integers(0, max(1, n - self.video_length + 1)))
+        if lab is not None and fg_oversample > 0 and rng.random() < fg_oversample:
+            # nnU-Net-style foreground oversampling: the clip covers a random slice that holds a label
+            fg = np.flatnonzero(np.asarray(lab).reshape(n, -1).any(1))
+            if fg.size:
+                z = int(fg[rng.integers(0, fg.size)])
+                start = min(max(0, z - int(rng.integers(0, self.video_length))), max(0, n - self.video_length))
         idx = stack_indices(n, start, self.video_length)
         name = f"{ref.name}_slices_{start + 1}-{min(start + self.video_length, n)}"
         return img[idx], (None if lab is None else lab[idx]), name
@@ -352,12 +358,18 @@ class _ClipBase(_TrainBase):
 
 class LabeledClipDataset(_ClipBase):
     """3D labeled clips: one item per volume per epoch, a random run of T consecutive slices
-    (volumes shorter than T are padded by repeating the last slice)."""
+    (volumes shorter than T are padded by repeating the last slice); with probability ``fg_oversample`` the
+    run is placed over a random labeled slice (nnU-Net's foreground oversampling: small lesions on few
+    slices are otherwise rarely seen)."""
     stream = 3
+
+    def __init__(self, refs, video_length: int, image_size: int, seed: int = 0, fg_oversample: float = 0.0, **kw):
+        super().__init__(refs, video_length, image_size, seed, **kw)
+        self.fg_oversample = float(fg_oversample)
 
     def __getitem__(self, index: int):
         rng, _ = self._gens(index)
-        img, lab, name = self._clip(index, rng, True)
+        img, lab, name = self._clip(index, rng, True, self.fg_oversample)
         x, y = self._weak(img, lab, rng)
         return {"image": x, "label": y, "name": name}
 

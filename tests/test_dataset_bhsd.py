@@ -170,3 +170,18 @@ def test_orientation_against_hand_built_voxel_order(tmp_path, affine, to_file):
     saved = nib.load(out)
     np.testing.assert_array_equal(np.asanyarray(saved.dataobj), to_file(lab))
     np.testing.assert_allclose(saved.affine, affine)
+
+
+def test_labeled_clips_oversample_foreground(tmp_path):
+    """-fg_oversample 1: every labeled clip (before augmentation) covers a labeled slice; 0: clips fall anywhere
+    (here mostly on slices without a lesion)."""
+    from dataset.demo import ensure_demo
+    root = ensure_demo(str(tmp_path / "demo_bhsd"), "bhsd", seed=0)
+    s = build_datasets(_b(root, dataset="demo", image_size=32, video_length=4), "3d")
+    from dataset.base import _cached_load
+    with_lesion = [i for i, r in enumerate(s.labeled.refs) if np.asarray(_cached_load(r, True)[1]).any()]
+    assert 0 < len(with_lesion) < len(s.labeled)            # the demo has healthy scans too
+    hits = {p: [bool(np.asarray(s.labeled._clip(i, np.random.default_rng(k), True, p)[1]).any())
+                for i in with_lesion for k in range(4)] for p in (0.0, 1.0)}
+    assert all(hits[1.0]) and not all(hits[0.0]), hits
+    assert build_datasets(_b(root, dataset="demo", image_size=32, fg_oversample=0.5), "3d").labeled.fg_oversample == 0.5

@@ -57,7 +57,7 @@ ARCH_KEYS = ("net", "sam_config", "image_size", "dataset", "class_names", "scrip
 # frequency, the device and the checkpoint path are not in it.
 RESUME_KEYS = ARCH_KEYS + (
     "data_path", "labeled_num", "labeled_ratio", "seed", "b", "b_u", "slab_len", "video_length", "out_size",
-    "hu_window", "protocol", "prompt", "prompt_freq", "memory_bank_size", "amp",
+    "hu_window", "protocol", "prompt", "prompt_freq", "memory_bank_size", "amp", "fg_oversample",
     "max_iters", "val_every", "infer", "lr", "sched", "warmup_iters", "weight_decay", "encoder_lr_mult",
     "ema", "lambda_u", "rampup", "tau_u", "p_gt", "unsup_encoder_grad", "cutmix_p",
     "pcsw", "pcsw_thresh", "pcsw_tau", "pcsw_tau_conf", "pcsw_min_len", "pcsw_max_len", "pcsw_min_voxels",
