@@ -160,9 +160,11 @@ def status(run: Run) -> str:
 
 
 def command_for(run: Run) -> list[str]:
-    """The command that brings ``run`` forward: the training command, with ``-resume`` when it has a last.pt."""
+    """The command that brings ``run`` forward: the training command, with ``-resume`` when it has a last.pt.
+    ``-resume_force 1``: the grid's own options (e.g. ``--quick_iters``) may have changed since; the trainer
+    records any changed flag under ``resumed`` in the run's config.json."""
     ckpt = resumable_checkpoint(run)
-    return run.train_cmd + (["-resume", ckpt] if ckpt else [])
+    return run.train_cmd + (["-resume", ckpt, "-resume_force", "1"] if ckpt else [])
 
 
 def eval_dir(run_dir: str, protocol: str, split: str) -> str:
