@@ -145,7 +145,8 @@ def run_grid(t: dict, cells: list[Cell], opts) -> list[str]:
         if rd:
             print(f"{head}: finished ({rd}), skipped", flush=True)
         else:
-            cmd = list(cell.train_cmd) + (["-resume", last] if last else [])
+            # -resume_force 1: this grid's budget may have changed since (recorded under "resumed" in config.json)
+            cmd = list(cell.train_cmd) + (["-resume", last, "-resume_force", "1"] if last else [])
             print(f"{head}: {'resuming from ' + last if last else 'training'}\n{show(cmd)}", flush=True)
             rd = os.path.join(cell.log_dir, f"{cell.key}_<timestamp>")
             if not opts.dry_run:
