@@ -186,7 +186,9 @@ def test_nifti_summary(tmp_path):
     report = check_splits(build_datasets(args(dataset="bhsd", data_path=root), "3d"), cache_file="",
                           progress=False)
     lab = report.splits["labeled"]
-    assert (lab["volumes"], lab["slices"]) == (3, 18) and report.splits["unlabeled"]["volumes"] == 2
+    # 6 volumes: 3 test, 1 of the training half held out for validation, 2 labeled; + the 2 unlabeled
+    assert (lab["volumes"], lab["slices"]) == (2, 12) and report.splits["unlabeled"]["volumes"] == 2
+    assert report.splits["val"]["volumes"] == 1
     assert lab["spacing_min"] == lab["spacing_max"] == [5.0, 2.0, 2.0]
     expected = np.zeros(6, np.int64)
     names = [r.name for r in build_datasets(args(dataset="bhsd", data_path=root), "3d").labeled.refs]
@@ -194,7 +196,7 @@ def test_nifti_summary(tmp_path):
         seed = int(n.split("_ID_")[1], 16)
         expected += np.bincount(canonical_volume(seed=seed)[1].ravel(), minlength=6)
     assert lab["hist"] == expected.tolist()
-    assert "labeled: 3 volume(s), 18 slice(s); spacing (z,y,x) 5-5 / 2-2 / 2-2 mm" in report.summary()
+    assert "labeled: 2 volume(s), 12 slice(s); spacing (z,y,x) 5-5 / 2-2 / 2-2 mm" in report.summary()
 
 
 def test_cli_exit_codes_and_summary(acdc):
