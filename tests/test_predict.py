@@ -281,5 +281,5 @@ def test_weights_choice_and_missing_ema(acdc, tmp_path):
         assert m.weights == ("student" if weights == "model" else "ema")
         torch.testing.assert_close(m.net.state_dict()[key], source[key])
     plain = make_ckpt(tmp_path / "plain.pt", "2d", root, ACDC_CLASSES)
-    with pytest.raises(Exception, match="no EMA teacher"):
+    with pytest.raises(Exception, match="no EMA of the weights"):
         evaluate.load_model(plain, weights="ema", device="cpu")
