@@ -100,4 +100,4 @@ def test_readme_demo_runs_from_a_bare_copy(bare_copy, script):
     assert os.path.isfile(os.path.join(bare_copy, "data", f"demo_{kind}", "DEMO.json"))
     (run,) = os.listdir(os.path.join(bare_copy, f"logs_{kind}"))
     assert os.path.isfile(os.path.join(bare_copy, f"logs_{kind}", run, "summary.json"))
-    assert "per-class Dice on test" in r.stdout + r.stderr
+    assert "test Dice, infer pcsw:" in r.stdout + r.stderr
