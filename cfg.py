@@ -218,6 +218,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-rampup", type=nonneg_int, default=None,
                    help="sigmoid ramp-up of lambda_u over N iterations (default 0; 3D demo 100)")
     g.add_argument("-tau_u", type=unit_float, default=0.95, help="pseudo-label confidence threshold")
+    g.add_argument("-tau_fallback", type=unit_float, default=0.98,
+                   help="pseudo-label threshold of classes prompted by a PCSW fallback (stricter when > -tau_u)")
     g.add_argument("-p_gt", type=unit_float, default=0.5,
                    help="labeled images: probability of a (jittered) ground-truth box prompt instead of PCSW")
     _bool_flag(g, "-unsup_encoder_grad", False, "let the unlabeled loss back-propagate into the image encoder")
@@ -246,6 +248,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-pcsw_margin", type=nonneg_int, default=2, help="box margin in coarse-map pixels")
     g.add_argument("-pcsw_select", type=lower_choice(("longest", "continuity")), default="longest",
                    help="accepted window: the longest with C >= tau, or the one with the highest C")
+    g.add_argument("-pcsw_fallback", type=str2bool, default=True, metavar="{0,1}",
+                   help="a class PCSW rejects but the coarse head predicts is prompted by its 3-D component with "
+                        "the largest confidence mass, flagged as fallback (stricter pseudo-labels, -tau_fallback)")
+    g.add_argument("-pcsw_calibrate", type=str2bool, default=True, metavar="{0,1}",
+                   help="per-class gates min(-pcsw_thresh|-pcsw_tau_conf, c_k), c_k = EMA of the class's mean "
+                        "coarse probability on its labeled ground-truth pixels")
+    g.add_argument("-pcsw_fuse", type=str2bool, default=True, metavar="{0,1}",
+                   help="inference (boxes, pcsw): a pixel left background takes the coarse argmax class when that "
+                        "class has no prompt on the slice")
     return p
 
 
@@ -304,11 +315,13 @@ def to_config(args: argparse.Namespace, num_classes: int) -> TrainConfig:
                       freeze_encoder=args.encoder_lr_mult == 0)
     semi = SemiConf(method=args.method, lambda_u=args.lambda_u, rampup=args.rampup, tau_u=args.tau_u, p_gt=args.p_gt,
                     cutmix_p=args.cutmix_p, unsup_encoder_grad=bool(args.unsup_encoder_grad), out_size=args.out_size,
-                    slab_len=args.slab_len, prompt=args.prompt, prompt_freq=args.prompt_freq, use_pcsw=bool(args.pcsw))
+                    slab_len=args.slab_len, prompt=args.prompt, prompt_freq=args.prompt_freq, use_pcsw=bool(args.pcsw),
+                    tau_fallback=args.tau_fallback)
     pcsw = PCSWConfig(thresh=args.pcsw_thresh, tau=args.pcsw_tau, tau_conf=args.pcsw_tau_conf,
                       min_len=args.pcsw_min_len, max_len=args.pcsw_max_len, min_voxels=args.pcsw_min_voxels,
                       min_area=args.pcsw_min_area, max_area=args.pcsw_max_area, margin=args.pcsw_margin,
-                      select=args.pcsw_select)
+                      select=args.pcsw_select, fallback=bool(args.pcsw_fallback),
+                      calibrate=bool(args.pcsw_calibrate), fuse=bool(args.pcsw_fuse))
     optim = OptimConf(lr=args.lr, weight_decay=args.weight_decay, encoder_lr_mult=args.encoder_lr_mult,
                       sched=args.sched, warmup_iters=args.warmup_iters)
     run = RunConf(script=args.script, exp_name=args.exp_name, log_dir=args.log_dir, seed=args.seed, amp=args.amp,

@@ -82,6 +82,9 @@ class PCSWConfig:
     margin: int = 2
     body_frac: float = 0.5
     select: str = "longest"  # window choice: "longest" passing window, or highest "continuity"
+    fallback: bool = True    # a rejected class the head predicts is prompted by its most confident component
+    calibrate: bool = True   # per-class gates min(thresh|tau_conf, class_conf[k]) from labeled data (SSSNet)
+    fuse: bool = True        # inference: unprompted classes on a slice take the coarse argmax (fuse_coarse)
 
     def window_lengths(self, depth: int) -> tuple[int, int]:
         """``(N_min, N_max)`` actually used for a slab of ``depth`` slices."""
@@ -101,6 +104,9 @@ class Prompts:
     windows: ``([N,] K, 2)`` int64, accepted window ``[start, end)`` per class, ``(-1, -1)`` if none.
     scores: ``([N,] K)`` float32, continuity ``C`` of the best eligible window (accepted or not; 0 if none).
     coarse_size: ``(h, w)`` of the coarse map.
+    fallback: ``([N,] D, K)`` bool, the prompt is a fallback (the class was rejected; see :func:`pcsw_prompts`).
+    status: ``([N,] K)`` int64, per class: 0 not predicted (no binarised voxel), 1 accepted, 2 fallback,
+        3 rejected (predicted, no prompt).
     """
     boxes: torch.Tensor
     points: torch.Tensor
@@ -109,6 +115,8 @@ class Prompts:
     windows: torch.Tensor
     scores: torch.Tensor
     coarse_size: tuple[int, int]
+    fallback: torch.Tensor | None = None
+    status: torch.Tensor | None = None
 
     def scale_to(self, image_size: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes and points in the pixels of an image of size ``image_size`` (int, or ``(H, W)``)."""
@@ -119,8 +127,12 @@ class Prompts:
         return self.boxes * scale_box, self.points * scale_box[:2]
 
     def to(self, device) -> "Prompts":
-        return Prompts(**{f.name: (getattr(self, f.name).to(device) if f.name != "coarse_size"
-                                   else self.coarse_size) for f in fields(self)})
+        return Prompts(**{f.name: _map(getattr(self, f.name), lambda t: t.to(device)) for f in fields(self)})
+
+
+def _map(value, fn):
+    """``fn(value)`` for a tensor; other values (``coarse_size``, None) unchanged."""
+    return fn(value) if isinstance(value, torch.Tensor) else value
 
 
 def _argmax_masks(pc: torch.Tensor) -> torch.Tensor:
@@ -155,13 +167,12 @@ def _as_batch(probs: torch.Tensor, body_mask: torch.Tensor | None):
 def _unbatch(p: Prompts, batched: bool) -> Prompts:
     if batched:
         return p
-    return Prompts(**{f.name: (getattr(p, f.name)[0] if f.name != "coarse_size" else p.coarse_size)
-                      for f in fields(p)})
+    return Prompts(**{f.name: _map(getattr(p, f.name), lambda t: t[0]) for f in fields(p)})
 
 
 @torch.no_grad()
 def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
-                 cfg: PCSWConfig | None = None) -> Prompts:
+                 cfg: PCSWConfig | None = None, class_conf: torch.Tensor | None = None) -> Prompts:
     """PCSW prompts from class probabilities.
 
     Args:
@@ -169,6 +180,9 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
             background), or ``(N, D, K+1, h, w)`` for ``N`` slabs at once (same result as ``N`` calls).
         body_mask: optional ``(D, h, w)`` / ``(N, D, h, w)`` bool, True inside the body.
         cfg: :class:`PCSWConfig` (defaults if None).
+        class_conf: optional ``(K,)`` calibrated confidence per class (negative = not calibrated yet); the
+            binarisation threshold and the component confidence gate of class ``k`` become
+            ``min(cfg.thresh, class_conf[k])`` and ``min(cfg.tau_conf, class_conf[k])``.
     Returns:
         :class:`Prompts` on ``probs.device``; shapes ``(D, K, ...)`` or ``(N, D, K, ...)``.
     """
@@ -187,13 +201,17 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
     # --- on the input's device: binarise, keep p_k on the foreground (strictly > 0 there), pack, copy once
     pc = probs.detach().float().transpose(1, 2).contiguous()     # (N, K+1, D, h, w)
     pk = pc[:, 1:]                                                # (N, K, D, h, w)
-    fg_t = _argmax_masks(pc) & (pk >= cfg.thresh)
+    thresh_k, tau_conf_k = _class_gates(cfg, class_conf, K, device)                # (K,), (K,)
+    fg_t = _argmax_masks(pc) & (pk >= thresh_k[None, :, None, None, None])
+    predicted = fg_t.flatten(2).any(2).reshape(-1)                                # (G,) on device
     if cfg.thresh <= 0:  # keep p_k > 0 on the foreground so that "p_k > 0" recovers the mask on the host
         pk = pk.clamp_min(1e-30)
     packed = pk.masked_fill(~fg_t, 0.0).reshape(-1)
     if body_mask is not None:
         packed = torch.cat([packed, body_mask.reshape(-1).to(packed.dtype)])
+    packed = torch.cat([packed, tau_conf_k])
     host = packed.cpu().numpy()                                   # the one device -> host copy
+    tau_conf_np = host[-K:].astype(np.float64)
     pkf = host[:G * V].reshape(G, D, h, w)
     fg = pkf > 0
 
@@ -223,11 +241,13 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
         last = D - 1 - present[:, ::-1].argmax(1)
         contiguous = present.sum(1) == last - first + 1
         area_ok = np.all(~present | ((cnt >= cfg.min_area * hw) & (cnt <= cfg.max_area * hw)), axis=1)
-        keep = contiguous & area_ok & (vox >= cfg.min_voxels) & (conf >= cfg.tau_conf * vox)
+        in_body = np.ones(n + 1, dtype=bool)
         if body_mask is not None:
-            body = host[G * V:] > 0.5                              # (N, D, h, w) flattened
+            body = host[G * V:-K] > 0.5                              # (N, D, h, w) flattened
             inside = np.bincount(lab_f, weights=body[(g_f // K) * V + flat % V], minlength=n + 1)
-            keep &= inside >= cfg.body_frac * vox
+            in_body = inside >= cfg.body_frac * vox
+        keep = (contiguous & area_ok & (vox >= cfg.min_voxels) & (conf >= tau_conf_np[comp_g % K] * vox)
+                & in_body)
         keep[0] = False
         kl = np.flatnonzero(keep)                                  # kept labels, ascending => grouped by g
         if kl.size:
@@ -266,6 +286,12 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
             acc_label = np.where(ok, kl[np.minimum(gfirst + which[ar, best], m - 1)], 0)
             best_s = np.where(ok, ws[best], -1)
             best_e = np.where(ok, we[best], -1)
+        if cfg.fallback:
+            fb_label = _fallback_components(comp_g, conf, in_body, G)
+            fb = (acc_label == 0) & (fb_label > 0)
+            acc_label = np.where(fb, fb_label, acc_label)
+            best_s = np.where(fb, first[fb_label], best_s)
+            best_e = np.where(fb, last[fb_label] + 1, best_e)
 
     # --- prompts from the accepted component of each group, slice by slice
     dd = np.arange(D)
@@ -283,11 +309,44 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
         t = torch.from_numpy(np.ascontiguousarray(a)).view(N, K, D, *tail).transpose(1, 2)
         return t.to(device, non_blocking=True)
 
+    fb_np = fb if (cfg.fallback and n > 0) else np.zeros(G, dtype=bool)
+    fb_g = torch.from_numpy(fb_np).to(device)
+    acc_g = torch.from_numpy(acc_label > 0).to(device)
+    status = torch.where(~predicted, 0, torch.where(fb_g, 2, torch.where(acc_g, 1, 3))).view(N, K)
     out = Prompts(boxes=back(boxes, 4), points=back(points, 2), valid=back(valid),
                   masks=back(mask, h, w),
                   windows=torch.from_numpy(np.stack([best_s, best_e], -1).reshape(N, K, 2)).to(device),
-                  scores=torch.from_numpy(score.reshape(N, K)).to(device), coarse_size=(h, w))
+                  scores=torch.from_numpy(score.reshape(N, K)).to(device), coarse_size=(h, w),
+                  fallback=back(valid & fb_np[:, None]), status=status)
     return _unbatch(out, batched)
+
+
+def _class_gates(cfg: PCSWConfig, class_conf: torch.Tensor | None, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class binarisation threshold and component confidence gate, ``(K,)`` float32 each: the fixed
+    ``cfg.thresh`` / ``cfg.tau_conf``, lowered to ``class_conf[k]`` where that is calibrated (``>= 0``)."""
+    thresh = torch.full((k,), float(cfg.thresh), device=device)
+    tau_conf = torch.full((k,), float(cfg.tau_conf), device=device)
+    if class_conf is None:
+        return thresh, tau_conf
+    c = class_conf.detach().float().to(device)
+    c = torch.where(c >= 0, c.clamp_min(1e-6), torch.ones_like(c))
+    return torch.minimum(thresh, c), torch.minimum(tau_conf, c)
+
+
+def _fallback_components(comp_g: np.ndarray, conf: np.ndarray, eligible: np.ndarray, groups: int) -> np.ndarray:
+    """Per group, the label of its eligible 3-D component with the largest confidence mass (sum of ``p_k``),
+    ties to the lowest label; 0 for a group without one. comp_g/conf/eligible: ``(n+1,)`` per label."""
+    lab = np.flatnonzero(eligible)
+    lab = lab[lab > 0]
+    out = np.zeros(groups, dtype=np.int64)
+    if lab.size:
+        order = np.lexsort((lab, -conf[lab], comp_g[lab]))        # by group, then mass desc, then label
+        lab = lab[order]
+        g = comp_g[lab]
+        head = np.ones(lab.size, dtype=bool)
+        head[1:] = g[1:] != g[:-1]
+        out[g[head]] = lab[head]
+    return out
 
 
 def _boxes_points_np(mask: np.ndarray, prob: np.ndarray, margin: int):

@@ -1,0 +1,153 @@
+"""PCSW that degrades gracefully: fallback prompts, coarse fusion, calibrated gates, acceptance rates (hand-built maps)."""
+
+import numpy as np
+import torch
+
+from sam2_train.model.pcsw import PCSWConfig, pcsw_prompts
+from sam2_train.model.semi import pcsw_rates
+from sam2_train.model.sss_net import fuse_coarse, pseudo_labels
+from tests.test_pcsw import H, W, probs_from
+
+
+def cfg(**kw):
+    base = dict(thresh=0.5, tau=0.8, tau_conf=0.6, min_len=2, max_len=0, min_voxels=4,
+                min_area=0.0, max_area=0.5, margin=0)
+    base.update(kw)
+    return PCSWConfig(**base)
+
+
+def _flicker_and_blobs():
+    """Class 1 flickers (rejected by continuity); class 2 continuous (accepted); class 3 absent."""
+    D = 6
+    lab = np.zeros((D, H, W), int)
+    lab[0::2, 4:10, 4:10] = 1            # class 1, slices 0, 2, 4: three 1-slice components of 36 voxels
+    lab[2, 12:15, 2:5] = 1               # ... plus a 9-voxel blob on slice 2 (separate component)
+    lab[:, 20:28, 20:28] = 2
+    conf = np.full((D, H, W), 0.9)
+    conf[2, 4:10, 4:10] = 0.95           # the slice-2 component of class 1 has the largest confidence mass
+    return lab, conf
+
+
+def test_fallback_prompts_rejected_class_with_largest_confidence_mass():
+    lab, conf = _flicker_and_blobs()
+    probs = probs_from(lab, conf=conf)
+    off = pcsw_prompts(probs, cfg=cfg(fallback=False))
+    assert not off.valid[:, 0].any() and off.valid[:, 1].all()
+    assert off.status.tolist() == [3, 1, 0]                       # rejected, accepted, not predicted
+    assert not off.fallback.any()
+
+    on = pcsw_prompts(probs, cfg=cfg(fallback=True))
+    assert on.status.tolist() == [2, 1, 0]
+    # the fallback is the slice-2 component at rows/cols 4..9 (mass 36 * 0.95), not the blob or slices 0/4
+    assert on.valid[:, 0].tolist() == [False, False, True, False, False, False]
+    assert on.fallback[:, 0].tolist() == [False, False, True, False, False, False]
+    torch.testing.assert_close(on.boxes[2, 0], torch.tensor([4.0, 4.0, 10.0, 10.0]))
+    assert torch.equal(on.masks[2, 0], torch.as_tensor(np.pad(np.ones((6, 6), bool), ((4, 22), (4, 22)))))
+    assert on.windows[0].tolist() == [2, 3]
+    # the accepted class and the absent class are unchanged, and never flagged
+    assert torch.equal(on.valid[:, 1:], off.valid[:, 1:]) and torch.equal(on.boxes[:, 1:], off.boxes[:, 1:])
+    assert not on.fallback[:, 1:].any() and not on.valid[:, 2].any()
+
+
+def test_fallback_batched_matches_single_slabs_and_respects_body():
+    lab, conf = _flicker_and_blobs()
+    p1, p2 = probs_from(lab, conf=conf), probs_from(np.zeros_like(lab))
+    both = pcsw_prompts(torch.stack([p1, p2]), cfg=cfg())
+    one = pcsw_prompts(p1, cfg=cfg())
+    assert torch.equal(both.valid[0], one.valid) and torch.equal(both.fallback[0], one.fallback)
+    assert both.status.tolist() == [[2, 1, 0], [0, 0, 0]] and not both.valid[1].any()
+    # a body mask that excludes the class-1 components leaves class 1 rejected (no fallback outside the body)
+    body = torch.ones(lab.shape, dtype=torch.bool)
+    body[:, :16, :16] = False
+    out = pcsw_prompts(p1, body_mask=body, cfg=cfg())
+    assert out.status.tolist() == [3, 1, 0] and not out.valid[:, 0].any()
+
+
+def test_calibrated_gates_accept_a_low_confidence_class():
+    D = 4
+    lab = np.zeros((D, H, W), int)
+    lab[:, 10:20, 10:20] = 1
+    probs = probs_from(lab, conf=0.45, K=3)                     # argmax, but below thresh 0.5 / tau_conf 0.6
+    assert pcsw_prompts(probs, cfg=cfg(fallback=False)).status.tolist() == [0, 0, 0]
+    calib = torch.tensor([0.4, -1.0, 0.9])                       # class 1 calibrated at 0.4; class 2 not observed
+    out = pcsw_prompts(probs, cfg=cfg(fallback=False), class_conf=calib)
+    assert out.status.tolist() == [1, 0, 0] and out.valid[:, 0].all() and not out.fallback.any()
+    # a calibrated value above the fixed gates never makes them stricter
+    probs2 = probs_from(lab, conf=0.7, K=3)
+    out2 = pcsw_prompts(probs2, cfg=cfg(fallback=False), class_conf=torch.tensor([0.95, 0.95, 0.95]))
+    assert out2.valid[:, 0].all()
+
+
+def test_sss_net_class_conf_ema():
+    from sam2_train.model.sss_net import SSSNet
+    net = SSSNet.__new__(SSSNet)
+    torch.nn.Module.__init__(net)
+    net.num_classes = 2
+    net.register_buffer("class_conf", torch.full((2,), -1.0))
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, :4] = 1                                            # class 1 on the top half; class 2 absent
+    probs = torch.zeros(1, 3, 4, 4)
+    probs[:, 0], probs[:, 1, :2], probs[:, 1, 2:] = 0.2, 0.8, 0.1
+    SSSNet.update_class_conf(net, probs, labels, momentum=0.5)
+    torch.testing.assert_close(net.class_conf, torch.tensor([0.8, -1.0]))      # first observation sets it
+    probs[:, 1, :2] = 0.4
+    SSSNet.update_class_conf(net, probs, labels, momentum=0.5)
+    torch.testing.assert_close(net.class_conf, torch.tensor([0.6, -1.0]))      # EMA; absent class unchanged
+    assert "class_conf" in net.state_dict()
+    assert SSSNet.gates(net, PCSWConfig(calibrate=False)) is None
+    assert SSSNet.gates(net, PCSWConfig(calibrate=True)) is net.class_conf
+
+
+def test_pseudo_labels_fallback_stricter_threshold():
+    refined = torch.full((1, 2, 2, 2), -10.0)
+    refined[0, 0, 0] = torch.logit(torch.tensor([0.96, 0.99]))   # class 1 on row 0: confidences 0.96, 0.99
+    refined[0, 1, 1] = torch.logit(torch.tensor([0.96, 0.99]))   # class 2 on row 1
+    valid = torch.tensor([[True, True]])
+    coarse = torch.full((1, 3, 2, 2), 1 / 3)
+    labels, conf = pseudo_labels(refined, valid, coarse)
+    assert labels.tolist() == [[[1, 1], [2, 2]]]
+    fallback = torch.tensor([[True, False]])                     # class 1 prompted by a fallback
+    labels_f, conf_f = pseudo_labels(refined, valid, coarse, fallback, tau_fallback=0.98)
+    assert torch.equal(labels_f, labels)
+    torch.testing.assert_close(conf_f[0, 0], torch.tensor([0.0, 0.99]))         # 0.96 < 0.98 dropped
+    torch.testing.assert_close(conf_f[0, 1], conf[0, 1])                        # non-fallback class untouched
+    torch.testing.assert_close(conf_f[0, 1], torch.tensor([0.96, 0.99]))
+
+
+def test_fusion_never_loses_an_unprompted_coarse_class():
+    # slice 0: class 1 prompted (refined), class 2 unprompted; slice 1: nothing prompted
+    refined = torch.tensor([[[1, 1, 0, 0], [0, 0, 0, 0]],
+                            [[0, 0, 0, 0], [0, 0, 0, 0]]])
+    coarse = torch.tensor([[[2, 1, 2, 1], [0, 2, 1, 0]],
+                           [[1, 2, 0, 0], [0, 0, 1, 2]]])
+    prompted = torch.tensor([[True, False], [False, False]])
+    fused = fuse_coarse(refined, coarse, prompted)
+    expected = torch.tensor([[[1, 1, 2, 0], [0, 2, 0, 0]],         # prompted class 1 only where refined says so
+                             [[1, 2, 0, 0], [0, 0, 1, 2]]])        # unprompted slice: the coarse map
+    assert torch.equal(fused, expected)
+    # the property on random maps: every coarse pixel of an unprompted class that the refined map leaves
+    # background is that class; refined foreground is never changed; prompted classes never come from coarse
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        r = torch.randint(0, 4, (5, 9, 9), generator=g) * (torch.rand(5, 9, 9, generator=g) < 0.4)
+        c = torch.randint(0, 4, (5, 9, 9), generator=g)
+        pr = torch.rand(5, 3, generator=g) < 0.5
+        f = fuse_coarse(r, c, pr)
+        unprompted_c = torch.cat([torch.zeros(5, 1, dtype=torch.bool), ~pr], 1).gather(1, c.flatten(1)).view_as(c)
+        assert torch.equal(f[r > 0], r[r > 0])
+        lost = unprompted_c & (c > 0) & (r == 0) & (f != c)
+        assert not lost.any()
+        from_coarse = (f != r)
+        assert torch.equal(f[from_coarse], c[from_coarse]) and unprompted_c[from_coarse].all()
+
+
+def test_pcsw_rates():
+    status = torch.tensor([[1, 2, 0], [3, 2, 0], [1, 1, 0], [0, 3, 0]])
+    r = pcsw_rates(status, 3)
+    assert set(r) == {f"pcsw_{n}_{c}" for n in ("accept", "fallback", "reject") for c in (1, 2, 3)}
+    assert all(v.dim() == 0 for v in r.values())
+    torch.testing.assert_close(torch.stack([r["pcsw_accept_1"], r["pcsw_fallback_1"], r["pcsw_reject_1"]]),
+                               torch.tensor([2 / 3, 0.0, 1 / 3]))
+    torch.testing.assert_close(torch.stack([r["pcsw_accept_2"], r["pcsw_fallback_2"], r["pcsw_reject_2"]]),
+                               torch.tensor([0.25, 0.5, 0.25]))
+    assert float(r["pcsw_accept_3"]) == 0.0 and pcsw_rates(None, 3) == {}
