@@ -240,7 +240,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-pcsw_thresh", type=unit_float, default=0.5, help="binarisation threshold on class probability")
     g.add_argument("-pcsw_tau", type=unit_float, default=0.8, help="continuity threshold C >= tau")
     g.add_argument("-pcsw_tau_conf", type=unit_float, default=0.6, help="minimum mean confidence of a component")
-    g.add_argument("-pcsw_min_len", type=positive_int, default=2, help="shortest window N_min (slices)")
+    g.add_argument("-pcsw_min_len", type=positive_int, default=None,
+                   help="shortest window N_min (slices); default 2 in 2D, 1 in 3D (single-slice lesions)")
     g.add_argument("-pcsw_max_len", type=nonneg_int, default=0, help="longest window N_max (0 = whole slab)")
     g.add_argument("-pcsw_min_voxels", type=nonneg_int, default=4, help="smallest component, in coarse-map voxels")
     g.add_argument("-pcsw_min_area", type=unit_float, default=0.0, help="smallest per-slice area, fraction of the slice")
@@ -290,6 +291,8 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
         args.out_size = args.image_size
     if args.video_length is None:
         args.video_length = 8
+    if args.pcsw_min_len is None:
+        args.pcsw_min_len = 2 if script == "2d" else 1
     if args.data_path is None:
         args.data_path = default_data_path(args.dataset, script)
     if args.b_u is None:

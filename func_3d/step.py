@@ -91,14 +91,17 @@ def track_loss(tr: Tracked, target: torch.Tensor, valid_px: torch.Tensor | None 
       the mask to -1024 there (no gradient, only a huge constant BCE).
     - BCE of the object-score logits vs "present on this frame" for every frame of every object prompted
       in the clip (teaches SAM-2 when a tracked class has ended, and brings back masks gated off above).
+      This target comes from the unmasked ``target`` (any pixel, confident or not): a class whose pixels are
+      all below the confidence threshold is uncertain, not absent.
     Objects never prompted in their clip are left out: they are masked out at inference too.
     """
     present = (target.bool() if valid_px is None else target.bool() & valid_px[:, None]).flatten(2).any(-1)
+    present_obj = target.bool().flatten(2).any(-1)                               # (N,K), ignores valid_px
     w_mask = tr.prompted & present & (tr.scores.detach() > 0)
     logits = upsample_logits(tr.masks, target.shape[-2:])
     loss_mask = bce_dice_loss(logits, target, w_mask, valid_px)
     w_obj = tr.prompted.float()
-    bce = F.binary_cross_entropy_with_logits(tr.scores.float(), present.float(), reduction="none")
+    bce = F.binary_cross_entropy_with_logits(tr.scores.float(), present_obj.float(), reduction="none")
     return loss_mask + (bce * w_obj).sum() / w_obj.sum().clamp_min(1.0)
 
 

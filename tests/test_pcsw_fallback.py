@@ -151,3 +151,38 @@ def test_pcsw_rates():
     torch.testing.assert_close(torch.stack([r["pcsw_accept_2"], r["pcsw_fallback_2"], r["pcsw_reject_2"]]),
                                torch.tensor([0.25, 0.5, 0.25]))
     assert float(r["pcsw_accept_3"]) == 0.0 and pcsw_rates(None, 3) == {}
+
+
+def test_object_score_target_ignores_confidence_mask():
+    from func_3d.step import Tracked, track_loss
+    n, k, s = 2, 2, 8
+    target = torch.zeros(n, k, s, s)
+    target[:, 0, 2:4, 2:4] = 1                                   # class 1 present on both frames
+    valid_px = torch.zeros(n, s, s, dtype=torch.bool)            # ... but every pixel is uncertain
+    tr = Tracked(masks=torch.full((n, k, s, s), -1024.0), scores=torch.full((n, k), 3.0),
+                 prompted=torch.ones(n, k, dtype=torch.bool))
+    loss = track_loss(tr, target, valid_px)
+    sp = torch.nn.functional.softplus
+    expected = (sp(torch.tensor(-3.0)) * n + sp(torch.tensor(3.0)) * n) / (n * k)   # class 1 present, class 2 absent
+    torch.testing.assert_close(loss, expected)
+
+
+def test_graceful_flags_and_3d_single_slice_default():
+    import cfg as cfgmod
+    a2, a3 = cfgmod.parse_args(["-dataset", "demo"]), cfgmod.parse_args(["-dataset", "demo"], script="3d")
+    assert (a2.pcsw_min_len, a3.pcsw_min_len) == (2, 1)
+    c = cfgmod.to_config(a3, 5)
+    assert (c.pcsw.fallback, c.pcsw.calibrate, c.pcsw.fuse, c.semi.tau_fallback) == (True, True, True, 0.98)
+    off = cfgmod.to_config(cfgmod.parse_args(["-pcsw_fallback", "0", "-pcsw_calibrate", "0", "-pcsw_fuse", "0",
+                                              "-tau_fallback", "0.99", "-pcsw_min_len", "3"], script="3d"), 5)
+    assert (off.pcsw.fallback, off.pcsw.calibrate, off.pcsw.fuse, off.semi.tau_fallback, off.pcsw.min_len) == \
+        (False, False, False, 0.99, 3)
+
+
+def test_single_slice_lesion_prompted_with_min_len_1():
+    lab = np.zeros((5, H, W), int)
+    lab[2, 10:14, 10:14] = 1                                     # a lesion on one slice only
+    probs = probs_from(lab)
+    assert not pcsw_prompts(probs, cfg=cfg(fallback=False, min_len=2)).valid.any()
+    out = pcsw_prompts(probs, cfg=cfg(fallback=False, min_len=1))
+    assert out.valid[:, 0].tolist() == [False, False, True, False, False] and out.status[0] == 1
