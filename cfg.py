@@ -255,6 +255,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-pcsw_calibrate", type=str2bool, default=True, metavar="{0,1}",
                    help="per-class gates min(-pcsw_thresh|-pcsw_tau_conf, c_k), c_k = EMA of the class's mean "
                         "coarse probability on its labeled ground-truth pixels")
+    g.add_argument("-pcsw_multifocal", type=str2bool, default=None, metavar="{0,1}",
+                   help="prompt every kept component of a class (merged), not only the largest; default 0 in 2D, "
+                        "1 in 3D (multifocal, diffuse lesions)")
     g.add_argument("-pcsw_fuse", type=str2bool, default=True, metavar="{0,1}",
                    help="inference (boxes, pcsw): a pixel left background takes the coarse argmax class when that "
                         "class has no prompt on the slice")
@@ -293,6 +296,8 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
         args.video_length = 8
     if args.pcsw_min_len is None:
         args.pcsw_min_len = 2 if script == "2d" else 1
+    if args.pcsw_multifocal is None:
+        args.pcsw_multifocal = script == "3d"
     if args.data_path is None:
         args.data_path = default_data_path(args.dataset, script)
     if args.b_u is None:
@@ -324,7 +329,8 @@ def to_config(args: argparse.Namespace, num_classes: int) -> TrainConfig:
                       min_len=args.pcsw_min_len, max_len=args.pcsw_max_len, min_voxels=args.pcsw_min_voxels,
                       min_area=args.pcsw_min_area, max_area=args.pcsw_max_area, margin=args.pcsw_margin,
                       select=args.pcsw_select, fallback=bool(args.pcsw_fallback),
-                      calibrate=bool(args.pcsw_calibrate), fuse=bool(args.pcsw_fuse))
+                      calibrate=bool(args.pcsw_calibrate), fuse=bool(args.pcsw_fuse),
+                      multifocal=bool(args.pcsw_multifocal))
     optim = OptimConf(lr=args.lr, weight_decay=args.weight_decay, encoder_lr_mult=args.encoder_lr_mult,
                       sched=args.sched, warmup_iters=args.warmup_iters)
     run = RunConf(script=args.script, exp_name=args.exp_name, log_dir=args.log_dir, seed=args.seed, amp=args.amp,

@@ -170,7 +170,7 @@ def test_object_score_target_ignores_confidence_mask():
 def test_graceful_flags_and_3d_single_slice_default():
     import cfg as cfgmod
     a2, a3 = cfgmod.parse_args(["-dataset", "demo"]), cfgmod.parse_args(["-dataset", "demo"], script="3d")
-    assert (a2.pcsw_min_len, a3.pcsw_min_len) == (2, 1)
+    assert (a2.pcsw_min_len, a3.pcsw_min_len, a2.pcsw_multifocal, a3.pcsw_multifocal) == (2, 1, False, True)
     c = cfgmod.to_config(a3, 5)
     assert (c.pcsw.fallback, c.pcsw.calibrate, c.pcsw.fuse, c.semi.tau_fallback) == (True, True, True, 0.98)
     off = cfgmod.to_config(cfgmod.parse_args(["-pcsw_fallback", "0", "-pcsw_calibrate", "0", "-pcsw_fuse", "0",
@@ -186,3 +186,34 @@ def test_single_slice_lesion_prompted_with_min_len_1():
     assert not pcsw_prompts(probs, cfg=cfg(fallback=False, min_len=2)).valid.any()
     out = pcsw_prompts(probs, cfg=cfg(fallback=False, min_len=1))
     assert out.valid[:, 0].tolist() == [False, False, True, False, False] and out.status[0] == 1
+
+
+def test_multifocal_prompts_every_kept_component_and_keeps_diffuse_structures():
+    D = 4
+    lab = np.zeros((D, H, W), int)
+    lab[:, 2:8, 2:8] = 1                                         # lesion A, all slices (144 voxels)
+    lab[:, 20:24, 20:24] = 1                                     # lesion B, all slices (64 voxels): C = 144/208 < 0.8
+    lab[1, 12:14, 26:28] = 1                                     # a 4-voxel speck on slice 1 (kept: min_voxels 4)
+    probs = probs_from(lab)
+    single = pcsw_prompts(probs, cfg=cfg(fallback=False, min_len=1))
+    # single structure: the largest component holds < 0.8 of every window (e.g. 36/52 on slice 0): rejected
+    assert single.status[0] == 3 and not single.valid[:, 0].any()
+    multi = pcsw_prompts(probs, cfg=cfg(fallback=False, min_len=1, multifocal=True))
+    assert multi.status[0] == 1 and multi.valid[:, 0].all() and multi.windows[0].tolist() == [0, 4]
+    for d in range(D):                                           # the prompt covers every kept component
+        assert torch.equal(multi.masks[d, 0], torch.as_tensor(lab[d] == 1))
+    torch.testing.assert_close(multi.boxes[0, 0], torch.tensor([2.0, 2.0, 24.0, 24.0]))
+    torch.testing.assert_close(multi.boxes[1, 0], torch.tensor([2.0, 2.0, 28.0, 24.0]))
+    # with fallback the single-structure mode prompts the component of largest mass (A), flagged
+    fb = pcsw_prompts(probs, cfg=cfg(fallback=True, min_len=1))
+    assert fb.status[0] == 2 and fb.fallback[:, 0].all()
+    assert torch.equal(fb.masks[0, 0], torch.as_tensor(np.pad(np.ones((6, 6), bool), ((2, 24), (2, 24)))))
+
+
+def test_multifocal_fallback_uses_the_merged_structure():
+    lab = np.zeros((3, H, W), int)
+    lab[0, 2:8, 2:8] = 1                                         # two kept lesions on slice 0 only; min_len 2 ->
+    lab[0, 20:24, 20:24] = 1                                     # no eligible window, fallback on the union
+    out = pcsw_prompts(probs_from(lab), cfg=cfg(fallback=True, min_len=2, multifocal=True))
+    assert out.status[0] == 2 and out.valid[:, 0].tolist() == [True, False, False]
+    assert torch.equal(out.masks[0, 0], torch.as_tensor(lab[0] == 1))

@@ -35,10 +35,22 @@ Algorithm (per slab ``n`` and class ``k`` = one "group"; all groups are processe
    slices); ``continuity`` takes the eligible window with the highest ``C``, ties to the longest, and
    accepts it iff ``C >= tau``. Remaining ties go to the window whose largest component has the most
    voxels inside it, then to the earliest.
+   **Multifocal** (``multifocal``, flag ``-pcsw_multifocal``; default on in 3D): before step 4 all kept
+   components of a group are merged into one structure, so every kept lesion of a class is prompted and
+   ``C = 1`` on every window the union covers slice by slice (diffuse, scattered SAH is not rejected by
+   continuity; the every-slice eligibility rule still applies).
 5. **Prompts**: for every slice of the accepted window on which the window's largest component is
    present: the component's tight box on that slice grown by ``margin`` pixels and clipped to the map,
-   and its most confident pixel (argmax of ``p_k`` inside the component on that slice). A group without
-   an accepted window gets no prompt (``valid`` False everywhere).
+   and its most confident pixel (argmax of ``p_k`` inside the component on that slice).
+6. **Fallback** (``fallback``, flag ``-pcsw_fallback``, default on): a group without an accepted window
+   but with binarised foreground (step 1) inside the body (``body_frac``) is prompted, on every slice it
+   occupies, by its 3-D component with the largest confidence mass (sum of ``p_k``; ties to the lowest
+   label; with ``multifocal``, the merged structure that component belongs to). Its prompts are flagged in
+   ``Prompts.fallback`` (the teacher holds them to ``-tau_fallback``). Without fallback, such a group gets no
+   prompt (``valid`` False everywhere). ``Prompts.status`` reports accepted / fallback / rejected per group.
+
+Calibration: with ``class_conf`` (:meth:`SSSNet.gates`, ``-pcsw_calibrate``), class ``k`` uses
+``min(thresh, class_conf[k])`` in step 1 and ``min(tau_conf, class_conf[k])`` in step 3.
 
 Conventions of ``Prompts``: boxes are ``x1, y1, x2, y2`` floats with ``x2, y2`` exclusive (a single pixel
 at column 3, row 5 with margin 0 is ``(3, 5, 4, 6)``), so multiplying by ``S / w`` gives image pixels;
@@ -85,6 +97,7 @@ class PCSWConfig:
     fallback: bool = True    # a rejected class the head predicts is prompted by its most confident component
     calibrate: bool = True   # per-class gates min(thresh|tau_conf, class_conf[k]) from labeled data (SSSNet)
     fuse: bool = True        # inference: unprompted classes on a slice take the coarse argmax (fuse_coarse)
+    multifocal: bool = False # all kept components of a class form its structure (C = 1 on covered windows)
 
     def window_lengths(self, depth: int) -> tuple[int, int]:
         """``(N_min, N_max)`` actually used for a slab of ``depth`` slices."""
@@ -223,6 +236,7 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
     we = ws + wl
 
     acc_label = np.zeros(G, dtype=np.int64)
+    remap = np.arange(n + 1)                                      # label -> prompted label (multifocal merge)
     best_s = np.full(G, -1, dtype=np.int64)
     best_e = np.full(G, -1, dtype=np.int64)
     score = np.zeros(G, dtype=np.float32)
@@ -250,6 +264,11 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
                 & in_body)
         keep[0] = False
         kl = np.flatnonzero(keep)                                  # kept labels, ascending => grouped by g
+        if cfg.multifocal and kl.size:                             # all kept components of a group as one
+            remap, cnt, kl = _merge_kept(kl, comp_g, cnt)
+            present = cnt > 0
+            first = present.argmax(1)
+            last = D - 1 - present[:, ::-1].argmax(1)
         if kl.size:
             m = kl.size
             cs = np.zeros((2, m, D + 1), dtype=np.int64)
@@ -287,7 +306,7 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
             best_s = np.where(ok, ws[best], -1)
             best_e = np.where(ok, we[best], -1)
         if cfg.fallback:
-            fb_label = _fallback_components(comp_g, conf, in_body, G)
+            fb_label = remap[_fallback_components(comp_g, conf, in_body, G)]
             fb = (acc_label == 0) & (fb_label > 0)
             acc_label = np.where(fb, fb_label, acc_label)
             best_s = np.where(fb, first[fb_label], best_s)
@@ -302,7 +321,7 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
     valid = np.zeros((G, D), dtype=bool)
     sel = np.flatnonzero(acc_label)
     if sel.size:
-        mask[sel] = (lab[sel] == acc_label[sel, None, None, None]) & in_win[sel, :, None, None]
+        mask[sel] = (remap[lab[sel]] == acc_label[sel, None, None, None]) & in_win[sel, :, None, None]
         boxes[sel], points[sel], valid[sel] = _boxes_points_np(mask[sel], pkf[sel], cfg.margin)
 
     def back(a, *tail):  # (G, D, ...) -> (N, D, K, ...) torch on device
@@ -331,6 +350,22 @@ def _class_gates(cfg: PCSWConfig, class_conf: torch.Tensor | None, k: int, devic
     c = class_conf.detach().float().to(device)
     c = torch.where(c >= 0, c.clamp_min(1e-6), torch.ones_like(c))
     return torch.minimum(thresh, c), torch.minimum(tau_conf, c)
+
+
+def _merge_kept(kl: np.ndarray, comp_g: np.ndarray, cnt: np.ndarray):
+    """Multifocal PCSW: the kept components of each group become one, labeled by the group's first kept label.
+
+    kl (m,) kept labels ascending (so grouped by group), comp_g (n+1,) group of each label, cnt (n+1, D) voxels
+    per label and slice -> (remap (n+1,) label -> merged label, cnt with each group's counts summed on its
+    first kept label and zero on the other kept labels, the merged kept labels)."""
+    g = comp_g[kl]
+    rep = kl[np.searchsorted(g, g, side="left")]
+    remap = np.arange(cnt.shape[0])
+    remap[kl] = rep
+    merged = cnt.copy()
+    merged[kl] = 0
+    np.add.at(merged, rep, cnt[kl])
+    return remap, merged, np.unique(rep)
 
 
 def _fallback_components(comp_g: np.ndarray, conf: np.ndarray, eligible: np.ndarray, groups: int) -> np.ndarray:
