@@ -101,6 +101,17 @@ def float_pair(value: str) -> tuple[float, float]:
     return lo, hi
 
 
+def weight_list(value: str) -> tuple[float, ...]:
+    """'w0,w1,...' -> non-negative floats, at least one positive."""
+    try:
+        out = tuple(float(p) for p in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers 'W0,W1,...', got {value!r}") from None
+    if min(out) < 0 or max(out) <= 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative weights, at least one positive, got {value!r}")
+    return out
+
+
 def int_list(value: str) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in value.split(",") if p.strip() != "")
@@ -218,6 +229,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-rampup", type=nonneg_int, default=None,
                    help="sigmoid ramp-up of lambda_u over N iterations (default 0; 3D demo 100)")
     g.add_argument("-tau_u", type=unit_float, default=0.95, help="pseudo-label confidence threshold")
+    g.add_argument("-ce_weights", type=weight_list, default=(), metavar="W0,W1,...",
+                   help="class-weighted CE of the coarse head: one weight per class, background first (default "
+                        "unweighted)")
     g.add_argument("-tau_fallback", type=unit_float, default=0.98,
                    help="pseudo-label threshold of classes prompted by a PCSW fallback (stricter when > -tau_u)")
     g.add_argument("-p_gt", type=unit_float, default=0.5,
@@ -316,6 +330,9 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
 
 def to_config(args: argparse.Namespace, num_classes: int) -> TrainConfig:
     """The typed settings of a run: model, semi-supervised method, PCSW, optimisation, run."""
+    if args.ce_weights and len(args.ce_weights) != num_classes + 1:
+        raise ValueError(f"-ce_weights needs {num_classes + 1} weights (background + {num_classes} classes), "
+                         f"got {len(args.ce_weights)}")
     model = ModelConf(sam_config=args.sam_config, sam_ckpt=args.sam_ckpt, image_size=args.image_size,
                       num_classes=num_classes, dfe=bool(args.dfe), dfe_sim=args.dfe_sim,
                       dfe_levels=tuple(args.dfe_levels),
@@ -324,7 +341,7 @@ def to_config(args: argparse.Namespace, num_classes: int) -> TrainConfig:
     semi = SemiConf(method=args.method, lambda_u=args.lambda_u, rampup=args.rampup, tau_u=args.tau_u, p_gt=args.p_gt,
                     cutmix_p=args.cutmix_p, unsup_encoder_grad=bool(args.unsup_encoder_grad), out_size=args.out_size,
                     slab_len=args.slab_len, prompt=args.prompt, prompt_freq=args.prompt_freq, use_pcsw=bool(args.pcsw),
-                    tau_fallback=args.tau_fallback)
+                    tau_fallback=args.tau_fallback, ce_weights=tuple(args.ce_weights))
     pcsw = PCSWConfig(thresh=args.pcsw_thresh, tau=args.pcsw_tau, tau_conf=args.pcsw_tau_conf,
                       min_len=args.pcsw_min_len, max_len=args.pcsw_max_len, min_voxels=args.pcsw_min_voxels,
                       min_area=args.pcsw_min_area, max_area=args.pcsw_max_area, margin=args.pcsw_margin,

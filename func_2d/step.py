@@ -62,6 +62,7 @@ class Student2D(nn.Module):
     def forward(self, batch_l: dict, batch_u: dict | None, iteration: int) -> dict:
         net, semi, k, size = self.net, self.semi, self.net.num_classes, self.net.image_size
         img_x, mask_x = batch_l["image"], batch_l["label"]                              # (B,1,S,S), (B,S,S)
+        cw = semi.ce_class_weight(img_x.device)                                         # (K+1,) or None
         with self.autocast():
             # labeled: coarse head (CE+Dice) + SAM-2 masks (BCE+Dice) of the prompted classes; prompts are jittered
             # ground-truth boxes with probability p_gt, else the model's own PCSW prompts (as at test time)
@@ -76,7 +77,7 @@ class Student2D(nn.Module):
             refined_x = net.refine(feats_x, prompts_x)                                  # (B,K,s,s)
             y = F.interpolate(mask_x[:, None].float(), size=semi.out_size, mode="nearest")[:, 0].long()
             with record_function("sss.loss"):
-                loss_x = (ce_dice_loss(upsample(pred_x, semi.out_size), y)
+                loss_x = (ce_dice_loss(upsample(pred_x, semi.out_size), y, class_weight=cw)
                           + bce_dice_loss(upsample(refined_x, semi.out_size), one_hot_fg(y, k), prompts_x.valid))
             if batch_u is None:
                 return {"loss": loss_x, "loss_x": loss_x}
@@ -89,7 +90,7 @@ class Student2D(nn.Module):
             conf_ok = u.conf >= semi.tau_u                                              # (2N,s,s)
             pred_u_s, refined_u_s = net.coarse(feats_u_s), net.refine(feats_u_s, u.prompts)
             with record_function("sss.loss"):
-                loss_u = (ce_dice_loss(pred_u_s, u.labels, conf_ok)
+                loss_u = (ce_dice_loss(pred_u_s, u.labels, conf_ok, class_weight=cw)
                           + bce_dice_loss(refined_u_s, one_hot_fg(u.labels, k), u.prompts.valid, conf_ok))
             loss = loss_x + lambda_u(semi, iteration) * loss_u
         return {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, "mask_ratio": conf_ok.float().mean().detach(),

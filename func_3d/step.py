@@ -169,6 +169,7 @@ class Student3D(nn.Module):
         net, semi, k = self.net, self.semi, self.net.num_classes
         b, t = batch_l["image"].shape[:2]
         img_x, mask_x = batch_l["image"].flatten(0, 1), batch_l["label"].flatten(0, 1)    # (N,1,S,S), (N,S,S)
+        cw = semi.ce_class_weight(img_x.device)                                            # (K+1,) or None
         with self.autocast():
             # labeled clips: every frame in one encoder call, coarse head (CE+Dice) + SAM-2 tracking of the
             # prompted classes through the clip (mask BCE+Dice, object-score BCE on every frame)
@@ -184,7 +185,7 @@ class Student3D(nn.Module):
             tracked_x = track_clips(net, enc_x.replace(feats_x), prompts_x, b, use_box, use_point)
             y = F.interpolate(mask_x[:, None].float(), size=semi.out_size, mode="nearest")[:, 0].long()
             with record_function("sss.loss"):
-                loss_x = ce_dice_loss(upsample(pred_x, semi.out_size), y) + track_loss(tracked_x, one_hot_fg(y, k))
+                loss_x = ce_dice_loss(upsample(pred_x, semi.out_size), y, class_weight=cw) + track_loss(tracked_x, one_hot_fg(y, k))
             if batch_u is None:
                 return {"loss": loss_x, "loss_x": loss_x}
 
@@ -196,7 +197,7 @@ class Student3D(nn.Module):
             conf_ok = u.conf >= semi.tau_u                                                 # (2N,s,s)
             tracked_u_s = track_clips(net, enc_u.replace(feats_u_s), u.prompts, u.num_clips)
             with record_function("sss.loss"):
-                loss_u = (ce_dice_loss(net.coarse(feats_u_s), u.labels, conf_ok)
+                loss_u = (ce_dice_loss(net.coarse(feats_u_s), u.labels, conf_ok, class_weight=cw)
                           + track_loss(tracked_u_s, one_hot_fg(u.labels, k), conf_ok))
             loss = loss_x + lambda_u(semi, iteration) * loss_u
         return {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, "mask_ratio": conf_ok.float().mean().detach(),

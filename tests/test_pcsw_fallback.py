@@ -217,3 +217,29 @@ def test_multifocal_fallback_uses_the_merged_structure():
     out = pcsw_prompts(probs_from(lab), cfg=cfg(fallback=True, min_len=2, multifocal=True))
     assert out.status[0] == 2 and out.valid[:, 0].tolist() == [True, False, False]
     assert torch.equal(out.masks[0, 0], torch.as_tensor(lab[0] == 1))
+
+
+def test_class_weighted_ce():
+    import pytest
+
+    import cfg as cfgmod
+    from sam2_train.model.losses import ce_dice_loss
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 5, 5, generator=g)
+    target = torch.randint(0, 3, (2, 5, 5), generator=g)
+    w = torch.tensor([0.2, 1.0, 3.0])
+    no_dice = dict(dice_weight=0.0)
+    torch.testing.assert_close(ce_dice_loss(logits, target, class_weight=w, **no_dice),
+                               torch.nn.functional.cross_entropy(logits, target, weight=w))
+    torch.testing.assert_close(ce_dice_loss(logits, target, class_weight=torch.ones(3), **no_dice),
+                               ce_dice_loss(logits, target, **no_dice))
+    valid = torch.rand(2, 5, 5, generator=g) > 0.5
+    t_ignored = torch.where(valid, target, torch.full_like(target, -100))
+    torch.testing.assert_close(ce_dice_loss(logits, target, valid, class_weight=w, **no_dice),
+                               torch.nn.functional.cross_entropy(logits, t_ignored, weight=w, ignore_index=-100))
+    c = cfgmod.to_config(cfgmod.parse_args(["-ce_weights", "0.5,1,2,2"]), 3)
+    assert c.semi.ce_weights == (0.5, 1.0, 2.0, 2.0)
+    torch.testing.assert_close(c.semi.ce_class_weight("cpu"), torch.tensor([0.5, 1.0, 2.0, 2.0]))
+    assert cfgmod.to_config(cfgmod.parse_args([]), 3).semi.ce_class_weight("cpu") is None
+    with pytest.raises(ValueError, match="-ce_weights needs 4 weights"):
+        cfgmod.to_config(cfgmod.parse_args(["-ce_weights", "1,2"]), 3)

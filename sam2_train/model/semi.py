@@ -26,7 +26,8 @@ class SemiConf:
     than by the model's own prompts. ``use_pcsw``: the model's own prompts come from PCSW (else coarse
     boxes). ``out_size``: size of the labeled-loss masks. ``slab_len``: 2D unlabeled slab length.
     ``prompt``/``prompt_freq``: 3D ground-truth prompt type and thinning of prompted frames.
-    ``tau_fallback``: the stricter pseudo-label threshold of classes prompted by a PCSW fallback."""
+    ``tau_fallback``: the stricter pseudo-label threshold of classes prompted by a PCSW fallback.
+    ``ce_weights``: CE weight per class 0..K of the coarse head's loss (empty: unweighted)."""
     method: str = "sss"
     lambda_u: float = 1.0
     rampup: int = 0
@@ -40,6 +41,11 @@ class SemiConf:
     prompt: str = "bbox"
     prompt_freq: int = 2
     tau_fallback: float = 0.98
+    ce_weights: tuple[float, ...] = ()
+
+    def ce_class_weight(self, device) -> torch.Tensor | None:
+        """The coarse head's CE weight per class (K+1,) on ``device``, None when unweighted."""
+        return torch.tensor(self.ce_weights, dtype=torch.float32, device=device) if self.ce_weights else None
 
     @property
     def semi_supervised(self) -> bool:
