@@ -229,6 +229,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-rampup", type=nonneg_int, default=None,
                    help="sigmoid ramp-up of lambda_u over N iterations (default 0; 3D demo 100)")
     g.add_argument("-tau_u", type=unit_float, default=0.95, help="pseudo-label confidence threshold")
+    g.add_argument("-fg_oversample", type=unit_float, default=0.0,
+                   help="3D: probability that a labeled clip is drawn around a slice of a random present class "
+                        "(nnU-Net foreground oversampling; nnU-Net uses 0.33)")
     g.add_argument("-ce_weights", type=weight_list, default=(), metavar="W0,W1,...",
                    help="class-weighted CE of the coarse head: one weight per class, background first (default "
                         "unweighted)")

@@ -64,7 +64,8 @@ def assemble(src: dict, args, script: str, dataset: str, root: str) -> Splits:
             items = [(r, z) for r in src["labeled_refs"] for z in range(r.num_slices())]
         labeled = LabeledSliceDataset(items, size, seed)
     else:
-        labeled = LabeledClipDataset(src["labeled_refs"], int(_get(args, "video_length", 8)), size, seed)
+        labeled = LabeledClipDataset(src["labeled_refs"], int(_get(args, "video_length", 8)), size, seed,
+                                     fg_oversample=float(_get(args, "fg_oversample", 0.0) or 0.0))
     unl_refs = src.get("unlabeled_refs") or []
     unlabeled, unl_missing = None, None
     if unl_refs:

@@ -243,3 +243,40 @@ def test_class_weighted_ce():
     assert cfgmod.to_config(cfgmod.parse_args([]), 3).semi.ce_class_weight("cpu") is None
     with pytest.raises(ValueError, match="-ce_weights needs 4 weights"):
         cfgmod.to_config(cfgmod.parse_args(["-ce_weights", "1,2"]), 3)
+
+
+def test_foreground_oversampling_of_labeled_clips():
+    from dataset.base import LabeledClipDataset, VolumeRef, class_slices, foreground_clip_start
+    n, T = 20, 8
+    lab = np.zeros((n, 6, 6), np.int64)
+    lab[17, 2:4, 2:4] = 2                                        # class 2 on slice 17 only; class 1 absent
+    lab[3:5, 0, 0] = 3
+    pres = class_slices(lab)
+    assert pres.shape == (n, 3) and pres[:, 1].nonzero()[0].tolist() == [17] and not pres[:, 0].any()
+    rng = np.random.default_rng(0)
+    starts = [foreground_clip_start(pres, T, rng) for _ in range(300)]
+    for st in starts:                                            # the clip holds a slice of the drawn class
+        assert 0 <= st <= n - T and (st <= 17 < st + T or st <= 4 and st + T > 3)
+    assert {s for s in starts if s >= 10} == {10, 11, 12}        # around slice 17 every valid start occurs
+    assert foreground_clip_start(np.zeros((n, 2), bool), T, rng) is None
+    assert foreground_clip_start(pres[:5], T, rng) == 0          # shorter than the clip: start 0
+
+    class Ref(VolumeRef):
+        name, has_label, num_classes = "v_fg", True, 3
+
+        def num_slices(self):
+            return n
+
+        def load(self, with_label=True):
+            img = np.zeros((n, 6, 6), np.float32)
+            img[:, 0, 1] = np.arange(n) / n                          # slice index encoded in the image
+            return img, (lab if with_label else None), None, None
+
+    def hits(p):
+        ds = LabeledClipDataset([Ref()], T, 6, seed=0, fg_oversample=p, augment=False)
+        got = 0
+        for epoch in range(40):
+            ds.set_epoch(epoch)
+            got += int((ds[0]["label"] > 0).any())
+        return got
+    assert hits(1.0) == 40 and hits(0.0) < 40                    # random clips miss the lesions often
