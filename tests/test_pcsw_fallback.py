@@ -280,3 +280,18 @@ def test_foreground_oversampling_of_labeled_clips():
             got += int((ds[0]["label"] > 0).any())
         return got
     assert hits(1.0) == 40 and hits(0.0) < 40                    # random clips miss the lesions often
+
+
+def test_class_conf_buffer_checkpointed_and_old_checkpoints_load():
+    from sam2_train.model.sss_net import SSSNet
+    net = SSSNet.__new__(SSSNet)
+    torch.nn.Module.__init__(net)
+    net.num_classes = 2
+    net.register_buffer("class_conf", torch.tensor([0.3, 0.7]))
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    torch.testing.assert_close(state["class_conf"], torch.tensor([0.3, 0.7]))
+    net.class_conf.fill_(0.0)
+    net.load_state_dict(state, strict=True)
+    torch.testing.assert_close(net.class_conf, torch.tensor([0.3, 0.7]))
+    net.load_state_dict({}, strict=True)                         # written before the buffer existed
+    torch.testing.assert_close(net.class_conf, torch.tensor([-1.0, -1.0]))

@@ -86,6 +86,11 @@ class SSSNet(nn.Module):
         new = torch.where(old < 0, mean, momentum * old + (1.0 - momentum) * mean)
         self.class_conf.copy_(torch.where(count > 0, new, old))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the calibration buffer existed load with it uncalibrated (-1)
+        state_dict.setdefault(prefix + "class_conf", torch.full((self.num_classes,), -1.0))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def gates(self, cfg: PCSWConfig) -> torch.Tensor | None:
         """The calibrated per-class confidences PCSW uses (``cfg.calibrate``), else None (fixed gates)."""
         return self.class_conf if cfg.calibrate else None
