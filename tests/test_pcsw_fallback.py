@@ -93,6 +93,8 @@ def test_sss_net_class_conf_ema():
     probs[:, 1, :2] = 0.4
     SSSNet.update_class_conf(net, probs, labels, momentum=0.5)
     torch.testing.assert_close(net.class_conf, torch.tensor([0.6, -1.0]))      # EMA; absent class unchanged
+    SSSNet.update_class_conf(net, torch.full_like(probs, float("nan")), labels, momentum=0.5)
+    torch.testing.assert_close(net.class_conf, torch.tensor([0.6, -1.0]))      # non-finite step: unchanged
     assert "class_conf" in net.state_dict()
     assert SSSNet.gates(net, PCSWConfig(calibrate=False)) is None
     assert SSSNet.gates(net, PCSWConfig(calibrate=True)) is net.class_conf

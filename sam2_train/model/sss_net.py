@@ -76,7 +76,8 @@ class SSSNet(nn.Module):
         """EMA of each class's mean coarse probability on its ground-truth pixels (the PCSW gate calibration).
 
         probs (B,K+1,s,s) softmax of the coarse head, labels (B,H,W) int64 ground truth (nearest-resized to s).
-        A class absent from the batch keeps its value; the first observation of a class sets it."""
+        A class absent from the batch, or with a non-finite mean (a diverged step, skipped by the trainer's guard),
+        keeps its value; the first observation of a class sets it."""
         k, s = self.num_classes, probs.shape[-1]
         y = F.interpolate(labels[:, None].float(), size=s, mode="nearest")[:, 0].long()
         onehot = F.one_hot(y, k + 1)[..., 1:].permute(0, 3, 1, 2).float()              # (B,K,s,s)
@@ -84,7 +85,7 @@ class SSSNet(nn.Module):
         mean = (probs[:, 1:].float() * onehot).sum((0, 2, 3)) / count.clamp_min(1.0)   # (K,)
         old = self.class_conf
         new = torch.where(old < 0, mean, momentum * old + (1.0 - momentum) * mean)
-        self.class_conf.copy_(torch.where(count > 0, new, old))
+        self.class_conf.copy_(torch.where((count > 0) & torch.isfinite(mean), new, old))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the calibration buffer existed load with it uncalibrated (-1)
