@@ -101,6 +101,17 @@ def float_pair(value: str) -> tuple[float, float]:
     return lo, hi
 
 
+def weight_list(value: str) -> tuple[float, ...]:
+    """'w0,w1,...' -> non-negative floats, at least one positive."""
+    try:
+        out = tuple(float(p) for p in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers 'W0,W1,...', got {value!r}") from None
+    if min(out) < 0 or max(out) <= 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative weights, at least one positive, got {value!r}")
+    return out
+
+
 def int_list(value: str) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in value.split(",") if p.strip() != "")
@@ -227,6 +238,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-rampup", type=nonneg_int, default=None,
                    help="sigmoid ramp-up of lambda_u over N iterations (default 0; 3D demo 100)")
     g.add_argument("-tau_u", type=unit_float, default=0.95, help="pseudo-label confidence threshold")
+    g.add_argument("-ce_weights", type=weight_list, default=(), metavar="W0,W1,...",
+                   help="class-weighted CE of the coarse head: one weight per class, background first (default "
+                        "unweighted)")
+    g.add_argument("-tau_fallback", type=unit_float, default=0.98,
+                   help="pseudo-label threshold of classes prompted by a PCSW fallback (stricter when > -tau_u)")
     g.add_argument("-p_gt", type=unit_float, default=0.5,
                    help="labeled images: probability of a (jittered) ground-truth box prompt instead of PCSW")
     _bool_flag(g, "-unsup_encoder_grad", False, "let the unlabeled loss back-propagate into the image encoder")
@@ -247,7 +263,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-pcsw_thresh", type=unit_float, default=0.5, help="binarisation threshold on class probability")
     g.add_argument("-pcsw_tau", type=unit_float, default=0.8, help="continuity threshold C >= tau")
     g.add_argument("-pcsw_tau_conf", type=unit_float, default=0.6, help="minimum mean confidence of a component")
-    g.add_argument("-pcsw_min_len", type=positive_int, default=2, help="shortest window N_min (slices)")
+    g.add_argument("-pcsw_min_len", type=positive_int, default=None,
+                   help="shortest window N_min (slices); default 2 in 2D, 1 in 3D (single-slice lesions)")
     g.add_argument("-pcsw_max_len", type=nonneg_int, default=0, help="longest window N_max (0 = whole slab)")
     g.add_argument("-pcsw_min_voxels", type=nonneg_int, default=4, help="smallest component, in coarse-map voxels")
     g.add_argument("-pcsw_min_area", type=unit_float, default=0.0, help="smallest per-slice area, fraction of the slice")
@@ -255,6 +272,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-pcsw_margin", type=nonneg_int, default=2, help="box margin in coarse-map pixels")
     g.add_argument("-pcsw_select", type=lower_choice(("longest", "continuity")), default="longest",
                    help="accepted window: the longest with C >= tau, or the one with the highest C")
+    g.add_argument("-pcsw_fallback", type=str2bool, default=True, metavar="{0,1}",
+                   help="a class PCSW rejects but the coarse head predicts is prompted by its 3-D component with "
+                        "the largest confidence mass, flagged as fallback (stricter pseudo-labels, -tau_fallback)")
+    g.add_argument("-pcsw_calibrate", type=str2bool, default=True, metavar="{0,1}",
+                   help="per-class gates min(-pcsw_thresh|-pcsw_tau_conf, c_k), c_k = EMA of the class's mean "
+                        "coarse probability on its labeled ground-truth pixels")
+    g.add_argument("-pcsw_multifocal", type=str2bool, default=None, metavar="{0,1}",
+                   help="prompt every kept component of a class (merged), not only the largest; default 0 in 2D, "
+                        "1 in 3D (multifocal, diffuse lesions)")
+    g.add_argument("-pcsw_fuse", type=str2bool, default=True, metavar="{0,1}",
+                   help="inference (boxes, pcsw): a pixel left background takes the coarse argmax class when that "
+                        "class has no prompt on the slice")
     return p
 
 
@@ -288,6 +317,10 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
         args.out_size = args.image_size
     if args.video_length is None:
         args.video_length = 8
+    if args.pcsw_min_len is None:
+        args.pcsw_min_len = 2 if script == "2d" else 1
+    if args.pcsw_multifocal is None:
+        args.pcsw_multifocal = script == "3d"
     if args.data_path is None:
         args.data_path = default_data_path(args.dataset, script)
     if args.b_u is None:
@@ -318,6 +351,9 @@ def flags_ignored_by(args: argparse.Namespace, script: str) -> list[str]:
 
 def to_config(args: argparse.Namespace, num_classes: int) -> TrainConfig:
     """The typed settings of a run: model, semi-supervised method, PCSW, optimisation, run."""
+    if args.ce_weights and len(args.ce_weights) != num_classes + 1:
+        raise ValueError(f"-ce_weights needs {num_classes + 1} weights (background + {num_classes} classes), "
+                         f"got {len(args.ce_weights)}")
     model = ModelConf(sam_config=args.sam_config, sam_ckpt=args.sam_ckpt, image_size=args.image_size,
                       num_classes=num_classes, dfe=bool(args.dfe), dfe_sim=args.dfe_sim,
                       dfe_levels=tuple(args.dfe_levels),
@@ -325,11 +361,14 @@ def to_config(args: argparse.Namespace, num_classes: int) -> TrainConfig:
                       freeze_encoder=args.encoder_lr_mult == 0, grad_ckpt=bool(args.grad_ckpt))
     semi = SemiConf(method=args.method, lambda_u=args.lambda_u, rampup=args.rampup, tau_u=args.tau_u, p_gt=args.p_gt,
                     cutmix_p=args.cutmix_p, unsup_encoder_grad=bool(args.unsup_encoder_grad), out_size=args.out_size,
-                    slab_len=args.slab_len, prompt=args.prompt, prompt_freq=args.prompt_freq, use_pcsw=bool(args.pcsw))
+                    slab_len=args.slab_len, prompt=args.prompt, prompt_freq=args.prompt_freq, use_pcsw=bool(args.pcsw),
+                    tau_fallback=args.tau_fallback, ce_weights=tuple(args.ce_weights))
     pcsw = PCSWConfig(thresh=args.pcsw_thresh, tau=args.pcsw_tau, tau_conf=args.pcsw_tau_conf,
                       min_len=args.pcsw_min_len, max_len=args.pcsw_max_len, min_voxels=args.pcsw_min_voxels,
                       min_area=args.pcsw_min_area, max_area=args.pcsw_max_area, margin=args.pcsw_margin,
-                      select=args.pcsw_select)
+                      select=args.pcsw_select, fallback=bool(args.pcsw_fallback),
+                      calibrate=bool(args.pcsw_calibrate), fuse=bool(args.pcsw_fuse),
+                      multifocal=bool(args.pcsw_multifocal))
     optim = OptimConf(lr=args.lr, weight_decay=args.weight_decay, encoder_lr_mult=args.encoder_lr_mult,
                       sched=args.sched, warmup_iters=args.warmup_iters)
     run = RunConf(script=args.script, exp_name=args.exp_name, log_dir=args.log_dir, seed=args.seed, amp=args.amp,

@@ -322,11 +322,35 @@ class UnlabeledSlabDataset(_TrainBase):
                 "name": f"{ref.name}_slices_{start + 1}-{last}"}
 
 
+def class_slices(lab: np.ndarray) -> np.ndarray:
+    """lab (n,H,W) int -> (n, K) bool: slice z holds class k+1 (K = the largest label present)."""
+    n, top = lab.shape[0], int(lab.max()) if lab.size else 0
+    flat = lab.reshape(n, -1)
+    return np.stack([(flat == c).any(1) for c in range(1, top + 1)], 1) if top > 0 else np.zeros((n, 0), bool)
+
+
+def foreground_clip_start(presence: np.ndarray, length: int, rng) -> int | None:
+    """nnU-Net-style foreground oversampling for a clip of ``length`` slices: a class present in the volume
+    is drawn uniformly, then a slice holding it, then a clip start that keeps that slice inside the clip (the
+    clip stays inside the volume when it fits). presence (n,K) bool (:func:`class_slices`); None if no class."""
+    classes = np.flatnonzero(presence.any(0))
+    if classes.size == 0:
+        return None
+    c = classes[int(rng.integers(0, classes.size))]
+    zs = np.flatnonzero(presence[:, c])
+    z = int(zs[int(rng.integers(0, zs.size))])
+    n = presence.shape[0]
+    lo, hi = max(0, z - length + 1), max(0, min(z, n - length))
+    return int(rng.integers(lo, max(lo, hi) + 1))
+
+
 class _ClipBase(_TrainBase):
     def __init__(self, refs: Sequence[VolumeRef], video_length: int, image_size: int, seed: int = 0,
-                 what: str = "labeled", **kw):
+                 what: str = "labeled", fg_oversample: float = 0.0, **kw):
         super().__init__(image_size, seed, **kw)
         self.refs, self.video_length = list(refs), int(video_length)
+        self.fg_oversample = float(fg_oversample)
+        self._presence: dict[int, np.ndarray] = {}
         if not self.refs:
             raise DatasetError(f"the {what} training set is empty")
 
@@ -337,20 +361,20 @@ class _ClipBase(_TrainBase):
     def volume_names(self):
         return [r.name for r in self.refs]
 
-    def _clip(self, index, rng, with_label, fg_oversample: float = 0.0):
+    def _clip(self, index, rng, with_label):
         ref = self.refs[index]
         if with_label:
             img, lab, _, _ = _cached_load(ref, True)
         else:
             img, lab = _cached_load(ref, False)[0], None
         n = img.shape[0]
-        start = int(rng.integers(0, max(1, n - self.video_length + 1)))
-        if lab is not None and fg_oversample > 0 and rng.random() < fg_oversample:
-            # nnU-Net-style foreground oversampling: the clip covers a random slice that holds a label
-            fg = np.flatnonzero(np.asarray(lab).reshape(n, -1).any(1))
-            if fg.size:
-                z = int(fg[rng.integers(0, fg.size)])
-                start = min(max(0, z - int(rng.integers(0, self.video_length))), max(0, n - self.video_length))
+        start = None
+        if lab is not None and self.fg_oversample > 0 and rng.random() < self.fg_oversample:
+            if index not in self._presence:
+                self._presence[index] = class_slices(lab)
+            start = foreground_clip_start(self._presence[index], self.video_length, rng)
+        if start is None:
+            start = int(rng.integers(0, max(1, n - self.video_length + 1)))
         idx = stack_indices(n, start, self.video_length)
         name = f"{ref.name}_slices_{start + 1}-{min(start + self.video_length, n)}"
         return img[idx], (None if lab is None else lab[idx]), name
@@ -359,17 +383,13 @@ class _ClipBase(_TrainBase):
 class LabeledClipDataset(_ClipBase):
     """3D labeled clips: one item per volume per epoch, a random run of T consecutive slices
     (volumes shorter than T are padded by repeating the last slice); with probability ``fg_oversample`` the
-    run is placed over a random labeled slice (nnU-Net's foreground oversampling: small lesions on few
-    slices are otherwise rarely seen)."""
+    run holds a slice of a randomly drawn present class (:func:`foreground_clip_start`, nnU-Net's foreground
+    oversampling: small lesions on few slices are otherwise rarely seen)."""
     stream = 3
-
-    def __init__(self, refs, video_length: int, image_size: int, seed: int = 0, fg_oversample: float = 0.0, **kw):
-        super().__init__(refs, video_length, image_size, seed, **kw)
-        self.fg_oversample = float(fg_oversample)
 
     def __getitem__(self, index: int):
         rng, _ = self._gens(index)
-        img, lab, name = self._clip(index, rng, True, self.fg_oversample)
+        img, lab, name = self._clip(index, rng, True)
         x, y = self._weak(img, lab, rng)
         return {"image": x, "label": y, "name": name}
 

@@ -65,7 +65,7 @@ def assemble(src: dict, args, script: str, dataset: str, root: str) -> Splits:
         labeled = LabeledSliceDataset(items, size, seed)
     else:
         labeled = LabeledClipDataset(src["labeled_refs"], int(_get(args, "video_length", 8)), size, seed,
-                                     fg_oversample=float(_get(args, "fg_oversample", 0.0)))
+                                     fg_oversample=float(_get(args, "fg_oversample", 0.0) or 0.0))
     unl_refs = src.get("unlabeled_refs") or []
     unlabeled, unl_missing = None, None
     if unl_refs:

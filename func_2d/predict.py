@@ -2,7 +2,9 @@
 
 ``predict_volume`` receives the image only; it never sees a label. Inference modes (``-infer``): ``coarse``
 (the coarse head's argmax alone), ``boxes`` (unconstrained per-slice boxes of the coarse argmax -> SAM-2
-decoder), ``pcsw`` (PCSW prompts -> SAM-2 decoder).
+decoder), ``pcsw`` (PCSW prompts -> SAM-2 decoder). In ``boxes`` and ``pcsw`` with ``pcsw.fuse``, a pixel the
+refined label map leaves background takes the coarse argmax class when that class has no prompt on the slice
+(:func:`sam2_train.model.sss_net.fuse_coarse`; both maps at the native size by the protocol's resize rule).
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import torch.nn.functional as F
 from dataset.transforms import resize_image
 from sam2_train.model.pcsw import PCSWConfig
 from sam2_train.model.semi import body_mask
-from sam2_train.model.sss_net import SSSNet, labels_from_refined, mask_unprompted, prompts_from_probs, upsample
+from sam2_train.model.sss_net import (SSSNet, fuse_coarse, labels_from_refined, mask_unprompted, prompts_from_probs,
+                                     upsample)
 
 
 @torch.no_grad()
@@ -42,7 +45,8 @@ def predict_volume(net: SSSNet, image: np.ndarray, *, device: torch.device, auto
         if infer == "coarse":
             return coarse_to_labels(probs, (h, w), size, protocol).cpu().numpy()
         s = probs.shape[-1]
-        prompts = prompts_from_probs(probs[None], size, pcsw, infer == "pcsw", body=body_mask(x, s)[None])
+        prompts = prompts_from_probs(probs[None], size, pcsw, infer == "pcsw", body=body_mask(x, s)[None],
+                                     class_conf=net.gates(pcsw))
         refined = []
         for j, f in enumerate(feats):
             i = j * chunk
@@ -50,7 +54,10 @@ def predict_volume(net: SSSNet, image: np.ndarray, *, device: torch.device, auto
             p = type(prompts)(boxes=prompts.boxes[sl], points=prompts.points[sl], valid=prompts.valid[sl])
             refined.append(net.refine(f, p).float())
         refined = mask_unprompted(torch.cat(refined), prompts.valid)          # (D,K,s,s)
-    return logits_to_labels(refined, (h, w), size, protocol).cpu().numpy()
+    labels = logits_to_labels(refined, (h, w), size, protocol)
+    if pcsw.fuse:
+        labels = fuse_coarse(labels, coarse_to_labels(probs, (h, w), size, protocol), prompts.valid)
+    return labels.cpu().numpy()
 
 
 def coarse_to_labels(probs: torch.Tensor, size: tuple[int, int], model_size: int, protocol: str) -> torch.Tensor:

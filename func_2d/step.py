@@ -19,15 +19,16 @@ from sam2_train.model.cutmix import clip_cutmix_partners, sample_box_masks
 from sam2_train.model.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.model.pcsw import PCSWConfig
 from sam2_train.model.semi import (UnlabeledTargets, body_mask, choose_prompts, gt_prompts, lambda_u, mix_strong_views,
-                                   one_hot_fg, strong_view_features)
+                                   one_hot_fg, pcsw_rates, strong_view_features)
 from sam2_train.model.sss_net import SSSNet, prompts_from_probs, pseudo_labels, upsample
 
 
 @torch.no_grad()
 def teacher_targets(teacher: SSSNet, views: dict, *, slab_len: int, pcsw: PCSWConfig, use_pcsw: bool,
-                    cutmix_p: float, share_weak: bool = False) -> UnlabeledTargets:
+                    cutmix_p: float, tau_fallback: float = 0.98, share_weak: bool = False) -> UnlabeledTargets:
     """Teacher pass on the weak view -> PCSW prompts, pseudo-labels, confidences; then CutMix of both strong
-    views by the same boxes. views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,L,1,S,S).
+    views by the same boxes. views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,L,1,S,S). Pixels of
+    classes prompted by a PCSW fallback keep their confidence only where it is >= ``tau_fallback``.
     ``share_weak``: hand the weak view's encoder features to the student (only with a frozen encoder)."""
     img_u_w, img_u_s1, img_u_s2 = (views[key].flatten(0, 1) for key in ("image_w", "image_s1", "image_s2"))
     n, size = img_u_w.shape[0], img_u_w.shape[-1]
@@ -36,15 +37,18 @@ def teacher_targets(teacher: SSSNet, views: dict, *, slab_len: int, pcsw: PCSWCo
     probs_u_w = teacher.coarse(feats_u_w).float().softmax(1)                         # (N,K+1,s,s)
     s = probs_u_w.shape[-1]
     prompts_u_w = prompts_from_probs(probs_u_w.view(-1, slab_len, *probs_u_w.shape[1:]), size, pcsw, use_pcsw,
-                                     body=body_mask(img_u_w, s).view(-1, slab_len, s, s))
-    mask_u_w, conf_u_w = pseudo_labels(teacher.refine(feats_u_w, prompts_u_w), prompts_u_w.valid, probs_u_w)
+                                     body=body_mask(img_u_w, s).view(-1, slab_len, s, s), class_conf=teacher.gates(pcsw))
+    mask_u_w, conf_u_w = pseudo_labels(teacher.refine(feats_u_w, prompts_u_w), prompts_u_w.valid, probs_u_w,
+                                       prompts_u_w.fallback, tau_fallback)
     # each strong view takes a box from slice t of another slab (another volume) of the same view
     bu = views["image_w"].shape[0]
     partner = torch.cat([clip_cutmix_partners(bu, slab_len, img_u_w.device),
                          clip_cutmix_partners(bu, slab_len, img_u_w.device) + n])                      # (2N,)
     box_masks = sample_box_masks(2 * n, size, cutmix_p, img_u_w.device)                                # (2N,S,S)
-    return mix_strong_views(img_u_w, img_u_s1, img_u_s2, mask_u_w, conf_u_w, prompts_u_w, partner, box_masks,
-                            pcsw.margin, weak_feats=enc_u_w.feats if share_weak else None)
+    targets = mix_strong_views(img_u_w, img_u_s1, img_u_s2, mask_u_w, conf_u_w, prompts_u_w, partner, box_masks,
+                               pcsw.margin, weak_feats=enc_u_w.feats if share_weak else None)
+    targets.pcsw_status = prompts_u_w.status
+    return targets
 
 
 class Student2D(nn.Module):
@@ -62,35 +66,41 @@ class Student2D(nn.Module):
     def forward(self, batch_l: dict, batch_u: dict | None, iteration: int) -> dict:
         net, semi, k, size = self.net, self.semi, self.net.num_classes, self.net.image_size
         img_x, mask_x = batch_l["image"], batch_l["label"]                              # (B,1,S,S), (B,S,S)
+        cw = semi.ce_class_weight(img_x.device)                                         # (K+1,) or None
         with self.autocast():
             # labeled: coarse head (CE+Dice) + SAM-2 masks (BCE+Dice) of the prompted classes; prompts are jittered
             # ground-truth boxes with probability p_gt, else the model's own PCSW prompts (as at test time)
             feats_x, _ = net.enhance(net.encode(img_x).feats)
             pred_x = net.coarse(feats_x)                                                # (B,K+1,s,s)
-            own_x = prompts_from_probs(pred_x.detach().float().softmax(1)[:, None], size, self.pcsw, semi.use_pcsw)
+            probs_x = pred_x.detach().float().softmax(1)
+            if self.pcsw.calibrate:
+                net.update_class_conf(probs_x, mask_x)                                  # PCSW gates (buffer)
+            own_x = prompts_from_probs(probs_x[:, None], size, self.pcsw, semi.use_pcsw, class_conf=net.gates(self.pcsw))
             use_gt = torch.rand(img_x.shape[0], 1, device=img_x.device) < semi.p_gt
             prompts_x = choose_prompts(use_gt, gt_prompts(mask_x, k, size), own_x)
             refined_x = net.refine(feats_x, prompts_x)                                  # (B,K,s,s)
             y = F.interpolate(mask_x[:, None].float(), size=semi.out_size, mode="nearest")[:, 0].long()
             with record_function("sss.loss"):
-                loss_x = (ce_dice_loss(upsample(pred_x, semi.out_size), y)
+                loss_x = (ce_dice_loss(upsample(pred_x, semi.out_size), y, class_weight=cw)
                           + bce_dice_loss(upsample(refined_x, semi.out_size), one_hot_fg(y, k), prompts_x.valid))
             if batch_u is None:
                 return {"loss": loss_x, "loss_x": loss_x}
 
             # unlabeled: the teacher's pseudo-labels on the weak view, carried to two CutMix-ed strong views
             u = teacher_targets(self._teacher[0], batch_u, slab_len=semi.slab_len, pcsw=self.pcsw,
-                                use_pcsw=semi.use_pcsw, cutmix_p=semi.cutmix_p, share_weak=self.frozen_encoder)
+                                use_pcsw=semi.use_pcsw, cutmix_p=semi.cutmix_p, tau_fallback=semi.tau_fallback,
+                                share_weak=self.frozen_encoder)
             # student: weak + strong views through the encoder (no autograd by default), DFE(W, S1), DFE(W, S2)
             _, feats_u_s = strong_view_features(net, u.images, u.partner, u.box_masks, semi.unsup_encoder_grad,
                                                 u.weak_feats)
             conf_ok = u.conf >= semi.tau_u                                              # (2N,s,s)
             pred_u_s, refined_u_s = net.coarse(feats_u_s), net.refine(feats_u_s, u.prompts)
             with record_function("sss.loss"):
-                loss_u = (ce_dice_loss(pred_u_s, u.labels, conf_ok)
+                loss_u = (ce_dice_loss(pred_u_s, u.labels, conf_ok, class_weight=cw)
                           + bce_dice_loss(refined_u_s, one_hot_fg(u.labels, k), u.prompts.valid, conf_ok))
             loss = loss_x + lambda_u(semi, iteration) * loss_u
-        return {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, "mask_ratio": conf_ok.float().mean().detach()}
+        return {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, "mask_ratio": conf_ok.float().mean().detach(),
+                **pcsw_rates(u.pcsw_status, k)}
 
 
 def predict(net: SSSNet, image, *, config: TrainConfig, infer: str, device, autocast):

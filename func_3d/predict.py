@@ -20,7 +20,10 @@ Each frame's logits become labels right away (``labels_from_refined`` at model r
 where no class logit is > 0; classes without any prompt in the volume are masked out), and the labels are
 resized to the native (H,W) with nearest neighbour (the SSL4MIS rule used for 2D too). Encoder
 activations are the memory peak at 1024 px, which is why frames are encoded in chunks / one at a time.
-A volume without any accepted PCSW prompt is all background.
+Fusion (``pcsw.fuse``, modes ``boxes`` and ``pcsw``): on each slice, a pixel the tracked label map leaves
+background takes the coarse argmax class (at model resolution, as ``-infer coarse``) when that class has no
+prompt on that slice (:func:`sam2_train.model.sss_net.fuse_coarse`; "prompt" = the per-slice prompts before
+``-prompt_freq`` thinning). A volume without any prompt is the coarse argmax with fusion, else background.
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ import torch.nn.functional as F
 from dataset.transforms import resize_image
 from sam2_train.model.pcsw import PCSWConfig
 from sam2_train.model.semi import body_mask, thin_prompt_frames
-from sam2_train.model.sss_net import SSSNet, labels_from_refined, mask_unprompted, prompts_from_probs, upsample
+from sam2_train.model.sss_net import (NEG, SSSNet, fuse_coarse, labels_from_refined, mask_unprompted, prompts_from_probs,
+                                     upsample)
 
 
 class _Frames:
@@ -99,19 +103,28 @@ def predict_volume(net: SSSNet, image: np.ndarray, *, device: torch.device, auto
                 lab = upsample(probs[i:i + chunk], (size, size)).argmax(1)
                 out[i:i + chunk] = F.interpolate(lab[:, None].float(), size=(h, w), mode="nearest")[:, 0].to(torch.uint8)
             return out.long().cpu().numpy()
-        prompts = prompts_from_probs(probs[None], size, pcsw, infer == "pcsw", body=body[None])
+        prompts = prompts_from_probs(probs[None], size, pcsw, infer == "pcsw", body=body[None],
+                                     class_conf=net.gates(pcsw))
         valid = thin_prompt_frames(prompts.valid[None], prompt_freq)[0]          # (D,K)
+        coarse = probs.half() if pcsw.fuse else None                             # (D,K+1,s,s) for fusion
         del probs, body
-        prompt_idx = torch.nonzero(valid.any(1)).flatten().tolist()
-        if not prompt_idx:
-            return out.long().cpu().numpy()
         obj_prompted = valid.any(0)                                              # (K,)
-        points = prompts.points[:, :, None]                                      # (D,K,1,2)
-        point_labels = torch.where(valid, 1, -1).to(torch.int32)[..., None]      # (D,K,1)
 
         def emit(t: int, logits: torch.Tensor) -> None:                          # logits (1,K,s,s)
             lab = labels_from_refined(mask_unprompted(upsample(logits.float(), (size, size)), obj_prompted))
+            if coarse is not None:
+                lab = fuse_coarse(lab, upsample(coarse[t:t + 1].float(), (size, size)).argmax(1),
+                                  prompts.valid[t:t + 1])
             out[t] = F.interpolate(lab[:, None].float(), size=(h, w), mode="nearest")[0, 0].to(torch.uint8)
+
+        prompt_idx = torch.nonzero(valid.any(1)).flatten().tolist()
+        if not prompt_idx:
+            if coarse is not None:                                               # nothing to track: coarse only
+                for t in range(d):
+                    emit(t, torch.full((1, k, *coarse.shape[-2:]), NEG, device=device))
+            return out.long().cpu().numpy()
+        points = prompts.points[:, :, None]                                      # (D,K,1,2)
+        point_labels = torch.where(valid, 1, -1).to(torch.int32)[..., None]      # (D,K,1)
 
         # pass 2: prompt frames -> conditioning memories of the classes prompted there; then stream forwards
         # and backwards, encoding a frame only where some class is tracked into it

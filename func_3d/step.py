@@ -36,7 +36,7 @@ from sam2_train.model.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.model.pcsw import PCSWConfig
 from sam2_train.model.sam2_model import ImageFeatures, upsample_logits
 from sam2_train.model.semi import (UnlabeledTargets, body_mask, choose_prompts, gt_prompts, lambda_u, mix_strong_views,
-                                   one_hot_fg, strong_view_features, thin_prompt_frames)
+                                   one_hot_fg, pcsw_rates, strong_view_features, thin_prompt_frames)
 from sam2_train.model.sss_net import NEG, SlicePrompts, SSSNet, prompts_from_probs, pseudo_labels, upsample
 
 
@@ -91,20 +91,23 @@ def track_loss(tr: Tracked, target: torch.Tensor, valid_px: torch.Tensor | None 
       the mask to -1024 there (no gradient, only a huge constant BCE).
     - BCE of the object-score logits vs "present on this frame" for every frame of every object prompted
       in the clip (teaches SAM-2 when a tracked class has ended, and brings back masks gated off above).
+      This target comes from the unmasked ``target`` (any pixel, confident or not): a class whose pixels are
+      all below the confidence threshold is uncertain, not absent.
     Objects never prompted in their clip are left out: they are masked out at inference too.
     """
     present = (target.bool() if valid_px is None else target.bool() & valid_px[:, None]).flatten(2).any(-1)
+    present_obj = target.bool().flatten(2).any(-1)                               # (N,K), ignores valid_px
     w_mask = tr.prompted & present & (tr.scores.detach() > 0)
     logits = upsample_logits(tr.masks, target.shape[-2:])
     loss_mask = bce_dice_loss(logits, target, w_mask, valid_px)
     w_obj = tr.prompted.float()
-    bce = F.binary_cross_entropy_with_logits(tr.scores.float(), present.float(), reduction="none")
+    bce = F.binary_cross_entropy_with_logits(tr.scores.float(), present_obj.float(), reduction="none")
     return loss_mask + (bce * w_obj).sum() / w_obj.sum().clamp_min(1.0)
 
 
 @torch.no_grad()
 def teacher_targets(teacher: SSSNet, views: dict, *, pcsw: PCSWConfig, use_pcsw: bool, cutmix_p: float,
-                    prompt_freq: int, share_weak: bool = False) -> UnlabeledTargets:
+                    prompt_freq: int, tau_fallback: float = 0.98, share_weak: bool = False) -> UnlabeledTargets:
     """Teacher pass on the weak clips -> tracked pseudo-labels, confidences, prompts; then 3-D CutMix.
 
     views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,T,1,S,S). Each class is prompted on every
@@ -112,6 +115,8 @@ def teacher_targets(teacher: SSSNet, views: dict, *, pcsw: PCSWConfig, use_pcsw:
     pseudo-labels come from the tracked logits where SAM-2's object score is > 0 (elsewhere the class counts as
     not prompted: coarse-probability confidence, see :func:`pseudo_labels`). CutMix: one box per strong clip
     on all its frames (a cuboid), partner = frame t of another clip (the same clip reversed if there is one).
+    A class prompted by a PCSW fallback in a clip keeps pseudo-label confidence only where it is >= ``tau_fallback``
+    on every frame of that clip.
     ``share_weak``: hand the weak clips' encoder features to the student (only with a frozen encoder).
     """
     bu, t = views["image_w"].shape[:2]
@@ -122,15 +127,18 @@ def teacher_targets(teacher: SSSNet, views: dict, *, pcsw: PCSWConfig, use_pcsw:
     probs_u_w = teacher.coarse(feats_u_w).float().softmax(1)                          # (N,K+1,s,s)
     s, k = probs_u_w.shape[-1], probs_u_w.shape[1] - 1
     p = prompts_from_probs(probs_u_w.view(bu, t, *probs_u_w.shape[1:]), size, pcsw, use_pcsw,
-                           body=body_mask(img_u_w, s).view(bu, t, s, s))
+                           body=body_mask(img_u_w, s).view(bu, t, s, s), class_conf=teacher.gates(pcsw))
     valid = thin_prompt_frames(p.valid.view(bu, t, k), prompt_freq).flatten(0, 1)
     prompts_u_w = SlicePrompts(p.boxes, p.points, valid, p.masks & valid[..., None, None])
     tr = track_clips(teacher, enc.replace(feats_u_w), prompts_u_w, bu)
-    mask_u_w, conf_u_w = pseudo_labels(tr.masks, tr.prompted & (tr.scores > 0), probs_u_w)
+    fallback = p.fallback.view(bu, t, k).any(1, keepdim=True).expand(bu, t, k).flatten(0, 1)    # (N,K) per clip
+    mask_u_w, conf_u_w = pseudo_labels(tr.masks, tr.prompted & (tr.scores > 0), probs_u_w, fallback, tau_fallback)
     partner = torch.cat([clip_cutmix_partners(bu, t, img_u_w.device), clip_cutmix_partners(bu, t, img_u_w.device) + n])
     box_masks = sample_box_masks(2 * bu, size, cutmix_p, img_u_w.device).repeat_interleave(t, dim=0)   # (2N,S,S)
-    return mix_strong_views(img_u_w, img_u_s1, img_u_s2, mask_u_w, conf_u_w, prompts_u_w, partner, box_masks,
-                            pcsw.margin, num_clips=2 * bu, weak_feats=enc.feats if share_weak else None)
+    targets = mix_strong_views(img_u_w, img_u_s1, img_u_s2, mask_u_w, conf_u_w, prompts_u_w, partner, box_masks,
+                               pcsw.margin, num_clips=2 * bu, weak_feats=enc.feats if share_weak else None)
+    targets.pcsw_status = p.status
+    return targets
 
 
 def labeled_prompts(net: SSSNet, probs: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, b: int, t: int, *,
@@ -143,7 +151,7 @@ def labeled_prompts(net: SSSNet, probs: torch.Tensor, images: torch.Tensor, labe
     frames, its first always (:func:`thin_prompt_frames`, the rule of inference)."""
     k, size, s = net.num_classes, net.image_size, probs.shape[-1]
     own = prompts_from_probs(probs.view(b, t, *probs.shape[1:]), size, pcsw, use_pcsw,
-                             body=body_mask(images, s).view(b, t, s, s))
+                             body=body_mask(images, s).view(b, t, s, s), class_conf=net.gates(pcsw))
     use_gt = (torch.rand(b, 1, device=images.device) < p_gt).repeat_interleave(t, dim=0)       # (N,1)
     p = choose_prompts(use_gt, gt_prompts(labels, k, size), own)
     valid = thin_prompt_frames(p.valid.view(b, t, k), prompt_freq).flatten(0, 1)
@@ -164,35 +172,41 @@ class Student3D(nn.Module):
         net, semi, k = self.net, self.semi, self.net.num_classes
         b, t = batch_l["image"].shape[:2]
         img_x, mask_x = batch_l["image"].flatten(0, 1), batch_l["label"].flatten(0, 1)    # (N,1,S,S), (N,S,S)
+        cw = semi.ce_class_weight(img_x.device)                                            # (K+1,) or None
         with self.autocast():
             # labeled clips: every frame in one encoder call, coarse head (CE+Dice) + SAM-2 tracking of the
             # prompted classes through the clip (mask BCE+Dice, object-score BCE on every frame)
             enc_x = net.encode(img_x)
             feats_x, _ = net.enhance(enc_x.feats)
             pred_x = net.coarse(feats_x)                                                   # (N,K+1,s,s)
+            probs_x = pred_x.detach().float().softmax(1)
+            if self.pcsw.calibrate:
+                net.update_class_conf(probs_x, mask_x)                                     # PCSW gates (buffer)
             prompts_x, use_box, use_point = labeled_prompts(
-                net, pred_x.detach().float().softmax(1), img_x, mask_x, b, t, pcsw=self.pcsw, use_pcsw=semi.use_pcsw,
+                net, probs_x, img_x, mask_x, b, t, pcsw=self.pcsw, use_pcsw=semi.use_pcsw,
                 p_gt=semi.p_gt, prompt=semi.prompt, prompt_freq=semi.prompt_freq)
             tracked_x = track_clips(net, enc_x.replace(feats_x), prompts_x, b, use_box, use_point)
             y = F.interpolate(mask_x[:, None].float(), size=semi.out_size, mode="nearest")[:, 0].long()
             with record_function("sss.loss"):
-                loss_x = ce_dice_loss(upsample(pred_x, semi.out_size), y) + track_loss(tracked_x, one_hot_fg(y, k))
+                loss_x = ce_dice_loss(upsample(pred_x, semi.out_size), y, class_weight=cw) + track_loss(tracked_x, one_hot_fg(y, k))
             if batch_u is None:
                 return {"loss": loss_x, "loss_x": loss_x}
 
             # unlabeled clips: the teacher's tracked pseudo-labels on the weak clips, carried to two strong clips
             u = teacher_targets(self._teacher[0], batch_u, pcsw=self.pcsw, use_pcsw=semi.use_pcsw,
-                                cutmix_p=semi.cutmix_p, prompt_freq=semi.prompt_freq, share_weak=self.frozen_encoder)
+                                cutmix_p=semi.cutmix_p, prompt_freq=semi.prompt_freq, tau_fallback=semi.tau_fallback,
+                                share_weak=self.frozen_encoder)
             # student: weak + strong clips through the encoder (no autograd by default), DFE(W, S1), DFE(W, S2)
             enc_u, feats_u_s = strong_view_features(net, u.images, u.partner, u.box_masks, semi.unsup_encoder_grad,
                                                     u.weak_feats)
             conf_ok = u.conf >= semi.tau_u                                                 # (2N,s,s)
             tracked_u_s = track_clips(net, enc_u.replace(feats_u_s), u.prompts, u.num_clips)
             with record_function("sss.loss"):
-                loss_u = (ce_dice_loss(net.coarse(feats_u_s), u.labels, conf_ok)
+                loss_u = (ce_dice_loss(net.coarse(feats_u_s), u.labels, conf_ok, class_weight=cw)
                           + track_loss(tracked_u_s, one_hot_fg(u.labels, k), conf_ok))
             loss = loss_x + lambda_u(semi, iteration) * loss_u
-        return {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, "mask_ratio": conf_ok.float().mean().detach()}
+        return {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, "mask_ratio": conf_ok.float().mean().detach(),
+                **pcsw_rates(u.pcsw_status, k)}
 
 
 def predict(net: SSSNet, image, *, config: TrainConfig, infer: str, device, autocast):

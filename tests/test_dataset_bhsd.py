@@ -181,7 +181,10 @@ def test_labeled_clips_oversample_foreground(tmp_path):
     from dataset.base import _cached_load
     with_lesion = [i for i, r in enumerate(s.labeled.refs) if np.asarray(_cached_load(r, True)[1]).any()]
     assert 0 < len(with_lesion) < len(s.labeled)            # the demo has healthy scans too
-    hits = {p: [bool(np.asarray(s.labeled._clip(i, np.random.default_rng(k), True, p)[1]).any())
-                for i in with_lesion for k in range(4)] for p in (0.0, 1.0)}
+    hits = {}
+    for p in (0.0, 1.0):
+        s.labeled.fg_oversample = p
+        hits[p] = [bool(np.asarray(s.labeled._clip(i, np.random.default_rng(k), True)[1]).any())
+                   for i in with_lesion for k in range(4)]
     assert all(hits[1.0]) and not all(hits[0.0]), hits
     assert build_datasets(_b(root, dataset="demo", image_size=32, fg_oversample=0.5), "3d").labeled.fg_oversample == 0.5

@@ -21,7 +21,7 @@ def probs_from(label, K=3, conf=0.9):
 
 def cfg(**kw):
     base = dict(thresh=0.5, tau=0.8, tau_conf=0.6, min_len=2, max_len=0, min_voxels=4,
-                min_area=0.0, max_area=0.5, margin=0)
+                min_area=0.0, max_area=0.5, margin=0, fallback=False)
     base.update(kw)
     return PCSWConfig(**base)
 

@@ -187,6 +187,9 @@ class _StubTeacher:
         fg = (feats[0][:, 0] > 0.5).float()
         return torch.stack([20 * fg - 10, torch.full_like(fg, -10.0)], 1)
 
+    def gates(self, cfg):
+        return None
+
 
 def test_2d_cutmix_partners_come_from_another_slab():
     from func_2d.step import teacher_targets
@@ -299,7 +302,7 @@ def test_labeled_clips_thin_prompt_frames_by_rank_like_inference():
     probs = torch.zeros(t, 3, SC, SC)
     probs[:, 0] = 1.0
     images = torch.rand(t, 1, S, S)
-    net = types.SimpleNamespace(num_classes=2, image_size=S)
+    net = types.SimpleNamespace(num_classes=2, image_size=S, gates=lambda cfg: None)
     p, use_box, use_point = labeled_prompts(net, probs, images, labels, 1, t, pcsw=PCSWConfig(), use_pcsw=True,
                                             p_gt=1.0, prompt="bbox", prompt_freq=2)
     assert p.valid[:, 0].tolist() == [False, True, False, True, False]

@@ -139,7 +139,7 @@ def test_step_returns_all_terms_and_skips_unprompted_clips():
     """sss step with an unlabeled clip: same keys as 2D; a labeled clip without any prompt (no GT class,
     p_gt=1) keeps only the coarse term (no tracking)."""
     from func_3d.step import Student3D
-    args = make_args("-p_gt", "1", "-b_u", "1")
+    args = make_args("-p_gt", "1", "-b_u", "1", "-pcsw_fallback", "0")
     net = make_net(args)
     vol = torch.from_numpy(blob_volume(4, 64, 64, 1, 2))[:, None][None]
     batch_l = {"image": vol, "label": torch.zeros_like(vol[:, :, 0], dtype=torch.long)}   # no class: no prompt
@@ -148,10 +148,13 @@ def test_step_returns_all_terms_and_skips_unprompted_clips():
     track = net.sam.track
     net.sam.track = lambda *a, **kw: calls.append(1) or track(*a, **kw)
     out = Student3D(net, net, make_config(args))(batch_l, batch_u, 0)
-    assert set(out) == {"loss", "loss_x", "loss_u", "mask_ratio"}
+    rates = {f"pcsw_{r}_{c}" for r in ("accept", "fallback", "reject") for c in range(1, net.num_classes + 1)}
+    assert set(out) == {"loss", "loss_x", "loss_u", "mask_ratio"} | rates
     assert all(torch.is_tensor(v) and torch.isfinite(v) for v in out.values())
+    assert all(float(out[r]) == 0.0 for r in rates if "fallback" in r)          # -pcsw_fallback 0
     out["loss"].backward()
-    # the labeled clip had no prompt -> not tracked; the random teacher has no PCSW prompt -> not tracked
+    # the labeled clip had no prompt -> not tracked; the random teacher has no PCSW prompt (no fallback) -> not
+    # tracked
     assert calls == []
 
 
@@ -192,10 +195,15 @@ def test_streamed_inference_any_depth_bounded_memory(depth, monkeypatch):
 
 
 def test_no_prompt_gives_background():
-    """A random model (no PCSW prompt accepted) and a volume without hemorrhage give all background."""
-    args = make_args()
+    """A random model (no PCSW prompt accepted) and a volume without hemorrhage give all background, without
+    fallback and fusion; with fusion, a volume without any prompt is the coarse head's argmax."""
+    args = make_args("-pcsw_fallback", "0", "-pcsw_fuse", "0")
     net = make_net(args, informative=False)
-    assert (predictor(net, args)(blob_volume(24, 64, 64, 0, 0), None) == 0).all()
+    vol = blob_volume(24, 64, 64, 0, 0)
+    assert (predictor(net, args)(vol, None) == 0).all()
+    fused = predictor(net, make_args("-pcsw_fallback", "0"))(vol, None)
+    coarse = predictor(net, make_args("-infer", "coarse"))(vol, None)
+    assert (coarse > 0).any() and np.array_equal(fused, coarse)
     net = intensity_coarse_head(make_net(args))
     empty = blob_volume(30, 64, 64, 0, 0)
     assert (predictor(net, args)(empty, (5.0, 0.5, 0.5)) == 0).all()

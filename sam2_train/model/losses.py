@@ -35,7 +35,8 @@ def _valid(valid_mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 
 
 def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid_mask: torch.Tensor | None = None, *,
-                 include_background: bool = True, ce_weight: float = 1.0, dice_weight: float = 1.0) -> torch.Tensor:
+                 include_background: bool = True, ce_weight: float = 1.0, dice_weight: float = 1.0,
+                 class_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Masked multi-class cross-entropy + soft Dice.
 
     Args:
@@ -44,6 +45,8 @@ def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid_mask: torch.T
         valid_mask: ``(B, H, W)`` bool or None (all pixels valid).
         include_background: whether the Dice term averages over all ``C`` classes (default, as SSL4MIS and
             UniMatch do) or only the ``K`` foreground classes.
+        class_weight: optional ``(C,)`` CE weight per class; CE is then the weighted mean
+            ``sum(w[y] * ce) / sum(w[y])`` over valid pixels (as ``F.cross_entropy(weight=...)``).
     Returns:
         scalar ``ce_weight * CE + dice_weight * Dice`` where CE is the mean over valid pixels and Dice is
         ``1 - (2 sum(p*y) + 1e-5) / (sum p + sum y + 1e-5)`` per class with sums over the whole batch
@@ -55,7 +58,8 @@ def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid_mask: torch.T
         C = x.shape[1]
         v = _valid(valid_mask, x)                                  # (B, 1, H, W)
         t = torch.where(v[:, 0] > 0, target.to(x.device).long(), 0)
-        ce = (F.cross_entropy(x, t, reduction="none") * v[:, 0]).sum() / v.sum().clamp_min(1.0)
+        wpx = v[:, 0] if class_weight is None else v[:, 0] * class_weight.to(x.device, torch.float32)[t]
+        ce = (F.cross_entropy(x, t, reduction="none") * wpx).sum() / wpx.sum().clamp_min(1e-6)
         prob = x.softmax(1) * v
         onehot = F.one_hot(t, C).permute(0, 3, 1, 2).float() * v
         dice = DiceLoss(include_background=include_background, batch=True,

@@ -35,10 +35,22 @@ Algorithm (per slab ``n`` and class ``k`` = one "group"; all groups are processe
    slices); ``continuity`` takes the eligible window with the highest ``C``, ties to the longest, and
    accepts it iff ``C >= tau``. Remaining ties go to the window whose largest component has the most
    voxels inside it, then to the earliest.
+   **Multifocal** (``multifocal``, flag ``-pcsw_multifocal``; default on in 3D): before step 4 all kept
+   components of a group are merged into one structure, so every kept lesion of a class is prompted and
+   ``C = 1`` on every window the union covers slice by slice (diffuse, scattered SAH is not rejected by
+   continuity; the every-slice eligibility rule still applies).
 5. **Prompts**: for every slice of the accepted window on which the window's largest component is
    present: the component's tight box on that slice grown by ``margin`` pixels and clipped to the map,
-   and its most confident pixel (argmax of ``p_k`` inside the component on that slice). A group without
-   an accepted window gets no prompt (``valid`` False everywhere).
+   and its most confident pixel (argmax of ``p_k`` inside the component on that slice).
+6. **Fallback** (``fallback``, flag ``-pcsw_fallback``, default on): a group without an accepted window
+   but with binarised foreground (step 1) inside the body (``body_frac``) is prompted, on every slice it
+   occupies, by its 3-D component with the largest confidence mass (sum of ``p_k``; ties to the lowest
+   label; with ``multifocal``, the merged structure that component belongs to). Its prompts are flagged in
+   ``Prompts.fallback`` (the teacher holds them to ``-tau_fallback``). Without fallback, such a group gets no
+   prompt (``valid`` False everywhere). ``Prompts.status`` reports accepted / fallback / rejected per group.
+
+Calibration: with ``class_conf`` (:meth:`SSSNet.gates`, ``-pcsw_calibrate``), class ``k`` uses
+``min(thresh, class_conf[k])`` in step 1 and ``min(tau_conf, class_conf[k])`` in step 3.
 
 Conventions of ``Prompts``: boxes are ``x1, y1, x2, y2`` floats with ``x2, y2`` exclusive (a single pixel
 at column 3, row 5 with margin 0 is ``(3, 5, 4, 6)``), so multiplying by ``S / w`` gives image pixels;
@@ -82,6 +94,10 @@ class PCSWConfig:
     margin: int = 2
     body_frac: float = 0.5
     select: str = "longest"  # window choice: "longest" passing window, or highest "continuity"
+    fallback: bool = True    # a rejected class the head predicts is prompted by its most confident component
+    calibrate: bool = True   # per-class gates min(thresh|tau_conf, class_conf[k]) from labeled data (SSSNet)
+    fuse: bool = True        # inference: unprompted classes on a slice take the coarse argmax (fuse_coarse)
+    multifocal: bool = False # all kept components of a class form its structure (C = 1 on covered windows)
 
     def window_lengths(self, depth: int) -> tuple[int, int]:
         """``(N_min, N_max)`` actually used for a slab of ``depth`` slices."""
@@ -101,6 +117,9 @@ class Prompts:
     windows: ``([N,] K, 2)`` int64, accepted window ``[start, end)`` per class, ``(-1, -1)`` if none.
     scores: ``([N,] K)`` float32, continuity ``C`` of the best eligible window (accepted or not; 0 if none).
     coarse_size: ``(h, w)`` of the coarse map.
+    fallback: ``([N,] D, K)`` bool, the prompt is a fallback (the class was rejected; see :func:`pcsw_prompts`).
+    status: ``([N,] K)`` int64, per class: 0 not predicted (no binarised voxel), 1 accepted, 2 fallback,
+        3 rejected (predicted, no prompt).
     """
     boxes: torch.Tensor
     points: torch.Tensor
@@ -109,6 +128,8 @@ class Prompts:
     windows: torch.Tensor
     scores: torch.Tensor
     coarse_size: tuple[int, int]
+    fallback: torch.Tensor | None = None
+    status: torch.Tensor | None = None
 
     def scale_to(self, image_size: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes and points in the pixels of an image of size ``image_size`` (int, or ``(H, W)``)."""
@@ -119,8 +140,12 @@ class Prompts:
         return self.boxes * scale_box, self.points * scale_box[:2]
 
     def to(self, device) -> "Prompts":
-        return Prompts(**{f.name: (getattr(self, f.name).to(device) if f.name != "coarse_size"
-                                   else self.coarse_size) for f in fields(self)})
+        return Prompts(**{f.name: _map(getattr(self, f.name), lambda t: t.to(device)) for f in fields(self)})
+
+
+def _map(value, fn):
+    """``fn(value)`` for a tensor; other values (``coarse_size``, None) unchanged."""
+    return fn(value) if isinstance(value, torch.Tensor) else value
 
 
 def _argmax_masks(pc: torch.Tensor) -> torch.Tensor:
@@ -155,13 +180,12 @@ def _as_batch(probs: torch.Tensor, body_mask: torch.Tensor | None):
 def _unbatch(p: Prompts, batched: bool) -> Prompts:
     if batched:
         return p
-    return Prompts(**{f.name: (getattr(p, f.name)[0] if f.name != "coarse_size" else p.coarse_size)
-                      for f in fields(p)})
+    return Prompts(**{f.name: _map(getattr(p, f.name), lambda t: t[0]) for f in fields(p)})
 
 
 @torch.no_grad()
 def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
-                 cfg: PCSWConfig | None = None) -> Prompts:
+                 cfg: PCSWConfig | None = None, class_conf: torch.Tensor | None = None) -> Prompts:
     """PCSW prompts from class probabilities.
 
     Args:
@@ -169,6 +193,9 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
             background), or ``(N, D, K+1, h, w)`` for ``N`` slabs at once (same result as ``N`` calls).
         body_mask: optional ``(D, h, w)`` / ``(N, D, h, w)`` bool, True inside the body.
         cfg: :class:`PCSWConfig` (defaults if None).
+        class_conf: optional ``(K,)`` calibrated confidence per class (negative = not calibrated yet); the
+            binarisation threshold and the component confidence gate of class ``k`` become
+            ``min(cfg.thresh, class_conf[k])`` and ``min(cfg.tau_conf, class_conf[k])``.
     Returns:
         :class:`Prompts` on ``probs.device``; shapes ``(D, K, ...)`` or ``(N, D, K, ...)``.
     """
@@ -187,13 +214,17 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
     # --- on the input's device: binarise, keep p_k on the foreground (strictly > 0 there), pack, copy once
     pc = probs.detach().float().transpose(1, 2).contiguous()     # (N, K+1, D, h, w)
     pk = pc[:, 1:]                                                # (N, K, D, h, w)
-    fg_t = _argmax_masks(pc) & (pk >= cfg.thresh)
+    thresh_k, tau_conf_k = _class_gates(cfg, class_conf, K, device)                # (K,), (K,)
+    fg_t = _argmax_masks(pc) & (pk >= thresh_k[None, :, None, None, None])
+    predicted = fg_t.flatten(2).any(2).reshape(-1)                                # (G,) on device
     if cfg.thresh <= 0:  # keep p_k > 0 on the foreground so that "p_k > 0" recovers the mask on the host
         pk = pk.clamp_min(1e-30)
     packed = pk.masked_fill(~fg_t, 0.0).reshape(-1)
     if body_mask is not None:
         packed = torch.cat([packed, body_mask.reshape(-1).to(packed.dtype)])
+    packed = torch.cat([packed, tau_conf_k])
     host = packed.cpu().numpy()                                   # the one device -> host copy
+    tau_conf_np = host[-K:].astype(np.float64)
     pkf = host[:G * V].reshape(G, D, h, w)
     fg = pkf > 0
 
@@ -205,6 +236,7 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
     we = ws + wl
 
     acc_label = np.zeros(G, dtype=np.int64)
+    remap = np.arange(n + 1)                                      # label -> prompted label (multifocal merge)
     best_s = np.full(G, -1, dtype=np.int64)
     best_e = np.full(G, -1, dtype=np.int64)
     score = np.zeros(G, dtype=np.float32)
@@ -223,13 +255,20 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
         last = D - 1 - present[:, ::-1].argmax(1)
         contiguous = present.sum(1) == last - first + 1
         area_ok = np.all(~present | ((cnt >= cfg.min_area * hw) & (cnt <= cfg.max_area * hw)), axis=1)
-        keep = contiguous & area_ok & (vox >= cfg.min_voxels) & (conf >= cfg.tau_conf * vox)
+        in_body = np.ones(n + 1, dtype=bool)
         if body_mask is not None:
-            body = host[G * V:] > 0.5                              # (N, D, h, w) flattened
+            body = host[G * V:-K] > 0.5                              # (N, D, h, w) flattened
             inside = np.bincount(lab_f, weights=body[(g_f // K) * V + flat % V], minlength=n + 1)
-            keep &= inside >= cfg.body_frac * vox
+            in_body = inside >= cfg.body_frac * vox
+        keep = (contiguous & area_ok & (vox >= cfg.min_voxels) & (conf >= tau_conf_np[comp_g % K] * vox)
+                & in_body)
         keep[0] = False
         kl = np.flatnonzero(keep)                                  # kept labels, ascending => grouped by g
+        if cfg.multifocal and kl.size:                             # all kept components of a group as one
+            remap, cnt, kl = _merge_kept(kl, comp_g, cnt)
+            present = cnt > 0
+            first = present.argmax(1)
+            last = D - 1 - present[:, ::-1].argmax(1)
         if kl.size:
             m = kl.size
             cs = np.zeros((2, m, D + 1), dtype=np.int64)
@@ -266,6 +305,12 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
             acc_label = np.where(ok, kl[np.minimum(gfirst + which[ar, best], m - 1)], 0)
             best_s = np.where(ok, ws[best], -1)
             best_e = np.where(ok, we[best], -1)
+        if cfg.fallback:
+            fb_label = remap[_fallback_components(comp_g, conf, in_body, G)]
+            fb = (acc_label == 0) & (fb_label > 0)
+            acc_label = np.where(fb, fb_label, acc_label)
+            best_s = np.where(fb, first[fb_label], best_s)
+            best_e = np.where(fb, last[fb_label] + 1, best_e)
 
     # --- prompts from the accepted component of each group, slice by slice
     dd = np.arange(D)
@@ -276,18 +321,67 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
     valid = np.zeros((G, D), dtype=bool)
     sel = np.flatnonzero(acc_label)
     if sel.size:
-        mask[sel] = (lab[sel] == acc_label[sel, None, None, None]) & in_win[sel, :, None, None]
+        mask[sel] = (remap[lab[sel]] == acc_label[sel, None, None, None]) & in_win[sel, :, None, None]
         boxes[sel], points[sel], valid[sel] = _boxes_points_np(mask[sel], pkf[sel], cfg.margin)
 
     def back(a, *tail):  # (G, D, ...) -> (N, D, K, ...) torch on device
         t = torch.from_numpy(np.ascontiguousarray(a)).view(N, K, D, *tail).transpose(1, 2)
         return t.to(device, non_blocking=True)
 
+    fb_np = fb if (cfg.fallback and n > 0) else np.zeros(G, dtype=bool)
+    fb_g = torch.from_numpy(fb_np).to(device)
+    acc_g = torch.from_numpy(acc_label > 0).to(device)
+    status = torch.where(~predicted, 0, torch.where(fb_g, 2, torch.where(acc_g, 1, 3))).view(N, K)
     out = Prompts(boxes=back(boxes, 4), points=back(points, 2), valid=back(valid),
                   masks=back(mask, h, w),
                   windows=torch.from_numpy(np.stack([best_s, best_e], -1).reshape(N, K, 2)).to(device),
-                  scores=torch.from_numpy(score.reshape(N, K)).to(device), coarse_size=(h, w))
+                  scores=torch.from_numpy(score.reshape(N, K)).to(device), coarse_size=(h, w),
+                  fallback=back(valid & fb_np[:, None]), status=status)
     return _unbatch(out, batched)
+
+
+def _class_gates(cfg: PCSWConfig, class_conf: torch.Tensor | None, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class binarisation threshold and component confidence gate, ``(K,)`` float32 each: the fixed
+    ``cfg.thresh`` / ``cfg.tau_conf``, lowered to ``class_conf[k]`` where that is calibrated (``>= 0``)."""
+    thresh = torch.full((k,), float(cfg.thresh), device=device)
+    tau_conf = torch.full((k,), float(cfg.tau_conf), device=device)
+    if class_conf is None:
+        return thresh, tau_conf
+    c = class_conf.detach().float().to(device)
+    c = torch.where(c >= 0, c.clamp_min(1e-6), torch.ones_like(c))
+    return torch.minimum(thresh, c), torch.minimum(tau_conf, c)
+
+
+def _merge_kept(kl: np.ndarray, comp_g: np.ndarray, cnt: np.ndarray):
+    """Multifocal PCSW: the kept components of each group become one, labeled by the group's first kept label.
+
+    kl (m,) kept labels ascending (so grouped by group), comp_g (n+1,) group of each label, cnt (n+1, D) voxels
+    per label and slice -> (remap (n+1,) label -> merged label, cnt with each group's counts summed on its
+    first kept label and zero on the other kept labels, the merged kept labels)."""
+    g = comp_g[kl]
+    rep = kl[np.searchsorted(g, g, side="left")]
+    remap = np.arange(cnt.shape[0])
+    remap[kl] = rep
+    merged = cnt.copy()
+    merged[kl] = 0
+    np.add.at(merged, rep, cnt[kl])
+    return remap, merged, np.unique(rep)
+
+
+def _fallback_components(comp_g: np.ndarray, conf: np.ndarray, eligible: np.ndarray, groups: int) -> np.ndarray:
+    """Per group, the label of its eligible 3-D component with the largest confidence mass (sum of ``p_k``),
+    ties to the lowest label; 0 for a group without one. comp_g/conf/eligible: ``(n+1,)`` per label."""
+    lab = np.flatnonzero(eligible)
+    lab = lab[lab > 0]
+    out = np.zeros(groups, dtype=np.int64)
+    if lab.size:
+        order = np.lexsort((lab, -conf[lab], comp_g[lab]))        # by group, then mass desc, then label
+        lab = lab[order]
+        g = comp_g[lab]
+        head = np.ones(lab.size, dtype=bool)
+        head[1:] = g[1:] != g[:-1]
+        out[g[head]] = lab[head]
+    return out
 
 
 def _boxes_points_np(mask: np.ndarray, prob: np.ndarray, margin: int):

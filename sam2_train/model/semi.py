@@ -25,7 +25,9 @@ class SemiConf:
     ``p_gt``: probability that a labeled image (2D) or clip (3D) is prompted by jittered ground truth rather
     than by the model's own prompts. ``use_pcsw``: the model's own prompts come from PCSW (else coarse
     boxes). ``out_size``: size of the labeled-loss masks. ``slab_len``: 2D unlabeled slab length.
-    ``prompt``/``prompt_freq``: 3D ground-truth prompt type and thinning of prompted frames."""
+    ``prompt``/``prompt_freq``: 3D ground-truth prompt type and thinning of prompted frames.
+    ``tau_fallback``: the stricter pseudo-label threshold of classes prompted by a PCSW fallback.
+    ``ce_weights``: CE weight per class 0..K of the coarse head's loss (empty: unweighted)."""
     method: str = "sss"
     lambda_u: float = 1.0
     rampup: int = 0
@@ -38,6 +40,12 @@ class SemiConf:
     slab_len: int = 4
     prompt: str = "bbox"
     prompt_freq: int = 2
+    tau_fallback: float = 0.98
+    ce_weights: tuple[float, ...] = ()
+
+    def ce_class_weight(self, device) -> torch.Tensor | None:
+        """The coarse head's CE weight per class (K+1,) on ``device``, None when unweighted."""
+        return torch.tensor(self.ce_weights, dtype=torch.float32, device=device) if self.ce_weights else None
 
     @property
     def semi_supervised(self) -> bool:
@@ -61,6 +69,7 @@ class UnlabeledTargets:
     prompts: SlicePrompts
     num_clips: int = 0
     weak_feats: list | None = None
+    pcsw_status: torch.Tensor | None = None
 
 
 def body_mask(images: torch.Tensor, s: int, thresh: float = 0.02) -> torch.Tensor:
@@ -88,9 +97,28 @@ def gt_prompts(labels: torch.Tensor, k: int, image_size: int, jitter: float = 0.
 
 def choose_prompts(use_a: torch.Tensor, a: SlicePrompts, b: SlicePrompts) -> SlicePrompts:
     """Per row (N,1) bool: prompts ``a`` where True, ``b`` elsewhere (boxes, points, valid)."""
+    fa = a.fallback if a.fallback is not None else torch.zeros_like(a.valid)
+    fb = b.fallback if b.fallback is not None else torch.zeros_like(b.valid)
     return SlicePrompts(boxes=torch.where(use_a[..., None], a.boxes, b.boxes),
                         points=torch.where(use_a[..., None], a.points, b.points),
-                        valid=torch.where(use_a, a.valid, b.valid))
+                        valid=torch.where(use_a, a.valid, b.valid), fallback=torch.where(use_a, fa, fb))
+
+
+PCSW_STATUS = {"accept": 1, "fallback": 2, "reject": 3}
+
+
+def pcsw_rates(status: torch.Tensor | None, k: int) -> dict:
+    """Per-class PCSW rates over slabs/clips where the coarse head predicts the class: status (n,K) int64
+    (``SlicePrompts.status``) -> ``{"pcsw_accept_c", "pcsw_fallback_c", "pcsw_reject_c"}`` for c = 1..K,
+    scalar float tensors (0 when the class is predicted nowhere); {} for None. No host sync."""
+    if status is None:
+        return {}
+    predicted = (status > 0).float().sum(0).clamp_min(1.0)                           # (K,)
+    out = {}
+    for name, code in PCSW_STATUS.items():
+        rate = (status == code).float().sum(0) / predicted
+        out.update({f"pcsw_{name}_{c + 1}": rate[c] for c in range(k)})
+    return out
 
 
 

@@ -50,11 +50,16 @@ class SlicePrompts:
     Coordinate frame (that of SAM-2's prompt encoder, which adds 0.5 to every coordinate itself): a point
     ``(x, y)`` is the (column, row) pixel index of the model input, so ``(5, 7)`` is the centre of the pixel
     in column 5, row 7 and ``(13.5, 21.5)`` the centre of the 4x4 block of pixels 12..15 x 20..23; boxes
-    are ``x1, y1, x2, y2`` with the max corner exclusive (``x2 = last column + 1``)."""
+    are ``x1, y1, x2, y2`` with the max corner exclusive (``x2 = last column + 1``).
+
+    ``fallback (N,K)`` bool: the prompt is a PCSW fallback (None: none is). ``status (n_slabs,K)`` int64: PCSW's
+    per-slab class status (0 not predicted, 1 accepted, 2 fallback, 3 rejected; see ``pcsw.Prompts``)."""
     boxes: torch.Tensor
     points: torch.Tensor
     valid: torch.Tensor
     masks: torch.Tensor | None = None
+    fallback: torch.Tensor | None = None
+    status: torch.Tensor | None = None
 
 
 class SSSNet(nn.Module):
@@ -66,6 +71,33 @@ class SSSNet(nn.Module):
         self.num_classes = num_classes
         self.dfe = dfe
         self.head = CoarseHead(num_classes)
+        # calibrated PCSW gate per class (-1: not observed yet); see update_class_conf
+        self.register_buffer("class_conf", torch.full((num_classes,), -1.0))
+
+    @torch.no_grad()
+    def update_class_conf(self, probs: torch.Tensor, labels: torch.Tensor, momentum: float = 0.99) -> None:
+        """EMA of each class's mean coarse probability on its ground-truth pixels (the PCSW gate calibration).
+
+        probs (B,K+1,s,s) softmax of the coarse head, labels (B,H,W) int64 ground truth (nearest-resized to s).
+        A class absent from the batch, or with a non-finite mean (a diverged step, skipped by the trainer's guard),
+        keeps its value; the first observation of a class sets it."""
+        k, s = self.num_classes, probs.shape[-1]
+        y = F.interpolate(labels[:, None].float(), size=s, mode="nearest")[:, 0].long()
+        onehot = F.one_hot(y, k + 1)[..., 1:].permute(0, 3, 1, 2).float()              # (B,K,s,s)
+        count = onehot.sum((0, 2, 3))
+        mean = (probs[:, 1:].float() * onehot).sum((0, 2, 3)) / count.clamp_min(1.0)   # (K,)
+        old = self.class_conf
+        new = torch.where(old < 0, mean, momentum * old + (1.0 - momentum) * mean)
+        self.class_conf.copy_(torch.where((count > 0) & torch.isfinite(mean), new, old))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the calibration buffer existed load with it uncalibrated (-1)
+        state_dict.setdefault(prefix + "class_conf", torch.full((self.num_classes,), -1.0))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def gates(self, cfg: PCSWConfig) -> torch.Tensor | None:
+        """The calibrated per-class confidences PCSW uses (``cfg.calibrate``), else None (fixed gates)."""
+        return self.class_conf if cfg.calibrate else None
 
     @property
     def image_size(self) -> int:
@@ -114,13 +146,17 @@ def labels_from_refined(logits: torch.Tensor) -> torch.Tensor:
     return torch.where(best > 0, idx + 1, torch.zeros_like(idx))
 
 
-def pseudo_labels(refined: torch.Tensor, valid: torch.Tensor, coarse_probs: torch.Tensor):
+def pseudo_labels(refined: torch.Tensor, valid: torch.Tensor, coarse_probs: torch.Tensor,
+                  fallback: torch.Tensor | None = None, tau_fallback: float = 0.0):
     """Teacher targets from refined masks: labels (N,s,s) and confidence (N,s,s) in [0,1].
 
     A prompted class contributes sigmoid(refined logit); a class without a prompt on that slice falls back
     on the coarse head's probability. The confidence of a foreground label is the probability of that
     label; of background, one minus the highest class probability, so pixels the coarse head puts in a
     rejected class stay uncertain instead of becoming confident background.
+    Pixels labeled with a class whose prompt is a PCSW fallback (``fallback`` (N,K) bool) get a stricter
+    threshold: their confidence is set to 0 where it is below ``tau_fallback``, so that any later threshold
+    ``tau_u <= tau_fallback`` drops them.
     refined (N,K,s,s), valid (N,K), coarse_probs (N,K+1,s,s).
     """
     p_fg = torch.where(valid[..., None, None], torch.sigmoid(refined.float()), coarse_probs[:, 1:].float())
@@ -128,24 +164,43 @@ def pseudo_labels(refined: torch.Tensor, valid: torch.Tensor, coarse_probs: torc
     p_label = p_fg.gather(1, (labels - 1).clamp_min(0)[:, None])[:, 0]         # probability of the label
     p_max, _ = p_fg.max(dim=1)
     conf = torch.where(labels > 0, p_label, 1.0 - p_max)
+    if fallback is not None:
+        fb = (fallback & valid).gather(1, (labels - 1).clamp_min(0).flatten(1)).view_as(labels) & (labels > 0)
+        conf = torch.where(fb & (conf < tau_fallback), torch.zeros_like(conf), conf)
     return labels, conf
 
 
+def fuse_coarse(labels: torch.Tensor, coarse_labels: torch.Tensor, prompted: torch.Tensor) -> torch.Tensor:
+    """Fusion rule of SSS inference: a pixel the refined label map leaves background takes the coarse head's
+    argmax class ``k`` when ``k`` has no prompt on that slice; every other pixel keeps its refined label.
+
+    labels, coarse_labels (D,H,W) int64 in 0..K (same resolution), prompted (D,K) bool -> (D,H,W) int64. So
+    every pixel of an unprompted class in the coarse map is that class in the output, unless the refined map
+    gives it to a prompted class."""
+    k = prompted.shape[-1]
+    d = labels.shape[0]
+    unprompted = torch.cat([torch.zeros_like(prompted[:, :1]), ~prompted], 1)        # (D,K+1), class 0 False
+    take = unprompted.gather(1, coarse_labels.reshape(d, -1).clamp(0, k)).view_as(coarse_labels)
+    return torch.where((labels == 0) & take, coarse_labels, labels)
+
+
 def prompts_from_probs(probs: torch.Tensor, image_size: int, cfg: PCSWConfig, use_pcsw: bool,
-                       body: torch.Tensor | None = None) -> SlicePrompts:
+                       body: torch.Tensor | None = None, class_conf: torch.Tensor | None = None) -> SlicePrompts:
     """Prompts for slabs of slices from coarse class probabilities.
 
     probs (N,D,K+1,s,s) -> SlicePrompts with leading dim N*D, in model-input pixels (a click is the centre of
     its coarse cell). PCSW when ``use_pcsw`` else the unconstrained per-slice boxes of the coarse argmax (the
-    ``-pcsw 0`` ablation).
+    ``-pcsw 0`` ablation). ``class_conf`` (K,): calibrated gates (:meth:`SSSNet.gates`).
     """
     n, d = probs.shape[:2]
     with record_function("sss.pcsw"):
-        p = pcsw_prompts(probs, body, cfg) if use_pcsw else coarse_box_prompts(probs, margin=cfg.margin)
+        p = pcsw_prompts(probs, body, cfg, class_conf) if use_pcsw else coarse_box_prompts(probs, margin=cfg.margin)
     boxes, points = p.scale_to(image_size)                 # points: cell centres, continuous image coordinates
     points = torch.where(p.valid[..., None], points - 0.5, points)       # -> pixel indices (SlicePrompts)
     flat = lambda t: t.reshape(n * d, *t.shape[2:])  # noqa: E731
-    return SlicePrompts(boxes=flat(boxes), points=flat(points), valid=flat(p.valid), masks=flat(p.masks))
+    fallback = flat(p.fallback) if p.fallback is not None else torch.zeros_like(flat(p.valid))
+    return SlicePrompts(boxes=flat(boxes), points=flat(points), valid=flat(p.valid), masks=flat(p.masks),
+                        fallback=fallback, status=p.status)
 
 
 def build_sss_net(conf: ModelConf, device="cpu", sam_ckpt: str | None = None) -> SSSNet:
