@@ -106,7 +106,8 @@ def test_pretrain_initialises_the_training_loop(bf16_unimatch_run, acdc_small, t
     got = torch.load(os.path.join(run, "checkpoints", "last.pt"), weights_only=True)["model"]
     assert set(got) == set(pre)
     for k, v in pre.items():
-        assert torch.equal(got[k], v), k
+        if k != "class_conf":  # a running statistic of the labeled data (PCSW calibration), not a weight
+            assert torch.equal(got[k], v), k
 
 
 def test_2d_fixmatch(acdc_small, tmp_path):
