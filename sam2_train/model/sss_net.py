@@ -80,12 +80,16 @@ class SSSNet(nn.Module):
 
         probs (B,K+1,s,s) softmax of the coarse head, labels (B,H,W) int64 ground truth (nearest-resized to s).
         A class absent from the batch, or with a non-finite mean (a diverged step, skipped by the trainer's guard),
-        keeps its value; the first observation of a class sets it."""
+        keeps its value; the first observation of a class sets it. Under DDP the statistics of all ranks are
+        summed (a collective: every rank's labeled step calls it)."""
         k, s = self.num_classes, probs.shape[-1]
         y = F.interpolate(labels[:, None].float(), size=s, mode="nearest")[:, 0].long()
         onehot = F.one_hot(y, k + 1)[..., 1:].permute(0, 3, 1, 2).float()              # (B,K,s,s)
-        count = onehot.sum((0, 2, 3))
-        mean = (probs[:, 1:].float() * onehot).sum((0, 2, 3)) / count.clamp_min(1.0)   # (K,)
+        stats = torch.stack([(probs[:, 1:].float() * onehot).sum((0, 2, 3)), onehot.sum((0, 2, 3))])   # (2,K)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stats)    # every rank keeps the same gates (DDP broadcasts no update)
+        count = stats[1]
+        mean = stats[0] / count.clamp_min(1.0)                                          # (K,)
         old = self.class_conf
         new = torch.where(old < 0, mean, momentum * old + (1.0 - momentum) * mean)
         self.class_conf.copy_(torch.where((count > 0) & torch.isfinite(mean), new, old))
