@@ -282,8 +282,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="prompt every kept component of a class (merged), not only the largest; default 0 in 2D, "
                         "1 in 3D (multifocal, diffuse lesions)")
     g.add_argument("-pcsw_fuse", type=str2bool, default=True, metavar="{0,1}",
-                   help="inference (boxes, pcsw): a pixel left background takes the coarse argmax class when that "
-                        "class has no prompt on the slice")
+                   help="label maps (inference boxes/pcsw) and the teacher's pseudo-labels are the argmax of the "
+                        "coarse head and SAM-2 averaged on prompted classes (0: SAM-2's masks alone, the paper's rule)")
     return p
 
 

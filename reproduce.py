@@ -72,7 +72,7 @@ def build_grid(t: dict, opts) -> list[Cell]:
     for c in opts.columns:
         for r in opts.methods:
             row = t["row_defs"][r]
-            for seed in row.get("seeds", t["seeds"]):
+            for seed in opts.seeds or row.get("seeds", t["seeds"]):
                 key = f"{t['name']}_{r}_{c}" + (f"_s{seed}" if seed else "")
                 budget = {**t["budget"], **{k: v for k, v in row.items() if k == "infer"}}
                 flags = {"dataset": t["dataset"], **({"data_path": opts.data_path} if opts.data_path else {}),
@@ -86,7 +86,7 @@ def build_grid(t: dict, opts) -> list[Cell]:
 
 
 def eval_cmd(t: dict, cell: Cell, run_dir: str, protocol: str, split: str, opts) -> list[str]:
-    ckpt = os.path.join(run_dir, "checkpoints", "best.pt")
+    ckpt = os.path.join(run_dir, "checkpoints", f"{t.get('checkpoint', 'best')}.pt")
     if not os.path.isfile(ckpt) and os.path.isfile(os.path.join(run_dir, "checkpoints", "last.pt")):
         ckpt = os.path.join(run_dir, "checkpoints", "last.pt")  # no finite validation score was ever reached
     flags = {"ckpt": ckpt, "split": split, **t["protocol_defs"][protocol]["flags"], "weights": t["weights"],
@@ -262,6 +262,8 @@ def protocol_text(t: dict, cells: list[Cell]) -> str:
         text += f", inference `-infer {b['infer']}`" + "".join(dict.fromkeys(
             f" (except {t['row_defs'][c.row]['label']}: `{c.budget['infer']}` for training and inference)"
             for c in cells if c.budget["infer"] != b["infer"]))
+    if t.get("checkpoint", "best") == "last":
+        return text + "; the last checkpoint is evaluated (nothing is selected on the reported volumes)."
     return text + "; the checkpoint is selected on the validation split."
 
 
@@ -289,7 +291,7 @@ def write_tables(t: dict, cells: list[Cell], opts) -> str:
     md = [f"# {t['title']}", "", f"Written by `python reproduce.py {' '.join(map(shlex.quote, opts.argv))}`. "
           f"Dice in %; '{MISSING}' = no result (not run, not finished, or not published); mean ± std over seeds "
           "where there are several. 'published': configs/published.csv; 'this repo': evaluate.py on each run's "
-          "best.pt.", "", protocol_text(t, cells), ""]
+          f"{t.get('checkpoint', 'best')}.pt.", "", protocol_text(t, cells), ""]
     md += [f"**Not under this protocol** (finished with other settings): {'; '.join(notes)}.", ""] if notes else []
     md += [*markdown(header, main), *[f"- {s}" for s in sources], "",
            f"## Per class (this repo; HD95/ASD in {t['distance_units']})", ""]
@@ -310,6 +312,7 @@ def parse(argv=None) -> tuple[argparse.Namespace, dict]:
     p.add_argument("--columns", nargs="+", help="column keys, e.g. l3 l7 (default: the table's)")
     p.add_argument("--methods", nargs="+", help="row keys of --config (default: the table's rows)")
     p.add_argument("--max_iters", type=int, help="iteration budget of every cell (default: the table's)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds of every row (default: the row's, else the table's)")
     p.add_argument("--out", help="output folder (default results/<table>; --quick: results/quick_<table>)")
     p.add_argument("--data_path", help="-data_path of every run (default: the script's; --quick: <out>/data/demo_*)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), help="-device of every command")

@@ -2,9 +2,10 @@
 
 ``predict_volume`` receives the image only; it never sees a label. Inference modes (``-infer``): ``coarse``
 (the coarse head's argmax alone), ``boxes`` (unconstrained per-slice boxes of the coarse argmax -> SAM-2
-decoder), ``pcsw`` (PCSW prompts -> SAM-2 decoder). In ``boxes`` and ``pcsw`` with ``pcsw.fuse``, a pixel the
-refined label map leaves background takes the coarse argmax class when that class has no prompt on the slice
-(:func:`sam2_train.model.sss_net.fuse_coarse`; both maps at the native size by the protocol's resize rule).
+decoder), ``pcsw`` (PCSW prompts -> SAM-2 decoder). In ``boxes`` and ``pcsw`` with ``pcsw.fuse``, the label map is the
+argmax of the coarse head and SAM-2 fused (:func:`sam2_train.model.sss_net.fuse_probs`: prompted classes
+average the two, the others keep the coarse probability), resized by the protocol's rule; without it, the
+argmax of the refined logits alone (background where no class logit is > 0).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from dataset.transforms import resize_image
 from sam2_train.model.pcsw import PCSWConfig
 from sam2_train.model.semi import body_mask
-from sam2_train.model.sss_net import (SSSNet, fuse_coarse, labels_from_refined, mask_unprompted, prompts_from_probs,
+from sam2_train.model.sss_net import (SSSNet, fuse_probs, labels_from_refined, mask_unprompted, prompts_from_probs,
                                      upsample)
 
 
@@ -54,14 +55,13 @@ def predict_volume(net: SSSNet, image: np.ndarray, *, device: torch.device, auto
             p = type(prompts)(boxes=prompts.boxes[sl], points=prompts.points[sl], valid=prompts.valid[sl])
             refined.append(net.refine(f, p).float())
         refined = mask_unprompted(torch.cat(refined), prompts.valid)          # (D,K,s,s)
-    labels = logits_to_labels(refined, (h, w), size, protocol)
     if pcsw.fuse:
-        labels = fuse_coarse(labels, coarse_to_labels(probs, (h, w), size, protocol), prompts.valid)
-    return labels.cpu().numpy()
+        return coarse_to_labels(fuse_probs(probs, refined, prompts.valid), (h, w), size, protocol).cpu().numpy()
+    return logits_to_labels(refined, (h, w), size, protocol).cpu().numpy()
 
 
 def coarse_to_labels(probs: torch.Tensor, size: tuple[int, int], model_size: int, protocol: str) -> torch.Tensor:
-    """(D,K+1,s,s) coarse class probabilities -> (D,H,W) argmax labels at the native ``size``, resized by the
+    """(D,K+1,s,s) coarse (or fused) class probabilities -> (D,H,W) argmax labels at the native ``size``, resized by the
     protocol's rule (``unimatch``: probabilities bilinearly to the native size; ``ssl4mis``: labels at the
     model size, then nearest neighbour)."""
     if protocol == "unimatch":

@@ -39,7 +39,7 @@ def teacher_targets(teacher: SSSNet, views: dict, *, slab_len: int, pcsw: PCSWCo
     prompts_u_w = prompts_from_probs(probs_u_w.view(-1, slab_len, *probs_u_w.shape[1:]), size, pcsw, use_pcsw,
                                      body=body_mask(img_u_w, s).view(-1, slab_len, s, s), class_conf=teacher.gates(pcsw))
     mask_u_w, conf_u_w = pseudo_labels(teacher.refine(feats_u_w, prompts_u_w), prompts_u_w.valid, probs_u_w,
-                                       prompts_u_w.fallback, tau_fallback)
+                                       prompts_u_w.fallback, tau_fallback, fuse=pcsw.fuse)
     # each strong view takes a box from slice t of another slab (another volume) of the same view
     bu = views["image_w"].shape[0]
     partner = torch.cat([clip_cutmix_partners(bu, slab_len, img_u_w.device),

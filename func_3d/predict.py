@@ -20,10 +20,10 @@ Each frame's logits become labels right away (``labels_from_refined`` at model r
 where no class logit is > 0; classes without any prompt in the volume are masked out), and the labels are
 resized to the native (H,W) with nearest neighbour (the SSL4MIS rule used for 2D too). Encoder
 activations are the memory peak at 1024 px, which is why frames are encoded in chunks / one at a time.
-Fusion (``pcsw.fuse``, modes ``boxes`` and ``pcsw``): on each slice, a pixel the tracked label map leaves
-background takes the coarse argmax class (at model resolution, as ``-infer coarse``) when that class has no
-prompt on that slice (:func:`sam2_train.model.sss_net.fuse_coarse`; "prompt" = the per-slice prompts before
-``-prompt_freq`` thinning). A volume without any prompt is the coarse argmax with fusion, else background.
+Fusion (``pcsw.fuse``, modes ``boxes`` and ``pcsw``): each slice's labels are the argmax, at model resolution,
+of the coarse head and SAM-2 fused (:func:`sam2_train.model.sss_net.fuse_probs`: a class tracked in the volume
+averages its coarse probability with its tracked mask, the others keep the coarse probability). A volume
+without any prompt is the coarse argmax with fusion, else background.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from dataset.transforms import resize_image
 from sam2_train.model.pcsw import PCSWConfig
 from sam2_train.model.semi import body_mask, thin_prompt_frames
-from sam2_train.model.sss_net import (NEG, SSSNet, fuse_coarse, labels_from_refined, mask_unprompted, prompts_from_probs,
+from sam2_train.model.sss_net import (NEG, SSSNet, fuse_probs, labels_from_refined, mask_unprompted, prompts_from_probs,
                                      upsample)
 
 
@@ -111,10 +111,10 @@ def predict_volume(net: SSSNet, image: np.ndarray, *, device: torch.device, auto
         obj_prompted = valid.any(0)                                              # (K,)
 
         def emit(t: int, logits: torch.Tensor) -> None:                          # logits (1,K,s,s)
-            lab = labels_from_refined(mask_unprompted(upsample(logits.float(), (size, size)), obj_prompted))
             if coarse is not None:
-                lab = fuse_coarse(lab, upsample(coarse[t:t + 1].float(), (size, size)).argmax(1),
-                                  prompts.valid[t:t + 1])
+                lab = upsample(fuse_probs(coarse[t:t + 1], logits, obj_prompted[None]), (size, size)).argmax(1)
+            else:
+                lab = labels_from_refined(mask_unprompted(upsample(logits.float(), (size, size)), obj_prompted))
             out[t] = F.interpolate(lab[:, None].float(), size=(h, w), mode="nearest")[0, 0].to(torch.uint8)
 
         prompt_idx = torch.nonzero(valid.any(1)).flatten().tolist()

@@ -132,7 +132,8 @@ def teacher_targets(teacher: SSSNet, views: dict, *, pcsw: PCSWConfig, use_pcsw:
     prompts_u_w = SlicePrompts(p.boxes, p.points, valid, p.masks & valid[..., None, None])
     tr = track_clips(teacher, enc.replace(feats_u_w), prompts_u_w, bu)
     fallback = p.fallback.view(bu, t, k).any(1, keepdim=True).expand(bu, t, k).flatten(0, 1)    # (N,K) per clip
-    mask_u_w, conf_u_w = pseudo_labels(tr.masks, tr.prompted & (tr.scores > 0), probs_u_w, fallback, tau_fallback)
+    mask_u_w, conf_u_w = pseudo_labels(tr.masks, tr.prompted & (tr.scores > 0), probs_u_w, fallback, tau_fallback,
+                                       fuse=pcsw.fuse)
     partner = torch.cat([clip_cutmix_partners(bu, t, img_u_w.device), clip_cutmix_partners(bu, t, img_u_w.device) + n])
     box_masks = sample_box_masks(2 * bu, size, cutmix_p, img_u_w.device).repeat_interleave(t, dim=0)   # (2N,S,S)
     targets = mix_strong_views(img_u_w, img_u_s1, img_u_s2, mask_u_w, conf_u_w, prompts_u_w, partner, box_masks,

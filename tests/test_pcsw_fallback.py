@@ -5,7 +5,7 @@ import torch
 
 from sam2_train.model.pcsw import PCSWConfig, pcsw_prompts
 from sam2_train.model.semi import pcsw_rates
-from sam2_train.model.sss_net import fuse_coarse, pseudo_labels
+from sam2_train.model.sss_net import NEG, fuse_probs, pseudo_labels
 from tests.test_pcsw import H, W, probs_from
 
 
@@ -116,31 +116,33 @@ def test_pseudo_labels_fallback_stricter_threshold():
     torch.testing.assert_close(conf_f[0, 1], torch.tensor([0.96, 0.99]))
 
 
-def test_fusion_never_loses_an_unprompted_coarse_class():
-    # slice 0: class 1 prompted (refined), class 2 unprompted; slice 1: nothing prompted
-    refined = torch.tensor([[[1, 1, 0, 0], [0, 0, 0, 0]],
-                            [[0, 0, 0, 0], [0, 0, 0, 0]]])
-    coarse = torch.tensor([[[2, 1, 2, 1], [0, 2, 1, 0]],
-                           [[1, 2, 0, 0], [0, 0, 1, 2]]])
-    prompted = torch.tensor([[True, False], [False, False]])
-    fused = fuse_coarse(refined, coarse, prompted)
-    expected = torch.tensor([[[1, 1, 2, 0], [0, 2, 0, 0]],         # prompted class 1 only where refined says so
-                             [[1, 2, 0, 0], [0, 0, 1, 2]]])        # unprompted slice: the coarse map
-    assert torch.equal(fused, expected)
-    # the property on random maps: every coarse pixel of an unprompted class that the refined map leaves
-    # background is that class; refined foreground is never changed; prompted classes never come from coarse
-    g = torch.Generator().manual_seed(0)
-    for _ in range(20):
-        r = torch.randint(0, 4, (5, 9, 9), generator=g) * (torch.rand(5, 9, 9, generator=g) < 0.4)
-        c = torch.randint(0, 4, (5, 9, 9), generator=g)
-        pr = torch.rand(5, 3, generator=g) < 0.5
-        f = fuse_coarse(r, c, pr)
-        unprompted_c = torch.cat([torch.zeros(5, 1, dtype=torch.bool), ~pr], 1).gather(1, c.flatten(1)).view_as(c)
-        assert torch.equal(f[r > 0], r[r > 0])
-        lost = unprompted_c & (c > 0) & (r == 0) & (f != c)
-        assert not lost.any()
-        from_coarse = (f != r)
-        assert torch.equal(f[from_coarse], c[from_coarse]) and unprompted_c[from_coarse].all()
+def test_fusion_averages_prompted_classes_and_keeps_unprompted_coarse():
+    # 1 slice, 2 classes, 3 pixels. coarse softmax per pixel (bg, c1, c2); class 1 prompted, class 2 not
+    coarse = torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]]).T.reshape(1, 3, 1, 3)
+    refined = torch.tensor([[[[4.0, -4.0, 0.0]], [[NEG, NEG, NEG]]]])                 # (1,K=2,1,3)
+    prompted = torch.tensor([[True, False]])
+    q = fuse_probs(coarse, refined, prompted)
+    s = torch.sigmoid(torch.tensor([4.0, -4.0, 0.0]))
+    c1 = 0.5 * (torch.tensor([0.5, 0.3, 0.1]) + s)                                    # averaged by hand
+    c2 = torch.tensor([0.3, 0.1, 0.8])                                                # unprompted: coarse
+    torch.testing.assert_close(q[0, 1, 0], c1)
+    torch.testing.assert_close(q[0, 2, 0], c2)
+    torch.testing.assert_close(q[0, 0, 0], (1 - c1 - c2).clamp_min(0))                # the remaining mass
+    assert q[0].argmax(0).tolist() == [[1, 0, 2]]
+    # no prompt at all: exactly the coarse head (so fusion never loses a class the coarse head finds)
+    torch.testing.assert_close(fuse_probs(coarse, refined, torch.zeros(1, 2, dtype=torch.bool)), coarse)
+    # the more certain of the two wins a disagreement: SAM-2 sure (0.9999) beats coarse 0.4; coarse sure (0.98)
+    # beats SAM-2 unsure (0.27); both sure and opposed (0.98 vs 0.0001) lands just under 0.5
+    coarse2 = torch.tensor([[0.6, 0.4], [0.02, 0.98], [0.02, 0.98]]).T.reshape(1, 2, 1, 3)   # K=1: (bg, c1)
+    q2 = fuse_probs(coarse2, torch.tensor([[[[9.0, -1.0, -9.0]]]]), torch.tensor([[True]]))
+    assert q2[0].argmax(0).tolist() == [[1, 1, 0]]
+    # the fused teacher targets are the argmax and its probability
+    labels, conf = pseudo_labels(refined, prompted, coarse, fuse=True)
+    assert labels.tolist() == [[[1, 0, 2]]]
+    torch.testing.assert_close(conf[0, 0], torch.stack([c1[0], q[0, 0, 0, 1], c2[2]]))
+    # the paper's rule (fuse=False): the refined logits alone decide the prompted class, background elsewhere
+    labels_p, _ = pseudo_labels(refined, prompted, coarse, fuse=False)
+    assert labels_p.tolist() == [[[1, 0, 0]]]
 
 
 def test_pcsw_rates():

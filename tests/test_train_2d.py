@@ -93,6 +93,20 @@ def test_run_writes_outputs(finished_run):
     assert not set(splits["val"]) & set(splits["test"])
     losses = scalar_series(run)
     assert sorted(losses) == [1, 2, 3, 4, 5, 6] and all(np.isfinite(v) for v in losses.values())
+    # validation rows carry the PCSW rates per class of the steps since the previous validation
+    import csv
+    rows = list(csv.DictReader(open(os.path.join(run, "metrics.csv"))))
+    rates = {k: float(v) for k, v in rows[-1].items() if k.startswith("pcsw_")}
+    assert set(rates) == {f"pcsw_{n}_{c}" for n in ("accept", "fallback", "reject") for c in ("RV", "Myo", "LV")}
+    assert all(0.0 <= v <= 1.0 for v in rates.values())
+    for c in ("RV", "Myo", "LV"):   # a class the coarse head predicts is accepted, a fallback or rejected
+        assert sum(rates[f"pcsw_{n}_{c}"] for n in ("accept", "fallback", "reject")) <= 1.0 + 1e-6
+    # the one-picture summary: montage of 4 test volumes beside the validation curve, its path printed
+    from PIL import Image
+    picture = os.path.join(run, "vis", "summary.png")
+    assert f"summary picture: {picture}" in r.stdout + r.stderr
+    with Image.open(picture) as im:
+        assert im.format == "PNG" and im.size[0] >= 1000 and im.size[1] >= 4 * 200
 
 
 def test_kill9_and_resume_continue_exactly(demo_root, finished_run, tmp_path):

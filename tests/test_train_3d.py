@@ -280,6 +280,7 @@ def test_train_3d_and_evaluate_cli(bhsd_root, tmp_path):
     for metric in ("dice", "hd95", "asd"):
         assert set(summary[metric]) == {*BHSD_CLASSES, "mean"}
     assert "test Dice, infer pcsw:" in r.stdout + r.stderr
+    assert os.path.isfile(os.path.join(run, "vis", "summary.png"))
     config = json.load(open(os.path.join(run, "config.json")))
     assert config["script"] == "3d" and config["video_length"] == 4
     # BHSD protocol: the validation volumes come out of the training half, never the test half

@@ -32,7 +32,7 @@ from sam2_train.engine.run_dir import RunDir, write_json_atomic
 from sam2_train.engine.schedule import OptimConf, build_optimizer, build_scheduler, current_lrs
 from sam2_train.engine.trusted_config import trusted_sam_config
 from sam2_train.evaluation.loop import EvalResult, evaluate_volumes, format_summary, write_case_rows
-from sam2_train.evaluation.vis import save_overlays
+from sam2_train.evaluation.vis import montage_slices, save_overlays, save_summary
 from sam2_train.model.pcsw import PCSWConfig
 from sam2_train.model.semi import SemiConf
 from sam2_train.model.sss_net import ModelConf, SSSNet, build_sss_net
@@ -211,6 +211,7 @@ class Trainer:
         self.progress = tqdm(range(start, run.max_iters), initial=start, total=run.max_iters, desc="train",
                              disable=not dist.is_main, dynamic_ncols=True)
         self._sums, self._n, self._t0 = {}, 0, time.time()
+        self._pcsw_sums, self._pcsw_n = {}, 0    # PCSW rates over the current validation interval
 
         log = self.run_dir.log
         log(self.splits.summary())
@@ -259,7 +260,10 @@ class Trainer:
     def log_step(self, done: int, out: dict) -> None:
         for key, v in out.items():   # accumulated on device; fetched once per log interval
             self._sums[key] = self._sums.get(key, 0.0) + v.detach().float()
+            if key.startswith("pcsw_"):  # and once per validation, for metrics.csv
+                self._pcsw_sums[key] = self._pcsw_sums.get(key, 0.0) + v.detach().float()
         self._n += 1
+        self._pcsw_n += 1
         if done % self.run.log_freq and done != self.run.max_iters:
             return
         keys = list(self._sums)
@@ -292,10 +296,23 @@ class Trainer:
         self.save(("last", "best") if improved else ("last",), done)
         runtime.barrier()
 
+    def pcsw_interval_rates(self) -> dict:
+        """Mean PCSW accept/fallback/reject rate per class over the training steps since the last validation
+        (``pcsw_<rate>_<class name>``; one host sync), then reset; {} without PCSW."""
+        keys = sorted(self._pcsw_sums)
+        if not keys:
+            return {}
+        values = torch.stack([self._pcsw_sums[k] for k in keys]).cpu().tolist()
+        names = {f"_{i + 1}": f"_{c}" for i, c in enumerate(self.class_names)}
+        out = {k.rsplit("_", 1)[0] + names["_" + k.rsplit("_", 1)[1]]: v / max(1, self._pcsw_n)
+               for k, v in zip(keys, values)}
+        self._pcsw_sums, self._pcsw_n = {}, 0
+        return out
+
     def record_validation(self, done: int, res: EvalResult) -> None:
         s, names = res.summary, (*self.class_names, "mean")
         self.run_dir.append_metrics_row({"iteration": done, **{f"{m}_{c}": s[m][c] for m in ("dice", "jaccard", "hd95", "asd")
-                                                               for c in names}})
+                                                               for c in names}, **self.pcsw_interval_rates()})
         self.run_dir.log_scalars(done, {f"{m}/{c}": s[m][c] for m in ("dice", "hd95") for c in names}, prefix="val/")
         self.run_dir.log(f"[iter {done}] val mean Dice {s['dice']['mean'] * 100:.2f} "
                          + " ".join(f"{c} {s['dice'][c] * 100:.1f}" for c in self.class_names))
@@ -348,5 +365,31 @@ class Trainer:
             self.run_dir.log(f"{split} Dice, infer {m}: " + ", ".join(
                 f"{c} {r.summary['dice'][c] * 100:.1f}" for c in self.class_names)
                 + f", mean {r.summary['dice']['mean'] * 100:.1f}")
+        picture = self.summary_picture(net, volumes, split, res.summary["dice"]["mean"])
+        self.run_dir.log(f"summary picture: {picture}")
         self.run_dir.close()
         return 0
+
+    def summary_picture(self, net: SSSNet, volumes, split: str, mean_dice: float, max_volumes: int = 8) -> str:
+        """``vis/summary.png``: image | prediction | ground truth for a few ``split`` slices beside the
+        per-class validation Dice curve. 2D: the largest slice of each of (up to) 4 volumes; 3D: up to 5 slices
+        of the volume, among the first ``max_volumes``, whose label has the most classes (the label only
+        chooses what to draw; the prediction is the model's, image only)."""
+        n, k = min(len(volumes), max_volumes), len(self.class_names)
+        if self.task.script == "2d":
+            items = [(volumes[i], 1) for i in range(min(n, 4))]
+        else:
+            present = [(len(np.unique(np.asarray(volumes[i]["label"]))), i) for i in range(n)]
+            items = [(volumes[max(present, key=lambda p: (p[0], -p[1]))[1]], 5)]
+        panels = []
+        for item, num in items:
+            image = np.asarray(item["image"], dtype=np.float32)
+            pred = self.task.predict(net, image, config=self.config, infer=self.run.infer, device=self.device,
+                                     autocast=self.autocast)
+            label = np.asarray(item["label"])
+            for z in montage_slices(label, k, num):
+                panels.append((f"{item['name']} z{z}", image[z], pred[z], label[z]))
+        title = (f"{self.config.semi.method}, {self.run.max_iters} iterations, {split} mean Dice "
+                 f"{mean_dice * 100:.1f}% (infer {self.run.infer}, {self.weights_kind} weights)")
+        return save_summary(os.path.join(self.run_dir.vis_dir, "summary.png"), panels, self.run_dir.read_metrics(),
+                            self.class_names, title)

@@ -96,7 +96,7 @@ class PCSWConfig:
     select: str = "longest"  # window choice: "longest" passing window, or highest "continuity"
     fallback: bool = True    # a rejected class the head predicts is prompted by its most confident component
     calibrate: bool = True   # per-class gates min(thresh|tau_conf, class_conf[k]) from labeled data (SSSNet)
-    fuse: bool = True        # inference: unprompted classes on a slice take the coarse argmax (fuse_coarse)
+    fuse: bool = True        # label maps and pseudo-labels fuse coarse head and SAM-2 (sss_net.fuse_probs)
     multifocal: bool = False # all kept components of a class form its structure (C = 1 on covered windows)
 
     def window_lengths(self, depth: int) -> tuple[int, int]:

@@ -151,41 +151,46 @@ def labels_from_refined(logits: torch.Tensor) -> torch.Tensor:
 
 
 def pseudo_labels(refined: torch.Tensor, valid: torch.Tensor, coarse_probs: torch.Tensor,
-                  fallback: torch.Tensor | None = None, tau_fallback: float = 0.0):
+                  fallback: torch.Tensor | None = None, tau_fallback: float = 0.0, fuse: bool = False):
     """Teacher targets from refined masks: labels (N,s,s) and confidence (N,s,s) in [0,1].
 
-    A prompted class contributes sigmoid(refined logit); a class without a prompt on that slice falls back
-    on the coarse head's probability. The confidence of a foreground label is the probability of that
-    label; of background, one minus the highest class probability, so pixels the coarse head puts in a
-    rejected class stay uncertain instead of becoming confident background.
+    ``fuse`` (SSS's rule, ``-pcsw_fuse 1``, the same as at inference): labels and confidences are the argmax and
+    maximum of :func:`fuse_probs`, the average of the coarse head and SAM-2 on prompted classes. Without
+    ``fuse`` (the paper's rule): labels from the refined logits alone (:func:`labels_from_refined`); a prompted
+    class contributes sigmoid(refined logit), a class without a prompt on that slice falls back on the coarse
+    head's probability. The confidence of a foreground label is the probability of that label; of background,
+    one minus the highest class probability, so pixels the coarse head puts in a rejected class stay uncertain
+    instead of becoming confident background.
     Pixels labeled with a class whose prompt is a PCSW fallback (``fallback`` (N,K) bool) get a stricter
     threshold: their confidence is set to 0 where it is below ``tau_fallback``, so that any later threshold
     ``tau_u <= tau_fallback`` drops them.
     refined (N,K,s,s), valid (N,K), coarse_probs (N,K+1,s,s).
     """
-    p_fg = torch.where(valid[..., None, None], torch.sigmoid(refined.float()), coarse_probs[:, 1:].float())
-    labels = labels_from_refined(torch.where(valid[..., None, None], refined.float(), refined.new_full((), NEG)))
-    p_label = p_fg.gather(1, (labels - 1).clamp_min(0)[:, None])[:, 0]         # probability of the label
-    p_max, _ = p_fg.max(dim=1)
-    conf = torch.where(labels > 0, p_label, 1.0 - p_max)
+    if fuse:
+        conf, labels = fuse_probs(coarse_probs, refined, valid).max(dim=1)
+    else:
+        p_fg = torch.where(valid[..., None, None], torch.sigmoid(refined.float()), coarse_probs[:, 1:].float())
+        labels = labels_from_refined(torch.where(valid[..., None, None], refined.float(), refined.new_full((), NEG)))
+        p_label = p_fg.gather(1, (labels - 1).clamp_min(0)[:, None])[:, 0]         # probability of the label
+        conf = torch.where(labels > 0, p_label, 1.0 - p_fg.max(dim=1).values)
     if fallback is not None:
         fb = (fallback & valid).gather(1, (labels - 1).clamp_min(0).flatten(1)).view_as(labels) & (labels > 0)
         conf = torch.where(fb & (conf < tau_fallback), torch.zeros_like(conf), conf)
     return labels, conf
 
 
-def fuse_coarse(labels: torch.Tensor, coarse_labels: torch.Tensor, prompted: torch.Tensor) -> torch.Tensor:
-    """Fusion rule of SSS inference: a pixel the refined label map leaves background takes the coarse head's
-    argmax class ``k`` when ``k`` has no prompt on that slice; every other pixel keeps its refined label.
+def fuse_probs(coarse_probs: torch.Tensor, refined: torch.Tensor, prompted: torch.Tensor) -> torch.Tensor:
+    """Fusion rule of SSS (``-pcsw_fuse 1``): class probabilities of the coarse head and SAM-2 together.
 
-    labels, coarse_labels (D,H,W) int64 in 0..K (same resolution), prompted (D,K) bool -> (D,H,W) int64. So
-    every pixel of an unprompted class in the coarse map is that class in the output, unless the refined map
-    gives it to a prompted class."""
-    k = prompted.shape[-1]
-    d = labels.shape[0]
-    unprompted = torch.cat([torch.zeros_like(prompted[:, :1]), ~prompted], 1)        # (D,K+1), class 0 False
-    take = unprompted.gather(1, coarse_labels.reshape(d, -1).clamp(0, k)).view_as(coarse_labels)
-    return torch.where((labels == 0) & take, coarse_labels, labels)
+    coarse_probs (N,K+1,h,w) softmax, refined (N,K,h,w) SAM-2 mask logits, prompted (N,K) bool (or (1,K),
+    broadcast) -> (N,K+1,h,w). A prompted class k gets the average of the coarse probability and
+    sigmoid(refined_k); a class without a prompt keeps the coarse probability; background keeps the remaining
+    mass, max(0, 1 - sum of the classes). Without any prompt this is the coarse head itself, so the label map
+    (the argmax) never loses a class the coarse head finds, and SAM-2 moves every prompted boundary halfway."""
+    c = coarse_probs.float()
+    sam = torch.sigmoid(refined.float())
+    fg = torch.where(prompted[..., None, None], 0.5 * (c[:, 1:] + sam), c[:, 1:])
+    return torch.cat([(1.0 - fg.sum(1, keepdim=True)).clamp_min(0.0), fg], 1)
 
 
 def prompts_from_probs(probs: torch.Tensor, image_size: int, cfg: PCSWConfig, use_pcsw: bool,
