@@ -17,6 +17,8 @@ from typing import Sequence
 
 from omegaconf import OmegaConf
 
+from dataset.build import DataConf
+
 from sam2_train.engine.schedule import OptimConf
 from sam2_train.engine.trainer import RunConf, TrainConfig
 from sam2_train.model.build import CKPT_FILES, SAM_CONFIG_NAMES
@@ -347,6 +349,14 @@ def flags_ignored_by(args: argparse.Namespace, script: str) -> list[str]:
     """Flags set away from their default (before :func:`resolve_defaults`) that ``script`` does not read."""
     return [f"-{name}" for name, reader, default in SCRIPT_ONLY_FLAGS
             if reader != script and getattr(args, name) != default]
+
+
+def data_conf(args: argparse.Namespace) -> DataConf:
+    """The dataset settings of resolved flags (:func:`resolve_defaults` ran)."""
+    return DataConf(dataset=args.dataset, data_path=args.data_path, image_size=args.image_size, seed=args.seed,
+                    method=args.method, slab_len=args.slab_len, video_length=args.video_length,
+                    hu_window=tuple(args.hu_window), fg_oversample=args.fg_oversample, labeled_num=args.labeled_num,
+                    labeled_ratio=args.labeled_ratio, class_names=args.class_names)
 
 
 def to_config(args: argparse.Namespace, num_classes: int) -> TrainConfig:

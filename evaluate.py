@@ -117,16 +117,22 @@ def checkpoint_args(state: dict, ckpt: str, overrides: dict | None = None, *, de
 
 
 def load_model(ckpt: str, *, weights: str = "auto", device: str = "auto", gpu_device: int = 0, amp: str = "auto",
-               overrides: dict | None = None, state: dict | None = None) -> LoadedModel:
+               overrides: dict | None = None) -> LoadedModel:
     """Build the network of checkpoint ``ckpt`` from its config and load its weights (strict).
 
     ``weights``: ``auto`` (the EMA of the weights when the checkpoint has one, what validation selected on),
     ``ema`` (an error without one) or ``student``/``model``. ``overrides``: config keys to replace (None values
-    are ignored), e.g. ``infer``. ``state``: the already loaded checkpoint dict, to avoid reading it twice."""
-    state = load_checkpoint(ckpt) if state is None else state
+    are ignored), e.g. ``infer``."""
+    state = load_checkpoint(ckpt)
     args = checkpoint_args(state, ckpt, overrides, device=device, gpu_device=gpu_device, amp=amp)
+    return model_from_checkpoint(state, args, ckpt, weights)
+
+
+def model_from_checkpoint(state: dict, args: argparse.Namespace, ckpt: str, weights: str = "auto") -> LoadedModel:
+    """The network of a loaded checkpoint ``state`` (read from ``ckpt``) built with ``args``
+    (:func:`checkpoint_args`), its ``weights`` loaded (see :func:`load_model`)."""
     config = cfg.to_config(args, len(args.class_names))
-    dev = runtime.init_distributed(device=device, gpu_device=gpu_device, distributed="none").device
+    dev = runtime.init_distributed(device=args.device, gpu_device=args.gpu_device, distributed="none").device
     net = build_sss_net(config.model, device=dev, sam_ckpt="none")
     use_ema = weights == "ema" or (weights == "auto" and state.get("ema") is not None)
     if use_ema and state.get("ema") is None:
@@ -144,7 +150,7 @@ def main(argv=None) -> int:
         args = checkpoint_args(state, opts.ckpt, overrides, device=opts.device, gpu_device=opts.gpu_device,
                                amp=opts.amp)
         saved_classes = list(args.class_names)
-        splits = build_datasets(args, args.script)
+        splits = build_datasets(cfg.data_conf(args), args.script)
         if list(splits.class_names) != saved_classes:
             raise DatasetError(f"{args.data_path}: classes {list(splits.class_names)} do not match the checkpoint's "
                                f"{saved_classes}")
@@ -152,8 +158,7 @@ def main(argv=None) -> int:
         if opts.check_data:  # every evaluated file, before the model is built
             check_volumes({opts.split: [(r, True) for r in volumes.refs[:opts.max_volumes or None]]},
                           num_workers=int(getattr(args, "num_workers", 0) or 0))
-        model = load_model(opts.ckpt, weights=opts.weights, device=opts.device, gpu_device=opts.gpu_device,
-                           amp=opts.amp, overrides=overrides, state=state)
+        model = model_from_checkpoint(state, args, opts.ckpt, opts.weights)
         device, net = model.device, model.net
 
         run_name = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(opts.ckpt)))) or "ckpt"

@@ -41,8 +41,10 @@ def main(argv, script: str) -> int:
     args = cfg.parse_args(argv, script=script)
     try:
         dist = runtime.init_distributed(device=args.device, gpu_device=args.gpu_device, distributed=args.distributed)
-        splits = build_datasets(args, script)
-        check_before_training(splits, args, is_main=dist.is_main)   # every file the run reads, before training
+        splits = build_datasets(cfg.data_conf(args), script)
+        if args.check_data:   # every file the run reads, before training
+            check_before_training(splits, unlabeled=args.method != "supervised", num_workers=args.num_workers,
+                                  is_main=dist.is_main)
         config = cfg.to_config(args, splits.num_classes)
         return Trainer(config, task_for(script), splits, dist, record_of(args, splits)).fit()
     except USER_ERRORS as e:  # bad input: one line, no traceback

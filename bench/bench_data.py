@@ -18,14 +18,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from torch.utils.data import DataLoader  # noqa: E402
 
-from dataset import build_datasets  # noqa: E402
+from dataset import DataConf, build_datasets  # noqa: E402
 
 
 def _ns(**kw):
     base = dict(dataset="acdc", data_path=None, labeled_num=None, labeled_ratio=None, image_size=128,
-                video_length=8, slab_len=4, hu_window=(0.0, 80.0), class_names=None, seed=0, method="sss")
+                video_length=8, slab_len=4, hu_window=(0.0, 80.0), class_names=None, seed=0, method="sss",
+                fg_oversample=0.0)
     base.update(kw)
-    return argparse.Namespace(**base)
+    return DataConf(**base)
 
 
 def per_item(ds, n):

@@ -119,7 +119,7 @@ def setup(method: str, flags: list[str], script: str = "2d", compile_backend: st
     task = task_for(script)
     device = runtime.select_device(args.device, args.gpu_device)
     autocast = lambda: runtime.autocast(device, args.amp)  # noqa: E731
-    splits = build_datasets(args, script)
+    splits = build_datasets(cfg.data_conf(args), script)
     config = cfg.to_config(args, splits.num_classes)
     dist = runtime.DistInfo(rank=0, local_rank=0, world_size=1, is_main=True, device=device)
     net = build_sss_net(config.model, device=device)

@@ -2,7 +2,7 @@
 
 Public API (see docs/data.md):
 
-* :func:`build_datasets` (args, script) -> :class:`Splits`
+* :func:`build_datasets` (:class:`DataConf`, script) -> :class:`Splits`
 * :class:`DatasetError`
 * datasets: LabeledSliceDataset, UnlabeledSlabDataset, LabeledClipDataset, UnlabeledClipDataset,
   VolumeDataset, :func:`collate_volumes`
@@ -14,7 +14,7 @@ Public API (see docs/data.md):
 from .errors import DatasetError
 from .base import (LabeledClipDataset, LabeledSliceDataset, UnlabeledClipDataset, UnlabeledSlabDataset,
                    VolumeDataset, collate_volumes, item_generators)
-from .build import Splits, build_datasets
+from .build import DataConf, Splits, build_datasets
 from .transforms import strong_photometric, weak_geometric
 
 
@@ -23,6 +23,6 @@ def ensure_demo(root: str, kind: str = "both", seed: int = 0):
     return _ensure(root, kind, seed)
 
 
-__all__ = ["DatasetError", "Splits", "build_datasets", "ensure_demo", "collate_volumes", "item_generators",
+__all__ = ["DatasetError", "DataConf", "Splits", "build_datasets", "ensure_demo", "collate_volumes", "item_generators",
            "LabeledSliceDataset", "UnlabeledSlabDataset", "LabeledClipDataset", "UnlabeledClipDataset",
            "VolumeDataset", "strong_photometric", "weak_geometric"]

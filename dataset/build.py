@@ -1,4 +1,4 @@
-"""``build_datasets(args, script) -> Splits``: the one entry point of the training scripts."""
+"""``build_datasets(DataConf, script) -> Splits``: the one entry point of the training scripts."""
 from __future__ import annotations
 
 import os
@@ -45,18 +45,35 @@ class Splits:
                 f"val {n(self.val)} volumes, test {n(self.test)} volumes; classes {', '.join(self.class_names)}")
 
 
-def _get(args, name, default=None):
-    v = getattr(args, name, default)
-    return default if v is None else v
+@dataclass(frozen=True)
+class DataConf:
+    """What the datasets of a run are built from (``cfg.data_conf`` fills it from the flags).
+
+    ``dataset``: acdc | bhsd | custom | demo; ``data_path``: its root (None: demo's ``data/demo_<kind>``).
+    ``labeled_num`` / ``labeled_ratio``: labeled patients (ACDC) or volumes (None: the dataset's rule).
+    ``image_size``: model input size S. ``slab_len``: 2D unlabeled slab length; ``video_length``: 3D clip
+    length. ``hu_window``: CT window (BHSD/custom NIfTI). ``class_names``: custom data ("A,B,...", None:
+    classes.txt). ``fg_oversample``: 3D share of labeled clips centred on a foreground class. ``method``:
+    unlabeled data is required unless ``supervised``."""
+    dataset: str
+    data_path: Optional[str]
+    image_size: int
+    seed: int
+    method: str
+    slab_len: int
+    video_length: Optional[int]
+    hu_window: tuple
+    fg_oversample: float
+    labeled_num: Optional[int] = None
+    labeled_ratio: Optional[float] = None
+    class_names: Optional[str] = None
 
 
-def assemble(src: dict, args, script: str, dataset: str, root: str) -> Splits:
+def assemble(src: dict, conf: DataConf, script: str, dataset: str, root: str) -> Splits:
     """Turn volume references into the datasets the script needs."""
     if script not in ("2d", "3d"):
         raise ValueError(f"script must be '2d' or '3d', got {script!r}")
-    size = int(_get(args, "image_size", 1024))
-    seed = int(_get(args, "seed", 0))
-    method = _get(args, "method", "sss")
+    size, seed, method = conf.image_size, conf.seed, conf.method
     class_names = tuple(src["class_names"])
     if script == "2d":
         items = src.get("labeled_slices")
@@ -64,15 +81,15 @@ def assemble(src: dict, args, script: str, dataset: str, root: str) -> Splits:
             items = [(r, z) for r in src["labeled_refs"] for z in range(r.num_slices())]
         labeled = LabeledSliceDataset(items, size, seed)
     else:
-        labeled = LabeledClipDataset(src["labeled_refs"], int(_get(args, "video_length", 8)), size, seed,
-                                     fg_oversample=float(_get(args, "fg_oversample", 0.0) or 0.0))
+        labeled = LabeledClipDataset(src["labeled_refs"], conf.video_length, size, seed,
+                                     fg_oversample=conf.fg_oversample)
     unl_refs = src.get("unlabeled_refs") or []
     unlabeled, unl_missing = None, None
     if unl_refs:
         if script == "2d":
-            unlabeled = UnlabeledSlabDataset(unl_refs, int(_get(args, "slab_len", 4)), size, seed)
+            unlabeled = UnlabeledSlabDataset(unl_refs, conf.slab_len, size, seed)
         else:
-            unlabeled = UnlabeledClipDataset(unl_refs, int(_get(args, "video_length", 8)), size, seed)
+            unlabeled = UnlabeledClipDataset(unl_refs, conf.video_length, size, seed)
     else:
         unl_missing = src.get("unlabeled_missing") or f"{root}: no unlabeled data (all training volumes are labeled)"
         if method != "supervised":
@@ -92,17 +109,11 @@ def assemble(src: dict, args, script: str, dataset: str, root: str) -> Splits:
                   info=src.get("info", {}), case_names=case_names)
 
 
-def build_datasets(args, script: str) -> Splits:
-    """Build the datasets for ``args.dataset`` (acdc, bhsd, custom, demo) and ``script`` ("2d"/"3d").
-
-    ``args`` is the cfg namespace (``data_path``, ``labeled_num``, ``labeled_ratio``, ``image_size``,
-    ``video_length``, ``slab_len``, ``hu_window``, ``class_names``, ``seed``, ``method``).
+def build_datasets(conf: DataConf, script: str) -> Splits:
+    """Build the datasets of ``conf.dataset`` (acdc, bhsd, custom, demo) for ``script`` ("2d"/"3d").
     Raises :class:`DatasetError` with a one-line message on bad input."""
-    dataset = _get(args, "dataset", "demo")
-    root = _get(args, "data_path", None)
-    labeled_num = _get(args, "labeled_num", None)
-    ratio = getattr(args, "labeled_ratio", None)
-    hu = tuple(_get(args, "hu_window", (0.0, 80.0)))
+    dataset, root, labeled_num, ratio = conf.dataset, conf.data_path, conf.labeled_num, conf.labeled_ratio
+    hu = tuple(conf.hu_window)
     if dataset == "demo":
         from .demo import ensure_demo
         kind = "acdc" if script == "2d" else "bhsd"
@@ -127,7 +138,7 @@ def build_datasets(args, script: str) -> Splits:
         src = bhsd_sources(root, labeled_num, ratio, hu)
     elif dataset_kind == "custom":
         from .custom import custom_sources
-        src = custom_sources(root, labeled_num, ratio, hu, _get(args, "class_names", None))
+        src = custom_sources(root, labeled_num, ratio, hu, conf.class_names)
     else:
         raise DatasetError(f"unknown dataset {dataset!r}")
-    return assemble(src, args, script, dataset, root)
+    return assemble(src, conf, script, dataset, root)

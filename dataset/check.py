@@ -393,14 +393,10 @@ def check_splits(splits, *, unlabeled: bool = True, num_workers: int = 0, cache_
                          class_names=splits.class_names)
 
 
-def check_before_training(splits, args, is_main: bool = True) -> CheckReport | None:
-    """The training scripts' call: skip with ``-check_data 0``; else check what the run reads (the unlabeled
-    set only when ``-method`` is not supervised) with ``-num_workers`` processes, print one line on the main
-    process, raise DatasetError on a bad file."""
-    if not getattr(args, "check_data", True):
-        return None
-    report = check_splits(splits, unlabeled=getattr(args, "method", "sss") != "supervised",
-                          num_workers=int(getattr(args, "num_workers", 0) or 0), progress=is_main)
+def check_before_training(splits, *, unlabeled: bool, num_workers: int, is_main: bool = True) -> CheckReport:
+    """The training scripts' call: check what the run reads (the unlabeled set when ``unlabeled``) with
+    ``num_workers`` processes, print one line on the main process, raise DatasetError on a bad file."""
+    report = check_splits(splits, unlabeled=unlabeled, num_workers=num_workers, progress=is_main)
     if is_main:
         print(report.line(), flush=True)
     return report
@@ -426,7 +422,7 @@ def main(argv=None) -> int:
         script = "3d" if any(d in rest for d in ("bhsd", "BHSD")) else "2d"
     args = cfg.parse_args(rest, script=script)
     try:
-        splits = build_datasets(args, script)
+        splits = build_datasets(cfg.data_conf(args), script)
         report = check_splits(splits, unlabeled=True, num_workers=args.num_workers, raise_on_error=False)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)

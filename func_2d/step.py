@@ -18,33 +18,35 @@ from sam2_train.engine.trainer import Task, TrainConfig
 from sam2_train.model.cutmix import clip_cutmix_partners, sample_box_masks
 from sam2_train.model.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.model.pcsw import PCSWConfig
-from sam2_train.model.semi import (UnlabeledTargets, body_mask, choose_prompts, gt_prompts, lambda_u, mix_strong_views,
-                                   one_hot_fg, pcsw_rates, strong_view_features)
+from sam2_train.model.semi import (SemiConf, UnlabeledTargets, body_mask, choose_prompts, gt_prompts, lambda_u, mix_strong_views,
+                                   one_hot_fg, step_outputs, student_strong_views)
 from sam2_train.model.sss_net import SSSNet, prompts_from_probs, pseudo_labels, upsample
 
 
 @torch.no_grad()
-def teacher_targets(teacher: SSSNet, views: dict, *, slab_len: int, pcsw: PCSWConfig, use_pcsw: bool,
-                    cutmix_p: float, tau_fallback: float = 0.98, share_weak: bool = False) -> UnlabeledTargets:
-    """Teacher pass on the weak view -> PCSW prompts, pseudo-labels, confidences; then CutMix of both strong
-    views by the same boxes. views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,L,1,S,S). Pixels of
-    classes prompted by a PCSW fallback keep their confidence only where it is >= ``tau_fallback``.
+def teacher_targets(teacher: SSSNet, views: dict, semi: SemiConf, pcsw: PCSWConfig,
+                    share_weak: bool = False) -> UnlabeledTargets:
+    """Teacher pass on the weak view -> PCSW prompts (``semi.use_pcsw``), pseudo-labels, confidences; then
+    CutMix (``semi.cutmix_p``) of both strong views by the same boxes. views: ``image_w``, ``image_s1``,
+    ``image_s2`` of shape (Bu,L,1,S,S), L = ``semi.slab_len``. Pixels of classes prompted by a PCSW fallback
+    keep their confidence only where it is >= ``semi.tau_fallback``.
     ``share_weak``: hand the weak view's encoder features to the student (only with a frozen encoder)."""
+    slab_len = semi.slab_len
     img_u_w, img_u_s1, img_u_s2 = (views[key].flatten(0, 1) for key in ("image_w", "image_s1", "image_s2"))
     n, size = img_u_w.shape[0], img_u_w.shape[-1]
     enc_u_w = teacher.encode(img_u_w)
     feats_u_w, _ = teacher.enhance(enc_u_w.feats)
     probs_u_w = teacher.coarse(feats_u_w).float().softmax(1)                         # (N,K+1,s,s)
     s = probs_u_w.shape[-1]
-    prompts_u_w = prompts_from_probs(probs_u_w.view(-1, slab_len, *probs_u_w.shape[1:]), size, pcsw, use_pcsw,
+    prompts_u_w = prompts_from_probs(probs_u_w.view(-1, slab_len, *probs_u_w.shape[1:]), size, pcsw, semi.use_pcsw,
                                      body=body_mask(img_u_w, s).view(-1, slab_len, s, s), class_conf=teacher.gates(pcsw))
     mask_u_w, conf_u_w = pseudo_labels(teacher.refine(feats_u_w, prompts_u_w), prompts_u_w.valid, probs_u_w,
-                                       prompts_u_w.fallback, tau_fallback, fuse=pcsw.fuse)
+                                       prompts_u_w.fallback, semi.tau_fallback, fuse=pcsw.fuse)
     # each strong view takes a box from slice t of another slab (another volume) of the same view
     bu = views["image_w"].shape[0]
     partner = torch.cat([clip_cutmix_partners(bu, slab_len, img_u_w.device),
                          clip_cutmix_partners(bu, slab_len, img_u_w.device) + n])                      # (2N,)
-    box_masks = sample_box_masks(2 * n, size, cutmix_p, img_u_w.device)                                # (2N,S,S)
+    box_masks = sample_box_masks(2 * n, size, semi.cutmix_p, img_u_w.device)                                # (2N,S,S)
     targets = mix_strong_views(img_u_w, img_u_s1, img_u_s2, mask_u_w, conf_u_w, prompts_u_w, partner, box_masks,
                                pcsw.margin, weak_feats=enc_u_w.feats if share_weak else None)
     targets.pcsw_status = prompts_u_w.status
@@ -87,20 +89,16 @@ class Student2D(nn.Module):
                 return {"loss": loss_x, "loss_x": loss_x}
 
             # unlabeled: the teacher's pseudo-labels on the weak view, carried to two CutMix-ed strong views
-            u = teacher_targets(self._teacher[0], batch_u, slab_len=semi.slab_len, pcsw=self.pcsw,
-                                use_pcsw=semi.use_pcsw, cutmix_p=semi.cutmix_p, tau_fallback=semi.tau_fallback,
-                                share_weak=self.frozen_encoder)
-            # student: weak + strong views through the encoder (no autograd by default), DFE(W, S1), DFE(W, S2)
-            _, feats_u_s = strong_view_features(net, u.images, u.partner, u.box_masks, semi.unsup_encoder_grad,
-                                                u.weak_feats)
-            conf_ok = u.conf >= semi.tau_u                                              # (2N,s,s)
-            pred_u_s, refined_u_s = net.coarse(feats_u_s), net.refine(feats_u_s, u.prompts)
+            u = teacher_targets(self._teacher[0], batch_u, semi, self.pcsw, share_weak=self.frozen_encoder)
+            # student: weak + strong views through the encoder (no autograd by default), DFE(W, S1), DFE(W, S2);
+            # conf_ok (2N,s,s): the confident pseudo-label pixels
+            feats_u_s, conf_ok = student_strong_views(net, u, semi)
+            pred_u_s, refined_u_s = net.coarse(feats_u_s.feats), net.refine(feats_u_s.feats, u.prompts)
             with record_function("sss.loss"):
                 loss_u = (ce_dice_loss(pred_u_s, u.labels, conf_ok, class_weight=cw)
                           + bce_dice_loss(refined_u_s, one_hot_fg(u.labels, k), u.prompts.valid, conf_ok))
             loss = loss_x + lambda_u(semi, iteration) * loss_u
-        return {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, "mask_ratio": conf_ok.float().mean().detach(),
-                **pcsw_rates(u.pcsw_status, k)}
+        return step_outputs(loss, loss_x, loss_u, conf_ok, u, k)
 
 
 def predict(net: SSSNet, image, *, config: TrainConfig, infer: str, device, autocast):

@@ -21,9 +21,10 @@ where no class logit is > 0; classes without any prompt in the volume are masked
 resized to the native (H,W) with nearest neighbour (the SSL4MIS rule used for 2D too). Encoder
 activations are the memory peak at 1024 px, which is why frames are encoded in chunks / one at a time.
 Fusion (``pcsw.fuse``, modes ``boxes`` and ``pcsw``): each slice's labels are the argmax, at model resolution,
-of the coarse head and SAM-2 fused (:func:`sam2_train.model.sss_net.fuse_probs`: a class tracked in the volume
-averages its coarse probability with its tracked mask, the others keep the coarse probability). A volume
-without any prompt is the coarse argmax with fusion, else background.
+of the coarse head and SAM-2 fused (:func:`sam2_train.model.sss_net.fuse_probs`): a class tracked in the volume
+whose SAM-2 object score on the slice is > 0 averages its coarse probability with its tracked mask (the rule
+of the 3D teacher's pseudo-labels), the others keep the coarse probability. A volume without any prompt is
+the coarse argmax with fusion, else background.
 """
 from __future__ import annotations
 
@@ -110,9 +111,11 @@ def predict_volume(net: SSSNet, image: np.ndarray, *, device: torch.device, auto
         del probs, body
         obj_prompted = valid.any(0)                                              # (K,)
 
-        def emit(t: int, logits: torch.Tensor) -> None:                          # logits (1,K,s,s)
+        def emit(t: int, logits: torch.Tensor, present: torch.Tensor | None = None) -> None:
+            """logits (1,K,s,s); present (1,K): SAM-2's object score > 0 (None: no class tracked)."""
             if coarse is not None:
-                lab = upsample(fuse_probs(coarse[t:t + 1], logits, obj_prompted[None]), (size, size)).argmax(1)
+                tracked = obj_prompted[None] & present if present is not None else torch.zeros_like(obj_prompted[None])
+                lab = upsample(fuse_probs(coarse[t:t + 1], logits, tracked), (size, size)).argmax(1)
             else:
                 lab = labels_from_refined(mask_unprompted(upsample(logits.float(), (size, size)), obj_prompted))
             out[t] = F.interpolate(lab[:, None].float(), size=(h, w), mode="nearest")[0, 0].to(torch.uint8)
@@ -139,6 +142,7 @@ def predict_volume(net: SSSNet, image: np.ndarray, *, device: torch.device, auto
             if reverse:
                 tracker.clear_non_cond()
             for t in order:
-                emit(t, tracker.step(t, lambda t=t: features(slice(t, t + 1)), reverse=reverse).masks)
+                frame = tracker.step(t, lambda t=t: features(slice(t, t + 1)), reverse=reverse)
+                emit(t, frame.masks, frame.object_scores > 0)
     return out.long().cpu().numpy()
 

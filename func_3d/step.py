@@ -35,8 +35,8 @@ from sam2_train.model.cutmix import clip_cutmix_partners, sample_box_masks
 from sam2_train.model.losses import bce_dice_loss, ce_dice_loss
 from sam2_train.model.pcsw import PCSWConfig
 from sam2_train.model.sam2_model import ImageFeatures, upsample_logits
-from sam2_train.model.semi import (UnlabeledTargets, body_mask, choose_prompts, gt_prompts, lambda_u, mix_strong_views,
-                                   one_hot_fg, pcsw_rates, strong_view_features, thin_prompt_frames)
+from sam2_train.model.semi import (SemiConf, UnlabeledTargets, body_mask, choose_prompts, gt_prompts, lambda_u, mix_strong_views,
+                                   one_hot_fg, step_outputs, student_strong_views, thin_prompt_frames)
 from sam2_train.model.sss_net import NEG, SlicePrompts, SSSNet, prompts_from_probs, pseudo_labels, upsample
 
 
@@ -106,17 +106,17 @@ def track_loss(tr: Tracked, target: torch.Tensor, valid_px: torch.Tensor | None 
 
 
 @torch.no_grad()
-def teacher_targets(teacher: SSSNet, views: dict, *, pcsw: PCSWConfig, use_pcsw: bool, cutmix_p: float,
-                    prompt_freq: int, tau_fallback: float = 0.98, share_weak: bool = False) -> UnlabeledTargets:
+def teacher_targets(teacher: SSSNet, views: dict, semi: SemiConf, pcsw: PCSWConfig,
+                    share_weak: bool = False) -> UnlabeledTargets:
     """Teacher pass on the weak clips -> tracked pseudo-labels, confidences, prompts; then 3-D CutMix.
 
-    views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,T,1,S,S). Each class is prompted on every
-    ``prompt_freq``-th of its PCSW-prompted frames (:func:`thin_prompt_frames`) and tracked through all frames;
+    views: ``image_w``, ``image_s1``, ``image_s2`` of shape (Bu,T,1,S,S). Each class is prompted (PCSW with
+    ``semi.use_pcsw``, else coarse boxes) on every ``semi.prompt_freq``-th of its prompted frames (:func:`thin_prompt_frames`) and tracked through all frames;
     pseudo-labels come from the tracked logits where SAM-2's object score is > 0 (elsewhere the class counts as
     not prompted: coarse-probability confidence, see :func:`pseudo_labels`). CutMix: one box per strong clip
-    on all its frames (a cuboid), partner = frame t of another clip (the same clip reversed if there is one).
-    A class prompted by a PCSW fallback in a clip keeps pseudo-label confidence only where it is >= ``tau_fallback``
-    on every frame of that clip.
+    on all its frames (a cuboid, with probability ``semi.cutmix_p``), partner = frame t of another clip (the same
+    clip reversed if there is one). A class prompted by a PCSW fallback in a clip keeps pseudo-label confidence
+    only where it is >= ``semi.tau_fallback`` on every frame of that clip.
     ``share_weak``: hand the weak clips' encoder features to the student (only with a frozen encoder).
     """
     bu, t = views["image_w"].shape[:2]
@@ -126,16 +126,16 @@ def teacher_targets(teacher: SSSNet, views: dict, *, pcsw: PCSWConfig, use_pcsw:
     feats_u_w, _ = teacher.enhance(enc.feats)
     probs_u_w = teacher.coarse(feats_u_w).float().softmax(1)                          # (N,K+1,s,s)
     s, k = probs_u_w.shape[-1], probs_u_w.shape[1] - 1
-    p = prompts_from_probs(probs_u_w.view(bu, t, *probs_u_w.shape[1:]), size, pcsw, use_pcsw,
+    p = prompts_from_probs(probs_u_w.view(bu, t, *probs_u_w.shape[1:]), size, pcsw, semi.use_pcsw,
                            body=body_mask(img_u_w, s).view(bu, t, s, s), class_conf=teacher.gates(pcsw))
-    valid = thin_prompt_frames(p.valid.view(bu, t, k), prompt_freq).flatten(0, 1)
+    valid = thin_prompt_frames(p.valid.view(bu, t, k), semi.prompt_freq).flatten(0, 1)
     prompts_u_w = SlicePrompts(p.boxes, p.points, valid, p.masks & valid[..., None, None])
     tr = track_clips(teacher, enc.replace(feats_u_w), prompts_u_w, bu)
     fallback = p.fallback.view(bu, t, k).any(1, keepdim=True).expand(bu, t, k).flatten(0, 1)    # (N,K) per clip
-    mask_u_w, conf_u_w = pseudo_labels(tr.masks, tr.prompted & (tr.scores > 0), probs_u_w, fallback, tau_fallback,
-                                       fuse=pcsw.fuse)
+    mask_u_w, conf_u_w = pseudo_labels(tr.masks, tr.prompted & (tr.scores > 0), probs_u_w, fallback,
+                                       semi.tau_fallback, fuse=pcsw.fuse)
     partner = torch.cat([clip_cutmix_partners(bu, t, img_u_w.device), clip_cutmix_partners(bu, t, img_u_w.device) + n])
-    box_masks = sample_box_masks(2 * bu, size, cutmix_p, img_u_w.device).repeat_interleave(t, dim=0)   # (2N,S,S)
+    box_masks = sample_box_masks(2 * bu, size, semi.cutmix_p, img_u_w.device).repeat_interleave(t, dim=0)   # (2N,S,S)
     targets = mix_strong_views(img_u_w, img_u_s1, img_u_s2, mask_u_w, conf_u_w, prompts_u_w, partner, box_masks,
                                pcsw.margin, num_clips=2 * bu, weak_feats=enc.feats if share_weak else None)
     targets.pcsw_status = p.status
@@ -194,20 +194,16 @@ class Student3D(nn.Module):
                 return {"loss": loss_x, "loss_x": loss_x}
 
             # unlabeled clips: the teacher's tracked pseudo-labels on the weak clips, carried to two strong clips
-            u = teacher_targets(self._teacher[0], batch_u, pcsw=self.pcsw, use_pcsw=semi.use_pcsw,
-                                cutmix_p=semi.cutmix_p, prompt_freq=semi.prompt_freq, tau_fallback=semi.tau_fallback,
-                                share_weak=self.frozen_encoder)
-            # student: weak + strong clips through the encoder (no autograd by default), DFE(W, S1), DFE(W, S2)
-            enc_u, feats_u_s = strong_view_features(net, u.images, u.partner, u.box_masks, semi.unsup_encoder_grad,
-                                                    u.weak_feats)
-            conf_ok = u.conf >= semi.tau_u                                                 # (2N,s,s)
-            tracked_u_s = track_clips(net, enc_u.replace(feats_u_s), u.prompts, u.num_clips)
+            u = teacher_targets(self._teacher[0], batch_u, semi, self.pcsw, share_weak=self.frozen_encoder)
+            # student: weak + strong clips through the encoder (no autograd by default), DFE(W, S1), DFE(W, S2);
+            # conf_ok (2N,s,s): the confident pseudo-label pixels; the strong clips are tracked like the labeled ones
+            feats_u_s, conf_ok = student_strong_views(net, u, semi)
+            tracked_u_s = track_clips(net, feats_u_s, u.prompts, u.num_clips)
             with record_function("sss.loss"):
-                loss_u = (ce_dice_loss(net.coarse(feats_u_s), u.labels, conf_ok, class_weight=cw)
+                loss_u = (ce_dice_loss(net.coarse(feats_u_s.feats), u.labels, conf_ok, class_weight=cw)
                           + track_loss(tracked_u_s, one_hot_fg(u.labels, k), conf_ok))
             loss = loss_x + lambda_u(semi, iteration) * loss_u
-        return {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, "mask_ratio": conf_ok.float().mean().detach(),
-                **pcsw_rates(u.pcsw_status, k)}
+        return step_outputs(loss, loss_x, loss_u, conf_ok, u, k)
 
 
 def predict(net: SSSNet, image, *, config: TrainConfig, infer: str, device, autocast):

@@ -1,19 +1,22 @@
 """Small on-disk fixtures for the dataset tests (written into pytest's tmp_path)."""
 from __future__ import annotations
 
-import argparse
 import os
 
 import h5py
 import nibabel as nib
 import numpy as np
 
+from dataset import DataConf
+
 
 def args(**kw):
+    """The DataConf of a small test run (keywords override)."""
     base = dict(dataset="acdc", data_path=None, labeled_num=None, labeled_ratio=None, image_size=64,
-                video_length=4, slab_len=3, hu_window=(0.0, 80.0), class_names=None, seed=0, method="sss")
+                video_length=4, slab_len=3, hu_window=(0.0, 80.0), class_names=None, seed=0, method="sss",
+                fg_oversample=0.0)
     base.update(kw)
-    return argparse.Namespace(**base)
+    return DataConf(**base)
 
 
 def write_h5(path, **arrays):

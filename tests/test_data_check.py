@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import h5py
 import numpy as np
@@ -79,22 +80,27 @@ def test_bad_file_anywhere_stops_the_run_before_training(acdc, tmp_path, capsys,
     assert not os.path.exists(tmp_path / "logs")            # no run directory: training never started
 
 
-def test_check_data_0_skips_the_check(acdc, tmp_path):
+def test_check_data_0_skips_the_check(acdc, monkeypatch):
     plant_label_value(last_test_volume(acdc), 9)
-    a = args(dataset="acdc", data_path=acdc, labeled_num=2)
-    splits = build_datasets(a, "2d")
-    a.check_data, a.num_workers = False, 0
-    assert check_before_training(splits, a) is None
-    a.check_data = True
+    splits = build_datasets(args(dataset="acdc", data_path=acdc, labeled_num=2), "2d")
     with pytest.raises(DatasetError, match="outside the class range"):
-        check_before_training(splits, a)
+        check_before_training(splits, unlabeled=True, num_workers=0)
+    # the training scripts call the check unless -check_data 0
+    import run_training
+    calls = []
+    monkeypatch.setattr(run_training, "check_before_training", lambda splits, **kw: calls.append(kw))
+    monkeypatch.setattr(run_training, "Trainer", lambda *a, **k: types.SimpleNamespace(fit=lambda: 0))
+    flags = ["-dataset", "acdc", "-data_path", acdc, "-labeled_num", "2", "-num_workers", "0", "-image_size", "64"]
+    assert run_training.main(flags + ["-check_data", "0"], "2d") == 0 and calls == []
+    assert run_training.main(flags + ["-method", "supervised"], "2d") == 0
+    assert calls == [{"unlabeled": False, "num_workers": 0, "is_main": True}]
 
 
 def test_supervised_runs_do_not_check_the_unlabeled_set(acdc):
     with open(last_unlabeled_slice(acdc), "r+b") as f:
         f.truncate(100)
-    a = args(dataset="acdc", data_path=acdc, labeled_num=2, method="supervised", check_data=True, num_workers=0)
-    report = check_before_training(build_datasets(a, "2d"), a)
+    a = args(dataset="acdc", data_path=acdc, labeled_num=2, method="supervised")
+    report = check_before_training(build_datasets(a, "2d"), unlabeled=False, num_workers=0)
     assert report.errors == [] and "unlabeled" not in report.splits
 
 

@@ -69,6 +69,28 @@ def test_dry_run_lists_the_paper_grid_with_one_budget(capsys, tmp_path):
     assert all((a.prompt, a.prompt_freq, a.image_size) == ("bbox", 2, 1024) for a in (_resolved(c, "3d") for c in cmds))
 
 
+def test_acdc_cpu_table_same_flags_for_every_method(capsys, tmp_path):
+    """The CPU method check: 2 seeds for the main methods, 1 for the ablations, one set of flags, >= 1500
+    iterations, and the last checkpoint scored on the sample's validation volumes (nothing selected on them)."""
+    assert reproduce.main(["acdc_cpu", "--dry-run", "--out", str(tmp_path), "--data_path", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    cmds = [l for l in out.splitlines() if "train_2d.py" in l]
+    keys = [_flag(c, "exp_name") for c in cmds]
+    assert keys == ["acdc_cpu_supervised_l3", "acdc_cpu_supervised_l3_s1", "acdc_cpu_fixmatch_l3",
+                    "acdc_cpu_fixmatch_l3_s1", "acdc_cpu_sss_l3", "acdc_cpu_sss_l3_s1", "acdc_cpu_sss_no_dfe_l3",
+                    "acdc_cpu_sss_no_pcsw_l3"]
+    for c in cmds:
+        a = _resolved(c, "2d")
+        assert (a.sam_config, a.sam_ckpt, a.image_size, a.encoder_lr_mult, a.labeled_num, a.max_iters, a.rampup,
+                a.val_every) == ("sam2_hiera_t", "none", 128, 0.0, 3, 1500, 300, 250), c
+    evals = [l for l in out.splitlines() if "evaluate.py" in l]
+    assert len(evals) == 8 and all("last.pt" in l and "-split val" in l and "-weights ema" in l for l in evals)
+    assert reproduce.main(["acdc_cpu", "--dry-run", "--out", str(tmp_path), "--seeds", "1",
+                           "--methods", "supervised", "sss"]) == 0
+    cmds = [l for l in capsys.readouterr().out.splitlines() if "train_2d.py" in l]
+    assert [_flag(c, "exp_name") for c in cmds] == ["acdc_cpu_supervised_l3_s1", "acdc_cpu_sss_l3_s1"]
+
+
 def test_a_table_is_data_only(tmp_path, capsys):
     """A new table (here: seeds, a row with its own seeds) needs only YAML; bad rows are refused."""
     conf = OmegaConf.load(reproduce.CONFIG)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from sam2_train.model.cutmix import resize_masks, sample_box_masks
-from sam2_train.model.semi import gt_prompts, mix_prompts
+from sam2_train.model.semi import SemiConf, gt_prompts, mix_prompts
 from sam2_train.model.sss_net import SlicePrompts
 
 S, SC = 64, 16            # image size, coarse size
@@ -199,7 +199,7 @@ def test_2d_cutmix_partners_come_from_another_slab():
     x[..., 16:40, 16:40] = 0.9
     views = {"image_w": x, "image_s1": x.clone(), "image_s2": x.clone()}
     for _ in range(5):
-        u = teacher_targets(_StubTeacher(), views, slab_len=length, pcsw=PCSWConfig(), use_pcsw=True, cutmix_p=1.0)
+        u = teacher_targets(_StubTeacher(), views, SemiConf(slab_len=length, cutmix_p=1.0), PCSWConfig())
         rows = torch.arange(2 * bu * length)
         assert ((u.partner // length) != (rows // length)).all()                   # another slab
         assert ((u.partner >= bu * length) == (rows >= bu * length)).all()         # of the same view

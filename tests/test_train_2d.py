@@ -162,7 +162,7 @@ def test_predictions_do_not_depend_on_labels(finished_run, demo_root):
     load_model_state(net, state["model"])
     with torch.no_grad():  # make the barely trained coarse head prompt every class, so predictions are not empty
         net.head.cls.bias.copy_(torch.tensor([0.0, 3.0, 3.0, 3.0]))
-    splits = build_datasets(args, "2d")
+    splits = build_datasets(cfg.data_conf(args), "2d")
     vols = [splits.val[i] for i in range(2)]
     fake = [dict(v, label=np.random.default_rng(0).integers(0, 4, np.shape(v["label"]))) for v in vols]
     predict = lambda img, sp: TASK_2D.predict(net, img, config=config, infer="boxes", device=torch.device("cpu"),  # noqa: E731

@@ -211,12 +211,13 @@ def test_no_prompt_gives_background():
 
 def test_predictions_do_not_depend_on_labels(bhsd_root):
     """The evaluation loop gives the predictor the image only: replacing every label changes nothing."""
+    import cfg
     from dataset import build_datasets
     from sam2_train.evaluation.loop import evaluate_volumes
     args = make_args("-data_path", bhsd_root)
     args.class_names = BHSD_CLASSES
     net = intensity_coarse_head(make_net(args), thresh=0.8)
-    vols = [build_datasets(args, "3d").val[0]]
+    vols = [build_datasets(cfg.data_conf(args), "3d").val[0]]
     fake = [dict(v, label=np.random.default_rng(0).integers(0, 6, np.shape(v["label"]))) for v in vols]
     predict = predictor(net, args)
     real = evaluate_volumes(vols, predict, BHSD_CLASSES, protocol="volume", split="val", keep_predictions=True,

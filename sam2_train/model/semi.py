@@ -258,3 +258,19 @@ def strong_view_features(net, images: torch.Tensor, partner: torch.Tensor, box_m
     _, fs = net.enhance(fw, [f[n:] for f in enc.feats])
     return enc, fs
 
+
+def student_strong_views(net, u: UnlabeledTargets, semi: SemiConf):
+    """The student's side of the weak-to-strong loss, shared by the 2D and 3D steps: DFE-enhanced features of
+    the 2N strong rows (:func:`strong_view_features`, as ImageFeatures carrying the encoder's positional
+    encodings, which the 3D tracker needs) and the pseudo-label mask ``conf_ok`` (2N,s,s) = conf >= tau_u."""
+    enc, feats_s = strong_view_features(net, u.images, u.partner, u.box_masks, semi.unsup_encoder_grad, u.weak_feats)
+    return enc.replace(feats_s), u.conf >= semi.tau_u
+
+
+def step_outputs(loss: torch.Tensor, loss_x: torch.Tensor, loss_u: torch.Tensor, conf_ok: torch.Tensor,
+                 u: UnlabeledTargets, k: int) -> dict:
+    """What a semi-supervised step returns for logging: the losses, the share of confident pseudo-label pixels
+    (``mask_ratio``) and the PCSW rates per class (:func:`pcsw_rates`); all tensors, no host sync."""
+    return {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, "mask_ratio": conf_ok.float().mean().detach(),
+            **pcsw_rates(u.pcsw_status, k)}
+
