@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from sam2_train.engine.ema import ModelEMA
-from sam2_train.engine.schedule import (OptimConf, build_optimizer, build_param_groups, build_scheduler, current_lrs,
-                                        lr_factor)
+from sam2_train.engine.schedule import OptimConf, build_optimizer, build_param_groups, build_scheduler, current_lrs
 
 
 class Net(torch.nn.Module):
@@ -127,17 +126,30 @@ def test_custom_encoder_predicate_and_given_groups():
     assert opt.param_groups[0]["lr"] == 1e-3 and opt.param_groups[0]["weight_decay"] == 0.05
 
 
-def test_schedules_values():
-    assert lr_factor(0, 100, "poly") == 1.0
-    assert lr_factor(50, 100, "poly") == pytest.approx(0.5 ** 0.9)
-    assert lr_factor(100, 100, "poly") == 0.0 and lr_factor(150, 100, "poly") == 0.0
-    assert lr_factor(25, 100, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
-    assert lr_factor(100, 100, "cosine") == pytest.approx(0.0)
-    assert lr_factor(70, 100, "none") == 1.0
-    assert lr_factor(0, 100, "none", warmup_iters=4) == pytest.approx(0.2)
-    assert lr_factor(3, 100, "poly", warmup_iters=4) == pytest.approx(0.8 * 0.97 ** 0.9)
+def lr_factor(it, total, sched, warmup_iters=0):
+    """The documented schedule, in closed form."""
+    main = {"poly": (1 - it / total) ** 0.9, "cosine": 0.5 * (1 + math.cos(math.pi * it / total)), "none": 1.0}[sched]
+    return main * ((it + 1) / (warmup_iters + 1) if it < warmup_iters else 1.0)
+
+
+@pytest.mark.parametrize("sched, warmup_iters", [("poly", 0), ("poly", 4), ("cosine", 0), ("cosine", 3), ("none", 0),
+                                                 ("none", 4)])
+def test_torch_schedulers_follow_the_closed_form(sched, warmup_iters):
+    """PolynomialLR / CosineAnnealingLR / ConstantLR chained with a LinearLR warm-up give lr * warm(it) * main(it)
+    at every step up to the budget, ending at 0 (poly, cosine)."""
+    opt = build_optimizer(Net(), ns())
+    sched_ = build_scheduler(opt, ns(sched=sched, warmup_iters=warmup_iters), total_iters=20)
+    lrs = []
+    for _ in range(21):
+        lrs.append(current_lrs(opt)["lr/other_decay"])
+        opt.step()
+        sched_.step()
+    assert lrs == pytest.approx([1e-3 * lr_factor(i, 20, sched, warmup_iters) for i in range(21)], abs=1e-12)
+    assert lrs[0] == pytest.approx(1e-3 / (warmup_iters + 1))
+    if sched != "none":
+        assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="-sched"):
-        lr_factor(0, 10, "step")
+        build_scheduler(opt, ns(sched="step"), total_iters=10)
 
 
 def test_scheduler_steps_and_state_round_trip():

@@ -9,6 +9,11 @@ broadcasts rank 0's weights) and later updates skip them.
 With ``warmup=True`` the decay of update ``k`` (0-based) is ``min(decay, 1 - 1/(k + 1))``: the first update
 copies the student, later ones average over the ~k updates seen so far until ``decay`` takes over.
 DDP / ``torch.compile`` wrappers of the student are stripped (``.module`` / ``._orig_mod``).
+
+Not ``torch.optim.swa_utils.AveragedModel``: its ``update_parameters`` tests its step counter on the host
+(``bool(n_averaged == 0)``) and copies it to the device with a blocking copy on every call (a host sync per
+training step on CUDA), averages frozen parameters too (the whole image encoder when it is frozen), and
+``get_ema_multi_avg_fn`` has no warm-up.
 """
 from __future__ import annotations
 

@@ -3,21 +3,21 @@
 ``build_optimizer``: AdamW over parameter groups: the image encoder (chosen by a name predicate) at
 ``lr * encoder_lr_mult``, the rest at ``lr``; no weight decay on biases, norm weights, 1-D parameters,
 embeddings, tokens and positional encodings.
-``build_scheduler``: LambdaLR with factor ``warm(it) * main(it)``, ``it`` = optimiser steps done
-(``scheduler.step()`` once per step): ``main`` is poly ``(1 - it/total)^0.9``, cosine
-``0.5 * (1 + cos(pi * it/total))`` or 1 (none); ``warm(it) = (it + 1) / (warmup_iters + 1)`` for
-``it < warmup_iters``, else 1. Factors are clamped to ``it <= total``.
+``build_scheduler``: torch's schedulers, so the learning rate after ``it`` optimiser steps
+(``scheduler.step()`` once per step, ``it <= total``) is ``lr * warm(it) * main(it)``: ``main`` is
+``PolynomialLR`` ``(1 - it/total)^0.9`` (poly), ``CosineAnnealingLR`` ``0.5 * (1 + cos(pi * it/total))``
+(cosine) or 1 (none), chained with a ``LinearLR`` warm-up ``warm(it) = (it + 1) / (warmup_iters + 1)`` for
+``it < warmup_iters``, else 1.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 __all__ = ["is_image_encoder", "default_no_decay", "build_param_groups", "build_optimizer",
-           "lr_factor", "build_scheduler", "current_lrs"]
+           "SCHEDULES", "build_scheduler", "current_lrs"]
 
 _NORM_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm,
                torch.nn.modules.instancenorm._InstanceNorm, torch.nn.LocalResponseNorm)
@@ -106,37 +106,26 @@ def build_optimizer(model_or_groups, conf: OptimConf, is_encoder: Callable[[str]
         return torch.optim.AdamW(groups, lr=lr, weight_decay=wd, betas=betas, eps=eps, foreach=True)
 
 
-def lr_factor(it: int, total_iters: int, sched: str = "poly", warmup_iters: int = 0, power: float = 0.9) -> float:
-    """The learning-rate multiplier after ``it`` optimiser steps (see the module docstring)."""
-    total = max(1, int(total_iters))
-    progress = min(max(int(it), 0), total) / total
-    if sched == "poly":
-        main = (1.0 - progress) ** power
-    elif sched == "cosine":
-        main = 0.5 * (1.0 + math.cos(math.pi * progress))
-    elif sched == "none":
-        main = 1.0
-    else:
-        raise ValueError(f"-sched must be poly, cosine or none, got {sched!r}")
-    if warmup_iters > 0 and it < warmup_iters:
-        main *= (it + 1) / (warmup_iters + 1)
-    return main
+SCHEDULES = ("poly", "cosine", "none")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, conf: OptimConf, total_iters: int
-                    ) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR for ``conf.sched`` (with ``conf.warmup_iters``) over ``total_iters`` optimiser steps. Step it
-    once per optimiser step. Its state dict round-trips (``last_epoch`` and learning rates; the lambda is
-    rebuilt from the settings)."""
+                    ) -> torch.optim.lr_scheduler.LRScheduler:
+    """``conf.sched`` (with ``conf.warmup_iters``) over ``total_iters`` optimiser steps, as torch schedulers
+    (see the module docstring). Step it once per optimiser step. They update the learning rates in place, so
+    ``state_dict`` plus the optimiser's state resume the schedule exactly."""
     if total_iters <= 0:
         raise ValueError(f"build_scheduler: total_iters must be > 0, got {total_iters}")
-    sched, warmup_iters = conf.sched.lower(), int(conf.warmup_iters)
-    lr_factor(0, total_iters, sched, warmup_iters)  # validate the name now
-
-    def factor(it: int) -> float:
-        return lr_factor(it, total_iters, sched, warmup_iters)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    sched, warmup_iters, lrs = conf.sched.lower(), int(conf.warmup_iters), torch.optim.lr_scheduler
+    if sched not in SCHEDULES:
+        raise ValueError(f"-sched must be poly, cosine or none, got {conf.sched!r}")
+    main = {"poly": lambda: lrs.PolynomialLR(optimizer, total_iters=total_iters, power=0.9),
+            "cosine": lambda: lrs.CosineAnnealingLR(optimizer, T_max=total_iters),
+            "none": lambda: lrs.ConstantLR(optimizer, factor=1.0, total_iters=0)}[sched]()
+    if warmup_iters <= 0:
+        return main
+    warm = lrs.LinearLR(optimizer, start_factor=1.0 / (warmup_iters + 1), end_factor=1.0, total_iters=warmup_iters)
+    return lrs.ChainedScheduler([warm, main], optimizer)
 
 
 def current_lrs(optimizer: torch.optim.Optimizer) -> dict:
