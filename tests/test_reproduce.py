@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 import cfg
 import reproduce
+from sam2_train.evaluation import tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
@@ -110,7 +111,7 @@ def test_a_table_is_data_only(tmp_path, capsys):
     OmegaConf.save(conf, tmp_path / "bad.yaml")
     with pytest.raises(SystemExit, match="row sss may set label, flags, infer and seeds only"):
         reproduce.main(["cpu", "--dry-run", "--config", str(tmp_path / "bad.yaml")])
-    assert reproduce.fmt([0.8, 0.9], 100) == "85.00 ± 7.07" and reproduce.fmt([float("nan"), None]) == "—"
+    assert tables.fmt([0.8, 0.9], 100) == "85.00 ± 7.07" and tables.fmt([float("nan"), None]) == "—"
 
 
 def test_published_numbers_name_their_source():
@@ -222,12 +223,12 @@ def test_quick_grid_runs_skips_and_resumes(tmp_path):
     for value in line.strip("|").split("|")[2:4]:  # 1 case, 2 cases
         assert value.strip() != "—" and 0.0 <= float(value) <= 100.0, line
     assert "a budget of 2 iterations" in md and os.path.isfile(out / "acdc.csv")
-    cells = {n: reproduce.Cell(f"acdc_fixmatch_l{n}", "fixmatch", f"l{n}", str(out / "runs" / f"acdc_fixmatch_l{n}"),
+    cells = {n: tables.Cell(f"acdc_fixmatch_l{n}", "fixmatch", f"l{n}", str(out / "runs" / f"acdc_fixmatch_l{n}"),
                                {}, ()) for n in (1, 2)}
-    runs = {n: reproduce.run_state(cell)[0] for n, cell in cells.items()}
+    runs = {n: tables.run_state(cell)[0] for n, cell in cells.items()}
     assert all(runs.values())
     for rd in runs.values():
-        s = json.load(open(reproduce.eval_summary_path(rd, "ssl4mis", "test")))
+        s = json.load(open(tables.eval_summary_path(rd, "ssl4mis", "test")))
         assert (s["protocol"], s["weights"]) == ("ssl4mis", "ema")
 
     # The 2-case run "did not finish": it is resumed from its last.pt (and trained one step further), the
