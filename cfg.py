@@ -215,9 +215,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-b_u", type=positive_int, default=None,
                    help="2D: unlabeled slices per step (default = -b), as max(2, b_u // slab_len) slabs from "
                         "distinct volumes; 3D: unlabeled clips (default 1)")
-    g.add_argument("-fg_oversample", type=unit_float, default=0.33,
+    g.add_argument("-fg_oversample", type=unit_float, default=None,
                    help="3D: probability that a labeled training clip is placed over a labeled slice (nnU-Net's "
-                        "foreground oversampling)")
+                        "foreground oversampling; default 0.33, 3D demo 0.67)")
     g.add_argument("-slab_len", type=positive_int, default=4,
                    help="2D: unlabeled slices come as slabs of this many consecutive slices (PCSW needs neighbours)")
     g.add_argument("-hu_window", type=float_pair, default=(0.0, 80.0), help="CT window in HU, 'LOW,HIGH'")
@@ -240,9 +240,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-rampup", type=nonneg_int, default=None,
                    help="sigmoid ramp-up of lambda_u over N iterations (default 0; 3D demo 100)")
     g.add_argument("-tau_u", type=unit_float, default=0.95, help="pseudo-label confidence threshold")
-    g.add_argument("-ce_weights", type=weight_list, default=(), metavar="W0,W1,...",
+    g.add_argument("-ce_weights", type=weight_list, default=None, metavar="W0,W1,...",
                    help="class-weighted CE of the coarse head: one weight per class, background first (default "
-                        "unweighted)")
+                        "unweighted; the 3D demo weighs its small bleeds up)")
     g.add_argument("-tau_fallback", type=unit_float, default=0.98,
                    help="pseudo-label threshold of classes prompted by a PCSW fallback (stricter when > -tau_u)")
     g.add_argument("-p_gt", type=unit_float, default=0.5,
@@ -291,7 +291,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 PRESET_KEYS = ("exp_name", "sam_config", "sam_ckpt", "image_size", "lr", "b", "max_iters", "val_every", "val_volumes",
-               "labeled_num", "encoder_lr_mult", "rampup")
+               "labeled_num", "encoder_lr_mult", "rampup", "ce_weights", "video_length", "fg_oversample")
 
 
 def load_preset(dataset: str, script: str) -> dict:
@@ -317,8 +317,11 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
         args.sam_ckpt = os.path.join("checkpoints", CKPT_FILES.get(args.sam_config, "<checkpoint matching -sam_config>"))
     if args.out_size is None:
         args.out_size = args.image_size
+    args.ce_weights = tuple(args.ce_weights or ())
     if args.video_length is None:
         args.video_length = 8
+    if args.fg_oversample is None:
+        args.fg_oversample = 0.33
     if args.pcsw_min_len is None:
         args.pcsw_min_len = 2 if script == "2d" else 1
     if args.pcsw_multifocal is None:
@@ -342,7 +345,7 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
 # Flags read by one script only: (flag, the script that reads it, the parser default).
 SCRIPT_ONLY_FLAGS = (("prompt", "3d", "bbox"), ("video_length", "3d", None), ("memory_bank_size", "3d", 16),
                      ("slab_len", "2d", 4), ("protocol", "2d", "ssl4mis"),
-                     ("fg_oversample", "3d", 0.33))
+                     ("fg_oversample", "3d", None))
 
 
 def flags_ignored_by(args: argparse.Namespace, script: str) -> list[str]:

@@ -9,12 +9,16 @@
   ``val.list``, ``test.list``; training slices in ``data/slices/``, all volumes in ``data/``.
 * ``--kind bhsd``: OUT is a BHSD root: ``label_192/images`` + ``label_192/ground truths`` (12 volumes,
   two of them the same patient key) and ``unlabel_1980/{anybleed,nobleed}`` (8 volumes). int16 HU images,
-  uint16 labels (1 EDH, 2 IPH, 3 IVH, 4 SAH, 5 SDH). Shapes, spacings and orientations (qform,
+  uint16 labels (1 EDH, 2 IPH, 3 IVH, 4 SAH, 5 SDH). The labeled volumes are split 7 train / 1 val / 4 test
+  in ``splits/{train,val,test}.txt`` (BHSD's own 50/50 patient split would leave a 12-volume demo with a
+  class in a single training volume); :data:`BHSD_DEMO_LABELED` lists their bleeds: every type is in at
+  least 3 training volumes (EDH, the hardest to tell from the skull, in 5), the validation volume and 2
+  test volumes, and each half has a volume without hemorrhage. Shapes, spacings and orientations (qform,
   qfac -1) come from the 192 real BHSD headers shipped in ``dataset/bhsd_headers.csv``, with the 512 px
   in-plane grid divided by ``--scale`` (default 4 -> 128 px, spacing x 4 so the anatomy keeps its size in
-  mm). Two labeled volumes have no hemorrhage. The bleeds, the ventricles and the fissure are ``--lesion_scale`` (default 3) times wider than real ones, so that a
-  randomly initialised model at the demo's 128 px (a 32 x 32 coarse map) can resolve them on a CPU in
-  minutes; ``--lesion_scale 1`` gives realistic sizes.
+  mm). The bleeds, the ventricles and the fissure are ``--lesion_scale`` (default 3) times wider than real
+  ones, so that a randomly initialised model at the demo's 128 px (a 32 x 32 coarse map) can resolve them
+  on a CPU in minutes; ``--lesion_scale 1`` gives realistic sizes.
 * ``--kind both``: OUT/demo_acdc and OUT/demo_bhsd (the default -data_path of -dataset demo is
   data/demo_acdc for train_2d.py and data/demo_bhsd for train_3d.py).
 
@@ -40,7 +44,16 @@ DEMO_MARKER = "DEMO.json"
 HEADERS_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bhsd_headers.csv")
 
 ACDC_DEMO = dict(patients=16, train=10, val=2, test=4, slices=(6, 10), size=(96, 160))
-BHSD_DEMO = dict(labeled=12, unlabeled=8, no_bleed=2, scale=4, lesion_scale=3.0)
+BHSD_DEMO = dict(labeled=12, unlabeled=8, scale=4, lesion_scale=3.0, version=2)
+# The labeled BHSD demo volumes in order: (split, bleeds). Volumes 0 and 1 share a patient key.
+BHSD_DEMO_LABELED = (
+    ("train", ("EDH", "IPH", "SAH")), ("train", ("EDH", "IVH", "SDH")), ("train", ()),
+    ("train", ("IPH", "IVH", "SAH")), ("train", ("EDH", "SDH", "SAH")), ("train", ("EDH", "IPH", "SDH")),
+    ("train", ("EDH", "IVH", "SAH")),
+    ("val", ("EDH", "IPH", "IVH", "SAH", "SDH")),
+    ("test", ("EDH", "IPH", "SAH")), ("test", ("IVH", "SAH", "SDH")), ("test", ()),
+    ("test", ("EDH", "IPH", "IVH", "SDH")),
+)
 
 
 # =============================================================================================
@@ -330,7 +343,9 @@ def _bhsd_volume(rng: np.random.Generator, D: int, H: int, W: int, spacing: tupl
 
 _KINDS = ("EDH", "IPH", "IVH", "SAH", "SDH")
 # Acute blood is 50-90 HU; thick clots (EDH, IPH) are densest, blood mixed with CSF (IVH, SAH) least dense.
-_BLOOD_HU = {"EDH": (72, 84), "IPH": (64, 78), "IVH": (48, 60), "SAH": (52, 64), "SDH": (58, 70)}
+# EDH stays below the top of the 0-80 HU brain window (at 80 HU it merges into the saturated skull) and
+# above SDH, the other bleed along the skull.
+_BLOOD_HU = {"EDH": (68, 78), "IPH": (64, 78), "IVH": (48, 60), "SAH": (52, 64), "SDH": (56, 66)}
 
 
 def _hex(rng, n):
@@ -359,19 +374,17 @@ def make_bhsd(out: str, seed: int = 0, labeled: int = BHSD_DEMO["labeled"], unla
     os.makedirs(img_dir)
     os.makedirs(gt_dir)
     names, shapes, counts = [], [], {k: 0 for k in _KINDS}
-    no_bleed = set(rng.choice(labeled, size=min(BHSD_DEMO["no_bleed"], labeled), replace=False).tolist())
+    plan = [BHSD_DEMO_LABELED[i % len(BHSD_DEMO_LABELED)] for i in range(labeled)]
     keys = [f"ID_{_hex(rng, 8)}" for _ in range(labeled)]
-    if labeled >= 3:
-        keys[1] = keys[0]                       # one patient with two scans (must stay in one half)
-    total = labeled + unlabeled
-    for i in range(total):
+    if labeled >= 2:
+        keys[1] = keys[0]                       # one patient with two scans (both in the training half)
+    split_of = {}
+    for i in range(labeled + unlabeled):
         vrng = np.random.default_rng([seed, 12, i])
         row = rows[int(vrng.integers(0, len(rows)))]
         affine, (D, H, W), spacing = phantom_grid(row, scale)
         if i < labeled:
-            bleeds = [] if i in no_bleed else list(vrng.choice(_KINDS, size=int(vrng.integers(2, 5)), replace=False))
-            if i < len(_KINDS) and i not in no_bleed and _KINDS[i] not in bleeds:
-                bleeds.append(_KINDS[i])        # every type appears in the labeled set
+            bleeds = list(plan[i][1])
         else:
             bleeds = [] if vrng.random() < 0.4 else list(vrng.choice(_KINDS, size=int(vrng.integers(1, 3)), replace=False))
         hu, lab = _bhsd_volume(vrng, D, H, W, spacing, bleeds, lesion_scale)
@@ -384,11 +397,18 @@ def make_bhsd(out: str, seed: int = 0, labeled: int = BHSD_DEMO["labeled"], unla
                 counts[k] += int((lab == c).any())
             names.append(name)
             shapes.append((D, H, W))
+            split_of.setdefault(plan[i][0], []).append(name)
         else:
             sub = "anybleed" if bleeds else "nobleed"
             os.makedirs(os.path.join(out, "unlabel_1980", sub), exist_ok=True)
             _save_nifti(os.path.join(out, "unlabel_1980", sub, name), hu, affine)
-    return {"kind": "bhsd", "labeled": labeled, "unlabeled": unlabeled, "scale": scale, "lesion_scale": lesion_scale,
+    if {"train", "val", "test"} <= set(split_of):   # a smaller demo (tests) keeps BHSD's default split
+        os.makedirs(os.path.join(out, "splits"))
+        for part, members in split_of.items():
+            with open(os.path.join(out, "splits", f"{part}.txt"), "w") as f:
+                f.write(f"# BHSD demo {part} split (dataset/demo.py)\n" + "".join(f"{n}\n" for n in members))
+    return {"kind": "bhsd", "version": BHSD_DEMO["version"], "labeled": labeled, "unlabeled": unlabeled,
+            "scale": scale, "lesion_scale": lesion_scale, "split": {k: len(v) for k, v in split_of.items()},
             "volumes_with_class": counts, "shapes_dhw": shapes, "names": names}
 
 
@@ -415,13 +435,15 @@ def ensure_demo(root: str, kind: str = "acdc", seed: int = 0, **kw) -> str:
         raise ValueError(f"kind must be acdc, bhsd or both, got {kind!r}")
     root = os.path.abspath(root)
     if is_complete(root):
-        if kind == "bhsd":  # phantoms of an older version (realistic lesion sizes) do not train in the demo
+        if kind == "bhsd":  # phantoms of an older generator (realistic lesion sizes, no split) train worse
             with open(os.path.join(root, DEMO_MARKER)) as f:
-                made = float(json.load(f).get("lesion_scale", 1.0))
+                info = json.load(f)
+            made, version = float(info.get("lesion_scale", 1.0)), int(info.get("version", 1))
             wanted = float(kw.get("lesion_scale", BHSD_DEMO["lesion_scale"]))
-            if made != wanted:
-                raise DatasetError(f"{root}: demo phantoms made with lesion_scale {made:g}, expected {wanted:g}; "
-                                   f"remove the folder to regenerate it")
+            if made != wanted or version != BHSD_DEMO["version"]:
+                raise DatasetError(f"{root}: demo phantoms of generator version {version} with lesion_scale "
+                                   f"{made:g}; this code makes version {BHSD_DEMO['version']} with lesion_scale "
+                                   f"{wanted:g}: remove the folder to regenerate it")
         return root
     if os.path.isdir(root) and os.listdir(root):
         raise DatasetError(f"{root}: folder exists but is not a complete demo dataset (no {DEMO_MARKER}); "

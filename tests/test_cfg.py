@@ -67,7 +67,8 @@ def test_bad_values_exit_with_one_line(argv, needle):
                                             ("custom", "2d")])
 def test_every_method_gets_the_same_budget_cadence_weights_and_inference(dataset, script):
     """A fair comparison: -method changes none of max_iters, val_every, the evaluated weights or -infer."""
-    runs = {m: cfg.to_config(cfg.parse_args(["-dataset", dataset, "-method", m], script=script), 3).run
+    k = 5 if script == "3d" else 3     # BHSD / ACDC classes
+    runs = {m: cfg.to_config(cfg.parse_args(["-dataset", dataset, "-method", m], script=script), k).run
             for m in cfg.METHODS}
     fields = {(r.max_iters, r.val_every, r.ema, r.infer) for r in runs.values()}
     assert len(fields) == 1, runs
@@ -81,6 +82,11 @@ def test_presets_come_from_yaml_and_flags_override_them():
     b = cfg.parse_args(["-dataset", "acdc", "-max_iters", "50", "-val_every", "10", "-val_freq", "2"])
     assert cfg.to_config(b, 3).run.max_iters == 50 and cfg.to_config(b, 3).run.val_every == 20
     assert cfg.parse_args(["-dataset", "demo"], script="3d").labeled_num is None  # every training volume
+    demo_3d = cfg.parse_args(["-dataset", "demo"], script="3d")
+    assert (demo_3d.ce_weights, demo_3d.fg_oversample, demo_3d.video_length) == ((1, 4, 2, 4, 3, 2), 0.67, 6)
+    demo_2d = cfg.parse_args(["-dataset", "demo"])
+    assert (demo_2d.ce_weights, demo_2d.fg_oversample, demo_2d.video_length) == ((), 0.33, 8)
+    assert cfg.parse_args(["-dataset", "demo", "-ce_weights", "1,1,1,1,1,1"], script="3d").ce_weights == (1,) * 6
 
 
 def test_no_pcsw_ablation_infers_with_coarse_boxes():

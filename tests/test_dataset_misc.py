@@ -1,5 +1,6 @@
 """Bad input -> one DatasetError naming the file; deterministic items; demo data; ACDC conversion."""
 import glob
+import json
 import os
 
 import h5py
@@ -208,7 +209,29 @@ def test_ensure_demo_refuses_bhsd_phantoms_of_another_lesion_scale(tmp_path):
     ensure_demo(root, "bhsd", labeled=3, unlabeled=1, lesion_scale=1.0)      # e.g. made by an older version
     assert ensure_demo(root, "bhsd", lesion_scale=1.0) == root
     msg = _first_error(lambda: ensure_demo(root, "bhsd"))
-    assert root in msg and "lesion_scale 1, expected 3" in msg and "remove the folder" in msg
+    assert root in msg and "lesion_scale 1;" in msg and "with lesion_scale 3" in msg and "remove the folder" in msg
+    info = json.load(open(os.path.join(root, "DEMO.json")))
+    info["version"] = 1                                                        # the generator before splits/*.txt
+    json.dump(info, open(os.path.join(root, "DEMO.json"), "w"))
+    msg = _first_error(lambda: ensure_demo(root, "bhsd", lesion_scale=1.0))
+    assert "generator version 1" in msg and "makes version 2" in msg
+
+
+def test_bhsd_demo_split_has_every_class_on_every_side(tmp_path):
+    """The 12 labeled demo volumes come with splits/{train,val,test}.txt (7/1/4), and every bleed type is in
+    >= 3 training volumes, the validation volume and >= 2 test volumes; the dataset uses that split."""
+    root = ensure_demo(str(tmp_path / "demo_bhsd"), "bhsd")
+    split = {p: [ln.strip() for ln in open(os.path.join(root, "splits", f"{p}.txt")) if not ln.startswith("#")]
+             for p in ("train", "val", "test")}
+    assert [len(split[p]) for p in ("train", "val", "test")] == [7, 1, 4]
+    gt = os.path.join(root, "label_192", "ground truths")
+    for part, least in (("train", 3), ("val", 1), ("test", 2)):
+        has = np.zeros(6, int)
+        for name in split[part]:
+            has += np.bincount(np.unique(np.asanyarray(nib.load(os.path.join(gt, name)).dataobj)), minlength=6)[:6] > 0
+        assert (has[1:] >= least).all(), (part, has)
+    s = build_datasets(args(dataset="demo", data_path=root, image_size=64), "3d")
+    assert s.info["split"] == "user" and len(s.val) == 1 and len(s.test) == 4
 
 
 def test_ensure_demo_and_demo_dataset(tmp_path, monkeypatch):

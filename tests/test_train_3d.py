@@ -284,9 +284,10 @@ def test_train_3d_and_evaluate_cli(bhsd_root, tmp_path):
     assert os.path.isfile(os.path.join(run, "vis", "summary.png"))
     config = json.load(open(os.path.join(run, "config.json")))
     assert config["script"] == "3d" and config["video_length"] == 4
-    # BHSD protocol: the validation volumes come out of the training half, never the test half
+    # the demo's own split (splits/*.txt: 7 train / 1 val / 4 test); val never overlaps test
     splits = json.load(open(os.path.join(run, "splits.json")))
-    assert len(splits["val"]) == 1 and len(splits["test"]) == 6 and not set(splits["val"]) & set(splits["test"])
+    assert len(splits["labeled"]) == 7 and len(splits["val"]) == 1 and len(splits["test"]) == 4
+    assert not set(splits["val"]) & set(splits["test"])
     assert not set(splits["val"]) & set(splits["labeled"] + splits["unlabeled"])
 
     out_dir = tmp_path / "eval"
