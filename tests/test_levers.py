@@ -18,7 +18,9 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 def make_args(script, *extra):
     import cfg
     base = ["-dataset", "demo", "-sam_config", TEST_CFG, "-image_size", "64", "-distributed", "none"]
-    base += ["-b", "2", "-b_u", "4", "-slab_len", "2"] if script == "2d" else ["-video_length", "4", "-b", "1"]
+    # 3D: the demo preset's CE weights are for its 5 classes; these tests build 3-class nets
+    base += (["-b", "2", "-b_u", "4", "-slab_len", "2"] if script == "2d"
+             else ["-video_length", "4", "-b", "1", "-ce_weights", "1,1,1,1"])
     return cfg.parse_args([*base, *extra], script=script)
 
 

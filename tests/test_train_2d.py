@@ -174,6 +174,10 @@ def test_predictions_do_not_depend_on_labels(finished_run, demo_root):
     for name, pred in real.predictions.items():
         np.testing.assert_array_equal(pred, swapped.predictions[name])
     assert real.summary["dice"] != swapped.summary["dice"]  # the labels did change the scores
+    one = evaluate_volumes(vols, predict, names, protocol="ssl4mis", split="val", keep_predictions=[vols[1]["name"]])
+    assert list(one.predictions) == [vols[1]["name"]] and one.summary["dice"] == real.summary["dice"]
+    np.testing.assert_array_equal(one.predictions[vols[1]["name"]], real.predictions[vols[1]["name"]])
+    assert evaluate_volumes(vols, predict, names, protocol="ssl4mis", split="val").predictions is None
 
 
 @pytest.mark.parametrize("extra,needle", [

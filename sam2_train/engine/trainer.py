@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 import torch
@@ -121,14 +121,15 @@ def _to(batch: dict, device) -> dict:
 
 def evaluate_model(task: Task, net: SSSNet, volumes, class_names, config: TrainConfig, *, infer: str, device,
                    autocast, split: str, max_volumes: int = 0, vis_dir: str | None = None,
-                   save_pred: Callable | None = None) -> EvalResult:
-    """Label-free evaluation of ``net`` on whole volumes in inference mode ``infer``."""
+                   save_pred: Callable | None = None, keep: Collection[str] = ()) -> EvalResult:
+    """Label-free evaluation of ``net`` on whole volumes in inference mode ``infer``; the predictions of the
+    volumes named in ``keep`` (all with ``vis_dir``) are returned in ``EvalResult.predictions``."""
     net.eval()
     protocol = config.run.protocol if task.script == "2d" else "volume"
     res = evaluate_volumes(volumes, lambda image, spacing: task.predict(net, image, config=config, infer=infer,
                                                                         device=device, autocast=autocast),
                            class_names, protocol=protocol, split=split, max_volumes=max_volumes,
-                           save_pred=save_pred, keep_predictions=vis_dir is not None)
+                           save_pred=save_pred, keep_predictions=True if vis_dir is not None else keep)
     res.summary["infer"] = infer
     if vis_dir is not None:  # overlays of the volumes just evaluated (labels drawn beside the prediction)
         for i in range(len(res.predictions)):
@@ -348,10 +349,12 @@ class Trainer:
         volumes, split = (self.splits.test, "test") if self.splits.test is not None else (self.splits.val, "val")
         if self.splits.test is None:
             self.run_dir.log(f"no test split ({self.splits.test_missing}); final numbers are on the validation split")
+        drawn = self.picture_volumes(volumes)
         results = {}
         for infer in (self.run.infer, *[m for m in INFER_MODES if m != self.run.infer]):
             results[infer] = evaluate_model(self.task, net, volumes, self.class_names, self.config, infer=infer,
-                                            device=self.device, autocast=self.autocast, split=split)
+                                            device=self.device, autocast=self.autocast, split=split,
+                                            keep=[volumes[i]["name"] for i, _ in drawn] if infer == self.run.infer else ())
         res = results[self.run.infer]
         summary = dict(res.summary, checkpoint=best_path if os.path.exists(best_path) else None,
                        method=self.config.semi.method, dataset=self.record.get("dataset"),
@@ -365,28 +368,30 @@ class Trainer:
             self.run_dir.log(f"{split} Dice, infer {m}: " + ", ".join(
                 f"{c} {r.summary['dice'][c] * 100:.1f}" for c in self.class_names)
                 + f", mean {r.summary['dice']['mean'] * 100:.1f}")
-        picture = self.summary_picture(net, volumes, split, res.summary["dice"]["mean"])
+        picture = self.summary_picture(volumes, drawn, res.predictions, split, res.summary["dice"]["mean"])
         self.run_dir.log(f"summary picture: {picture}")
         self.run_dir.close()
         return 0
 
-    def summary_picture(self, net: SSSNet, volumes, split: str, mean_dice: float, max_volumes: int = 8) -> str:
-        """``vis/summary.png``: image | prediction | ground truth for a few ``split`` slices beside the
-        per-class validation Dice curve. 2D: the largest slice of each of (up to) 4 volumes; 3D: up to 5 slices
-        of the volume, among the first ``max_volumes``, whose label has the most classes (the label only
-        chooses what to draw; the prediction is the model's, image only)."""
-        n, k = min(len(volumes), max_volumes), len(self.class_names)
+    def picture_volumes(self, volumes, max_volumes: int = 8) -> list[tuple[int, int]]:
+        """(volume index, slices to draw) of the summary picture: 2D, the largest slice of each of (up to) 4
+        volumes; 3D, up to 5 slices of the volume, among the first ``max_volumes``, whose label has the most
+        classes (the label only chooses what to draw; the prediction is the model's, image only)."""
+        n = min(len(volumes), max_volumes)
         if self.task.script == "2d":
-            items = [(volumes[i], 1) for i in range(min(n, 4))]
-        else:
-            present = [(len(np.unique(np.asarray(volumes[i]["label"]))), i) for i in range(n)]
-            items = [(volumes[max(present, key=lambda p: (p[0], -p[1]))[1]], 5)]
-        panels = []
-        for item, num in items:
-            image = np.asarray(item["image"], dtype=np.float32)
-            pred = self.task.predict(net, image, config=self.config, infer=self.run.infer, device=self.device,
-                                     autocast=self.autocast)
-            label = np.asarray(item["label"])
+            return [(i, 1) for i in range(min(n, 4))]
+        present = [(len(np.unique(np.asarray(volumes[i]["label"]))), i) for i in range(n)]
+        return [(max(present, key=lambda p: (p[0], -p[1]))[1], 5)]
+
+    def summary_picture(self, volumes, drawn: list[tuple[int, int]], predictions: dict, split: str,
+                        mean_dice: float) -> str:
+        """``vis/summary.png``: image | prediction (``predictions`` by volume name, from the final evaluation)
+        | ground truth for the ``drawn`` slices (:meth:`picture_volumes`) beside the per-class validation Dice
+        curve."""
+        k, panels = len(self.class_names), []
+        for item, num in ((volumes[i], num) for i, num in drawn):
+            image, label = np.asarray(item["image"], dtype=np.float32), np.asarray(item["label"])
+            pred = predictions[item["name"]]
             for z in montage_slices(label, k, num):
                 panels.append((f"{item['name']} z{z}", image[z], pred[z], label[z]))
         title = (f"{self.config.semi.method}, {self.run.max_iters} iterations, {split} mean Dice "

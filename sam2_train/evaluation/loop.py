@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Collection, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -39,7 +39,7 @@ def reported_metrics(m: dict, in_mm: bool) -> dict:
 class EvalResult:
     summary: dict            # metric -> {class name -> value, "mean": value}, plus "protocol"/"split"
     rows: list[dict]         # one row per (volume, class) with dice/jaccard/hd95/asd
-    predictions: dict | None = None  # name -> label volume, when keep_predictions
+    predictions: dict | None = None  # name -> label volume of the volumes kept (``keep_predictions``)
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -48,15 +48,18 @@ def _as_numpy(x) -> np.ndarray:
 
 def evaluate_volumes(volumes: Iterable[dict], predict: PredictFn, class_names: Sequence[str], *,
                      protocol: str, split: str, max_volumes: int = 0, save_pred: Callable | None = None,
-                     keep_predictions: bool = False, progress: bool = True) -> EvalResult:
+                     keep_predictions: bool | Collection[str] = False, progress: bool = True) -> EvalResult:
     """Predict every volume (image only), then score it against its label.
 
     ``volumes`` yields dataset volume items ({"image", "label", "name", "spacing", "affine"}).
     HD95/ASD are in mm when the volume has a spacing, else in voxels (the summary says which).
     ``save_pred(item, pred)`` is called for each volume when given (``-save_pred``).
+    ``keep_predictions``: True keeps every label volume in ``EvalResult.predictions``, a collection of names
+    keeps those only.
     """
     num_classes = len(class_names)
     rows, per_case, preds = [], [], {}
+    keep_names = set() if isinstance(keep_predictions, bool) else set(keep_predictions)
     units = set()
     total = len(volumes) if hasattr(volumes, "__len__") else None
     if max_volumes and total is not None:
@@ -79,7 +82,7 @@ def evaluate_volumes(volumes: Iterable[dict], predict: PredictFn, class_names: S
                          **{key: float(m[key][k]) for key in (*REPORTED, *COUNTED)}})
         if save_pred is not None:
             save_pred(item, pred)
-        if keep_predictions:
+        if keep_predictions is True or item["name"] in keep_names:
             preds[item["name"]] = pred
     if not per_case:
         raise RuntimeError(f"no volumes to evaluate in split {split!r}")
@@ -88,7 +91,7 @@ def evaluate_volumes(volumes: Iterable[dict], predict: PredictFn, class_names: S
     summary["split"] = split
     summary["num_volumes"] = len(per_case)
     summary["distance_units"] = "/".join(sorted(units))
-    return EvalResult(summary=summary, rows=rows, predictions=preds if keep_predictions else None)
+    return EvalResult(summary=summary, rows=rows, predictions=preds if (keep_predictions is True or keep_names) else None)
 
 
 def write_case_rows(path: str, rows: list[dict]) -> None:
