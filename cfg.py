@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from dataset.build import DataConf
 
-from sam2_train.engine.schedule import OptimConf
+from sam2_train.engine.schedule import SCHEDULES, OptimConf
 from sam2_train.engine.trainer import RunConf, TrainConfig
 from sam2_train.model.build import CKPT_FILES, SAM_CONFIG_NAMES
 from sam2_train.model.pcsw import PCSWConfig
@@ -248,7 +248,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-p_gt", type=unit_float, default=0.5,
                    help="labeled images: probability of a (jittered) ground-truth box prompt instead of PCSW")
     _bool_flag(g, "-unsup_encoder_grad", False, "let the unlabeled loss back-propagate into the image encoder")
-    g.add_argument("-sched", type=lower_choice(("poly", "cosine", "none")), default="poly")
+    g.add_argument("-sched", type=lower_choice(SCHEDULES), default="poly")
     g.add_argument("-warmup_iters", type=nonneg_int, default=0, help="linear learning-rate warm-up iterations")
     g.add_argument("-weight_decay", type=float, default=1e-4)
     g.add_argument("-encoder_lr_mult", type=float, default=None,

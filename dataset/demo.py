@@ -375,7 +375,8 @@ def make_bhsd(out: str, seed: int = 0, labeled: int = BHSD_DEMO["labeled"], unla
     os.makedirs(gt_dir)
     names, shapes, counts = [], [], {k: 0 for k in _KINDS}
     # another number of labeled volumes (tests: a few) cycles through the volumes with bleeds, default split
-    table = BHSD_DEMO_LABELED if labeled == len(BHSD_DEMO_LABELED) else [e for e in BHSD_DEMO_LABELED if e[1]]
+    own_split = labeled == len(BHSD_DEMO_LABELED)
+    table = BHSD_DEMO_LABELED if own_split else [e for e in BHSD_DEMO_LABELED if e[1]]
     plan = [table[i % len(table)] for i in range(labeled)]
     keys = [f"ID_{_hex(rng, 8)}" for _ in range(labeled)]
     if labeled >= 2:
@@ -404,13 +405,14 @@ def make_bhsd(out: str, seed: int = 0, labeled: int = BHSD_DEMO["labeled"], unla
             sub = "anybleed" if bleeds else "nobleed"
             os.makedirs(os.path.join(out, "unlabel_1980", sub), exist_ok=True)
             _save_nifti(os.path.join(out, "unlabel_1980", sub, name), hu, affine)
-    if table is BHSD_DEMO_LABELED:
+    if own_split:
         os.makedirs(os.path.join(out, "splits"))
         for part, members in split_of.items():
             with open(os.path.join(out, "splits", f"{part}.txt"), "w") as f:
                 f.write(f"# BHSD demo {part} split (dataset/demo.py)\n" + "".join(f"{n}\n" for n in members))
     return {"kind": "bhsd", "version": BHSD_DEMO["version"], "labeled": labeled, "unlabeled": unlabeled,
-            "scale": scale, "lesion_scale": lesion_scale, "split": {k: len(v) for k, v in split_of.items()} if table is BHSD_DEMO_LABELED else None,
+            "scale": scale, "lesion_scale": lesion_scale,
+            "split": {k: len(v) for k, v in split_of.items()} if own_split else None,
             "volumes_with_class": counts, "shapes_dhw": shapes, "names": names}
 
 

@@ -349,12 +349,12 @@ class Trainer:
         volumes, split = (self.splits.test, "test") if self.splits.test is not None else (self.splits.val, "val")
         if self.splits.test is None:
             self.run_dir.log(f"no test split ({self.splits.test_missing}); final numbers are on the validation split")
-        drawn = self.picture_volumes(volumes)
+        drawn = self.picture_items(volumes)
         results = {}
         for infer in (self.run.infer, *[m for m in INFER_MODES if m != self.run.infer]):
             results[infer] = evaluate_model(self.task, net, volumes, self.class_names, self.config, infer=infer,
                                             device=self.device, autocast=self.autocast, split=split,
-                                            keep=[volumes[i]["name"] for i, _ in drawn] if infer == self.run.infer else ())
+                                            keep=[item["name"] for item, _ in drawn] if infer == self.run.infer else ())
         res = results[self.run.infer]
         summary = dict(res.summary, checkpoint=best_path if os.path.exists(best_path) else None,
                        method=self.config.semi.method, dataset=self.record.get("dataset"),
@@ -368,28 +368,32 @@ class Trainer:
             self.run_dir.log(f"{split} Dice, infer {m}: " + ", ".join(
                 f"{c} {r.summary['dice'][c] * 100:.1f}" for c in self.class_names)
                 + f", mean {r.summary['dice']['mean'] * 100:.1f}")
-        picture = self.summary_picture(volumes, drawn, res.predictions, split, res.summary["dice"]["mean"])
+        picture = self.summary_picture(drawn, res.predictions, split, res.summary["dice"]["mean"])
         self.run_dir.log(f"summary picture: {picture}")
         self.run_dir.close()
         return 0
 
-    def picture_volumes(self, volumes, max_volumes: int = 8) -> list[tuple[int, int]]:
-        """(volume index, slices to draw) of the summary picture: 2D, the largest slice of each of (up to) 4
+    def picture_items(self, volumes, max_volumes: int = 8) -> list[tuple[dict, int]]:
+        """(volume item, slices to draw) of the summary picture: 2D, the largest slice of each of (up to) 4
         volumes; 3D, up to 5 slices of the volume, among the first ``max_volumes``, whose label has the most
         classes (the label only chooses what to draw; the prediction is the model's, image only)."""
         n = min(len(volumes), max_volumes)
         if self.task.script == "2d":
-            return [(i, 1) for i in range(min(n, 4))]
-        present = [(len(np.unique(np.asarray(volumes[i]["label"]))), i) for i in range(n)]
-        return [(max(present, key=lambda p: (p[0], -p[1]))[1], 5)]
+            return [(volumes[i], 1) for i in range(min(n, 4))]
+        best = None                                     # (classes in the label, item): the first of the most
+        for i in range(n):
+            item = volumes[i]
+            present = len(np.unique(np.asarray(item["label"])))
+            if best is None or present > best[0]:
+                best = (present, item)
+        return [(best[1], 5)]
 
-    def summary_picture(self, volumes, drawn: list[tuple[int, int]], predictions: dict, split: str,
-                        mean_dice: float) -> str:
+    def summary_picture(self, drawn: list[tuple[dict, int]], predictions: dict, split: str, mean_dice: float) -> str:
         """``vis/summary.png``: image | prediction (``predictions`` by volume name, from the final evaluation)
-        | ground truth for the ``drawn`` slices (:meth:`picture_volumes`) beside the per-class validation Dice
+        | ground truth for the ``drawn`` slices (:meth:`picture_items`) beside the per-class validation Dice
         curve."""
         k, panels = len(self.class_names), []
-        for item, num in ((volumes[i], num) for i, num in drawn):
+        for item, num in drawn:
             image, label = np.asarray(item["image"], dtype=np.float32), np.asarray(item["label"])
             pred = predictions[item["name"]]
             for z in montage_slices(label, k, num):

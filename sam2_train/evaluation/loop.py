@@ -59,6 +59,7 @@ def evaluate_volumes(volumes: Iterable[dict], predict: PredictFn, class_names: S
     """
     num_classes = len(class_names)
     rows, per_case, preds = [], [], {}
+    keep_all = keep_predictions is True
     keep_names = set() if isinstance(keep_predictions, bool) else set(keep_predictions)
     units = set()
     total = len(volumes) if hasattr(volumes, "__len__") else None
@@ -82,7 +83,7 @@ def evaluate_volumes(volumes: Iterable[dict], predict: PredictFn, class_names: S
                          **{key: float(m[key][k]) for key in (*REPORTED, *COUNTED)}})
         if save_pred is not None:
             save_pred(item, pred)
-        if keep_predictions is True or item["name"] in keep_names:
+        if keep_all or item["name"] in keep_names:
             preds[item["name"]] = pred
     if not per_case:
         raise RuntimeError(f"no volumes to evaluate in split {split!r}")
@@ -91,7 +92,7 @@ def evaluate_volumes(volumes: Iterable[dict], predict: PredictFn, class_names: S
     summary["split"] = split
     summary["num_volumes"] = len(per_case)
     summary["distance_units"] = "/".join(sorted(units))
-    return EvalResult(summary=summary, rows=rows, predictions=preds if (keep_predictions is True or keep_names) else None)
+    return EvalResult(summary=summary, rows=rows, predictions=preds if (keep_all or keep_names) else None)
 
 
 def write_case_rows(path: str, rows: list[dict]) -> None:
