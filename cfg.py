@@ -23,12 +23,17 @@ from sam2_train.engine.schedule import SCHEDULES, OptimConf
 from sam2_train.engine.trainer import RunConf, TrainConfig
 from sam2_train.model.build import CKPT_FILES, SAM_CONFIG_NAMES
 from sam2_train.model.pcsw import PCSWConfig
-from sam2_train.model.semi import SemiConf
+from sam2_train.model.semi import LIGHT_STUDENT_ONLY, SAM_GUIDED, SemiConf
 from sam2_train.model.sss_net import ModelConf
+from sam2_train.model.students import STUDENTS
 
 DATASETS = ("acdc", "bhsd", "custom", "demo")
-METHODS = ("supervised", "fixmatch", "sss")
-INFER_MODES = ("coarse", "boxes", "pcsw")
+SAM2_METHODS = ("supervised", "fixmatch", "sss")        # -student sam2
+LIGHT_METHODS = ("supervised", "fixmatch", *LIGHT_STUDENT_ONLY)   # -student unet | unetpp
+METHODS = (*SAM2_METHODS, *LIGHT_STUDENT_ONLY)
+SAM2_INFER = ("coarse", "boxes", "pcsw")      # -student sam2
+STUDENT_INFER = ("student", "sam_refine")     # -student unet | unetpp
+INFER_MODES = SAM2_INFER + STUDENT_INFER
 PRESETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "presets.yaml")
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
@@ -229,14 +234,22 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                "results cached per file in ~/.cache/sss/data_check.json)")
 
     g = p.add_argument_group("method")
-    g.add_argument("-method", type=lower_choice(METHODS), default="sss")
+    g.add_argument("-method", type=lower_choice(METHODS), default="sss",
+                   help="sss, or the baselines supervised / fixmatch (UniMatch-style weak-to-strong); with -student "
+                        "unet|unetpp also mean_teacher and the SAM-guided km_onetime / km_continuous (Knowledge "
+                        "Mining), semisam (SemiSAM), sammatch (SAM-Match)")
+    g.add_argument("-student", type=lower_choice(STUDENTS), default="sam2",
+                   help="the trained network: sam2 (SSS's SAM-2) or a lightweight MONAI unet / unetpp (U-Net++), "
+                        "trained from scratch; the SAM-guided methods prompt a frozen SAM-2 (-sam_config/-sam_ckpt)")
     g.add_argument("-dfe", type=str2bool, default=True, metavar="{0,1}", help="discriminative feature enhancement")
     g.add_argument("-pcsw", type=str2bool, default=None, metavar="{0,1}",
                    help="PCSW prompts in training (0: unconstrained coarse boxes; default 1 for sss, 0 for the baselines)")
     g.add_argument("-ema", type=unit_float, default=0.99,
                    help="EMA decay of the weights: the teacher of the semi-supervised methods and, for every method, "
                         "the weights that are validated and reported (0 = the raw student)")
-    g.add_argument("-lambda_u", type=float, default=1.0, help="weight of the unlabeled loss")
+    g.add_argument("-lambda_u", type=float, default=None,
+                   help="weight of the unlabeled loss (default 1; mean_teacher and semisam 0.1, SSL4MIS's "
+                        "consistency weight)")
     g.add_argument("-rampup", type=nonneg_int, default=None,
                    help="sigmoid ramp-up of lambda_u over N iterations (default 0; 3D demo 100)")
     g.add_argument("-tau_u", type=unit_float, default=0.95, help="pseudo-label confidence threshold")
@@ -255,6 +268,20 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="learning-rate multiplier of the image encoder; 0 freezes it (no backward through it). "
                         "Default 1; demo 0: a randomly initialised Hiera does not train from scratch in minutes")
     g.add_argument("-cutmix_p", type=unit_float, default=0.5, help="probability of CutMix per strong view")
+
+    g = p.add_argument_group("SAM-guided baselines (-student unet|unetpp)")
+    g.add_argument("-km_points", type=positive_int, default=1,
+                   help="points per class in SAM-2's prompt: the student's most probable pixels (with the outer box "
+                        "of its thresholded mask)")
+    g.add_argument("-km_thresh", type=unit_float, default=0.5,
+                   help="threshold of the student's class probability whose mask gives the box (SAM-Match: -tau_u)")
+    g.add_argument("-km_start", type=nonneg_int, default=None,
+                   help="km_onetime: the iteration at which SAM-2 labels the unlabeled slices once (default half "
+                        "of -max_iters: labeled data only before)")
+    g.add_argument("-km_agree", type=unit_float, default=0.5,
+                   help="km_continuous: a class of a fresh SAM-2 label is trained on when its Dice with the "
+                        "student's current prediction is at least this")
+    g.add_argument("-sam_lambda", type=float, default=0.1, help="semisam: weight of L_sam")
 
     g = p.add_argument_group("DFE")
     g.add_argument("-dfe_sim", type=lower_choice(("pixel", "global")), default="pixel",
@@ -294,9 +321,13 @@ PRESET_KEYS = ("exp_name", "sam_config", "sam_ckpt", "image_size", "lr", "b", "m
                "labeled_num", "encoder_lr_mult", "rampup", "ce_weights", "video_length", "fg_oversample")
 
 
-def load_preset(dataset: str, script: str) -> dict:
-    """The dataset's block of ``configs/presets.yaml`` with (2D, 3D) pairs resolved for ``script``."""
+def load_preset(dataset: str, script: str, student: str = "sam2") -> dict:
+    """The dataset's block of ``configs/presets.yaml`` with (2D, 3D) pairs resolved for ``script``; a
+    lightweight student's sub-block (``unet:``) replaces the keys it names."""
     block = OmegaConf.to_container(OmegaConf.load(PRESETS))[dataset]
+    light = block.pop("unet", {})
+    if student != "sam2":
+        block.update(light)
     return {k: (v[0 if script == "2d" else 1] if isinstance(v, list) else v) for k, v in block.items()}
 
 
@@ -309,7 +340,7 @@ def default_data_path(dataset: str, script: str) -> str:
 
 def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespace:
     """Fill the ``None`` flags from the dataset's preset and the script ("2d" or "3d")."""
-    preset = load_preset(args.dataset, script)
+    preset = load_preset(args.dataset, script, args.student)
     for name in PRESET_KEYS:
         if getattr(args, name) is None and name in preset:
             setattr(args, name, preset[name])
@@ -332,8 +363,15 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
         args.b_u = args.b if script == "2d" else 1
     if args.num_workers is None:
         args.num_workers = min(8, os.cpu_count() or 1)
+    if args.lambda_u is None:
+        args.lambda_u = 0.1 if args.method in ("mean_teacher", "semisam") else 1.0
+    if args.km_start is None:
+        args.km_start = args.max_iters // 2
     if args.infer is None:  # the same mode for every method; only the no-PCSW ablation uses coarse boxes
-        args.infer = "boxes" if (args.method == "sss" and args.pcsw is False) else "pcsw"
+        if args.student != "sam2":
+            args.infer = "student"
+        else:
+            args.infer = "boxes" if (args.method == "sss" and args.pcsw is False) else "pcsw"
     if args.method != "sss":  # DFE and PCSW are parts of SSS; the baselines train without them
         args.dfe, args.pcsw = False, False
     elif args.pcsw is None:
@@ -346,6 +384,22 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
 SCRIPT_ONLY_FLAGS = (("prompt", "3d", "bbox"), ("video_length", "3d", None), ("memory_bank_size", "3d", 16),
                      ("slab_len", "2d", 4), ("protocol", "2d", "ssl4mis"),
                      ("fg_oversample", "3d", None))
+
+
+def student_method_error(args: argparse.Namespace) -> str | None:
+    """Why ``-student``, ``-method`` and ``-infer`` do not go together (None when they do)."""
+    light = args.student != "sam2"
+    if light and args.method == "sss":
+        return "-method sss trains SAM-2 (DFE, PCSW, the decoder): use -student sam2"
+    if not light and args.method in LIGHT_STUDENT_ONLY:
+        what = "prompts a frozen SAM-2 from" if args.method in SAM_GUIDED else "is implemented for"
+        return f"-method {args.method} {what} a lightweight student: add -student unet or -student unetpp"
+    if light and args.script == "3d":
+        return f"-student {args.student} is a 2D network: use train_2d.py"
+    if args.infer is not None and args.infer not in (STUDENT_INFER if light else SAM2_INFER):
+        return (f"-infer {args.infer} does not fit -student {args.student} (choose from "
+                f"{', '.join(STUDENT_INFER if light else SAM2_INFER)})")
+    return None
 
 
 def flags_ignored_by(args: argparse.Namespace, script: str) -> list[str]:
@@ -371,11 +425,14 @@ def to_config(args: argparse.Namespace, num_classes: int) -> TrainConfig:
                       num_classes=num_classes, dfe=bool(args.dfe), dfe_sim=args.dfe_sim,
                       dfe_levels=tuple(args.dfe_levels),
                       memory_bank_size=args.memory_bank_size if args.script == "3d" else None,
-                      freeze_encoder=args.encoder_lr_mult == 0, grad_ckpt=bool(args.grad_ckpt))
+                      freeze_encoder=args.encoder_lr_mult == 0, grad_ckpt=bool(args.grad_ckpt),
+                      student=getattr(args, "student", "sam2"))
     semi = SemiConf(method=args.method, lambda_u=args.lambda_u, rampup=args.rampup, tau_u=args.tau_u, p_gt=args.p_gt,
                     cutmix_p=args.cutmix_p, unsup_encoder_grad=bool(args.unsup_encoder_grad), out_size=args.out_size,
                     slab_len=args.slab_len, prompt=args.prompt, prompt_freq=args.prompt_freq, use_pcsw=bool(args.pcsw),
-                    tau_fallback=args.tau_fallback, ce_weights=tuple(args.ce_weights))
+                    tau_fallback=args.tau_fallback, ce_weights=tuple(args.ce_weights), km_points=args.km_points,
+                    km_thresh=args.km_thresh, km_start=args.km_start, km_agree=args.km_agree,
+                    sam_lambda=args.sam_lambda)
     pcsw = PCSWConfig(thresh=args.pcsw_thresh, tau=args.pcsw_tau, tau_conf=args.pcsw_tau_conf,
                       min_len=args.pcsw_min_len, max_len=args.pcsw_max_len, min_voxels=args.pcsw_min_voxels,
                       min_area=args.pcsw_min_area, max_area=args.pcsw_max_area, margin=args.pcsw_margin,
@@ -406,4 +463,8 @@ def parse_args(argv: Sequence[str] | None = None, script: str = "2d") -> argpars
     for flag in flags_ignored_by(args, script):
         other = "train_3d.py" if script == "2d" else "train_2d.py"
         print(f"warning: {flag} is read by {other} only; train_{script}.py ignores it", file=sys.stderr)
+    args.script = script
+    problem = student_method_error(args)
+    if problem:
+        parser.error(problem)
     return resolve_defaults(args, script)

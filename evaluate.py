@@ -25,12 +25,12 @@ from dataset.check import check_volumes
 from dataset.io import write_label_nifti
 from run_training import USER_ERRORS, task_for
 from sam2_train.engine import runtime
-from sam2_train.engine.checkpoint import load_checkpoint, load_model_state
+from sam2_train.engine.checkpoint import ConfigMismatchError, load_checkpoint, load_model_state
 from sam2_train.engine.run_dir import console, make_unique_dir, write_json_atomic
 from sam2_train.engine.trainer import evaluate_model
 from sam2_train.evaluation.loop import format_summary, write_case_rows
 from sam2_train.engine.trusted_config import trusted_sam_config
-from sam2_train.model.sss_net import build_sss_net
+from sam2_train.model.sam_guide import build_sam_guide
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -45,7 +45,8 @@ def parse(argv=None) -> argparse.Namespace:
                    help="auto: the EMA of the weights when the checkpoint has one (what validation selected on); "
                         "student (= model): the trained weights")
     p.add_argument("-infer", type=cfg.lower_choice(cfg.INFER_MODES), default=None,
-                   help="coarse | boxes | pcsw (default: the checkpoint's run)")
+                   help="SAM-2 student: coarse | boxes | pcsw; lightweight student: student | sam_refine "
+                        "(default: the checkpoint's run)")
     p.add_argument("-save_pred", type=cfg.str2bool, nargs="?", const=True, default=False, metavar="{0,1}")
     p.add_argument("-log_dir", default="logs")
     p.add_argument("-device", type=cfg.lower_choice(("auto", "cuda", "cpu")), default="auto")
@@ -54,6 +55,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("-sam_config", default=None,
                    help="SAM-2 config to build (a name or a yaml path you trust); default: the checkpoint's, "
                         "which must be a built-in config")
+    p.add_argument("-sam_ckpt", default=None,
+                   help="lightweight students, -infer sam_refine: the frozen SAM-2's weights (default: the "
+                        "checkpoint's -sam_ckpt)")
     p.add_argument("-max_volumes", type=cfg.nonneg_int, default=0, help="first N volumes only (0 = all)")
     p.add_argument("-check_data", type=cfg.str2bool, nargs="?", const=True, default=True, metavar="{0,1}",
                    help="check the files of the evaluated volumes first (see python -m dataset.check)")
@@ -90,19 +94,25 @@ class LoadedModel:
     config: object              # the typed config (cfg.to_config) of those flags
     device: object              # torch.device
     weights: str                # "ema" or "student"
+    guide: object = None        # the frozen SAM-2 of a lightweight student (-infer sam_refine)
+
+    @property
+    def task(self):
+        return task_for(self.args.script, self.args.student)
 
     def predictor(self):
         """``predict(image (D,H,W) f32 [0,1], spacing) -> labels (D,H,W)``: the evaluation loop's predictor."""
-        task, autocast = task_for(self.args.script), lambda: runtime.autocast(self.device, self.args.amp)
+        task, autocast = self.task, lambda: runtime.autocast(self.device, self.args.amp)
+        extra = {"guide": self.guide} if self.guide is not None else {}
         return lambda image, spacing: task.predict(self.net, image, config=self.config, infer=self.args.infer,
-                                                   device=self.device, autocast=autocast)
+                                                   device=self.device, autocast=autocast, **extra)
 
 
 def checkpoint_args(state: dict, ckpt: str, overrides: dict | None = None, *, device: str = "auto",
                     gpu_device: int = 0, amp: str = "auto") -> argparse.Namespace:
     """The flags a checkpoint was trained with, with ``overrides`` (None values ignored) applied. A
     ``sam_config`` not overridden must be a built-in config (a checkpoint cannot name a yaml to run)."""
-    args = argparse.Namespace(**state["config"])
+    args = argparse.Namespace(**{**vars(cfg.build_parser().parse_args([])), "student": "sam2", **state["config"]})
     for key, value in (overrides or {}).items():
         if value is not None:
             setattr(args, key, value)
@@ -131,22 +141,31 @@ def load_model(ckpt: str, *, weights: str = "auto", device: str = "auto", gpu_de
 def model_from_checkpoint(state: dict, args: argparse.Namespace, ckpt: str, weights: str = "auto") -> LoadedModel:
     """The network of a loaded checkpoint ``state`` (read from ``ckpt``) built with ``args``
     (:func:`checkpoint_args`), its ``weights`` loaded (see :func:`load_model`)."""
+    problem = cfg.student_method_error(args)
+    if problem:
+        raise ConfigMismatchError(f"{ckpt}: {problem}")
     config = cfg.to_config(args, len(args.class_names))
     dev = runtime.init_distributed(device=args.device, gpu_device=args.gpu_device, distributed="none").device
-    net = build_sss_net(config.model, device=dev, sam_ckpt="none")
+    task = task_for(args.script, args.student)
+    net = task.build_net(config.model, device=dev, sam_ckpt="none")
     use_ema = weights == "ema" or (weights == "auto" and state.get("ema") is not None)
     if use_ema and state.get("ema") is None:
         raise DatasetError(f"{ckpt}: -weights ema, but the checkpoint has no EMA of the weights")
     load_model_state(net, state["ema"]["module"] if use_ema else state["model"], strict=True)
     net.eval()
-    return LoadedModel(net=net, args=args, config=config, device=dev, weights="ema" if use_ema else "student")
+    m = config.model
+    guide = (build_sam_guide(m.sam_config, m.sam_ckpt, m.image_size, dev, lambda: runtime.autocast(dev, args.amp))
+             if args.infer == "sam_refine" else None)
+    return LoadedModel(net=net, args=args, config=config, device=dev, weights="ema" if use_ema else "student",
+                       guide=guide)
 
 
 def main(argv=None) -> int:
     opts = parse(argv)
     try:
         state = load_checkpoint(opts.ckpt)
-        overrides = {key: getattr(opts, key) for key in ("dataset", "data_path", "protocol", "infer", "sam_config")}
+        overrides = {key: getattr(opts, key) for key in ("dataset", "data_path", "protocol", "infer", "sam_config",
+                                                         "sam_ckpt")}
         args = checkpoint_args(state, opts.ckpt, overrides, device=opts.device, gpu_device=opts.gpu_device,
                                amp=opts.amp)
         saved_classes = list(args.class_names)
@@ -165,9 +184,9 @@ def main(argv=None) -> int:
         stamp = f"{dt.datetime.now():%Y%m%d-%H%M%S}"
         out = make_unique_dir(os.path.join(opts.log_dir, f"eval_{run_name}_{opts.split}_{stamp}"))
         save = prediction_writer(os.path.join(out, "predictions")) if opts.save_pred else None
-        res = evaluate_model(task_for(args.script), net, volumes, saved_classes, model.config, infer=args.infer,
+        res = evaluate_model(model.task, net, volumes, saved_classes, model.config, infer=args.infer,
                              device=device, autocast=lambda: runtime.autocast(device, args.amp), split=opts.split,
-                             save_pred=save, max_volumes=opts.max_volumes)
+                             save_pred=save, max_volumes=opts.max_volumes, guide=model.guide)
         summary = dict(res.summary, checkpoint=os.path.abspath(opts.ckpt), weights=model.weights,
                        dataset=args.dataset, data_path=args.data_path, method=args.method)
         write_json_atomic(os.path.join(out, "summary.json"), summary)

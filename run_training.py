@@ -20,8 +20,11 @@ USER_ERRORS = (DatasetError, FileNotFoundError, CheckpointError, CheckpointMisma
                RunSetupError, RunLockedError)
 
 
-def task_for(script: str) -> Task:
-    """The 2D (slices) or 3D (volumes) task."""
+def task_for(script: str, student: str = "sam2") -> Task:
+    """The 2D (slices) or 3D (volumes) task of SAM-2, or the 2D task of a lightweight student (unet, unetpp)."""
+    if student != "sam2":
+        from func_2d.unet_step import TASK_UNET_2D
+        return TASK_UNET_2D
     if script == "2d":
         from func_2d.step import TASK_2D
         return TASK_2D
@@ -46,7 +49,7 @@ def main(argv, script: str) -> int:
             check_before_training(splits, unlabeled=args.method != "supervised", num_workers=args.num_workers,
                                   is_main=dist.is_main)
         config = cfg.to_config(args, splits.num_classes)
-        return Trainer(config, task_for(script), splits, dist, record_of(args, splits)).fit()
+        return Trainer(config, task_for(script, args.student), splits, dist, record_of(args, splits)).fit()
     except USER_ERRORS as e:  # bad input: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -66,14 +66,17 @@ def test_bad_values_exit_with_one_line(argv, needle):
 @pytest.mark.parametrize("dataset,script", [("acdc", "2d"), ("bhsd", "3d"), ("demo", "2d"), ("demo", "3d"),
                                             ("custom", "2d")])
 def test_every_method_gets_the_same_budget_cadence_weights_and_inference(dataset, script):
-    """A fair comparison: -method changes none of max_iters, val_every, the evaluated weights or -infer."""
+    """A fair comparison: -method changes none of max_iters, val_every, the evaluated weights or -infer (per
+    student: SAM-2 students infer with pcsw, the lightweight ones with their own prediction)."""
     k = 5 if script == "3d" else 3     # BHSD / ACDC classes
-    runs = {m: cfg.to_config(cfg.parse_args(["-dataset", dataset, "-method", m], script=script), k).run
-            for m in cfg.METHODS}
-    fields = {(r.max_iters, r.val_every, r.ema, r.infer) for r in runs.values()}
-    assert len(fields) == 1, runs
-    max_iters, val_every, ema, infer = fields.pop()
-    assert max_iters > 0 and 0 < val_every <= max_iters and ema > 0 and infer == "pcsw"
+    students = [("sam2", cfg.SAM2_METHODS, "pcsw")] + ([("unet", cfg.LIGHT_METHODS, "student")] if script == "2d" else [])
+    for student, methods, want in students:
+        runs = {m: cfg.to_config(cfg.parse_args(["-dataset", dataset, "-student", student, "-method", m],
+                                                script=script), k).run for m in methods}
+        fields = {(r.max_iters, r.val_every, r.ema, r.infer) for r in runs.values()}
+        assert len(fields) == 1, runs
+        max_iters, val_every, ema, infer = fields.pop()
+        assert max_iters > 0 and 0 < val_every <= max_iters and ema > 0 and infer == want
 
 
 def test_presets_come_from_yaml_and_flags_override_them():

@@ -47,7 +47,7 @@ __all__ = [
 CHECKPOINT_VERSION = 1
 
 # Args that change the network's parameters (shapes or presence) or the meaning of its outputs.
-ARCH_KEYS = ("net", "sam_config", "image_size", "dataset", "class_names", "script", "method",
+ARCH_KEYS = ("net", "student", "sam_config", "image_size", "dataset", "class_names", "script", "method",
              "dfe", "dfe_sim", "dfe_levels")
 
 
@@ -62,7 +62,7 @@ RESUME_KEYS = ARCH_KEYS + (
     "ema", "lambda_u", "rampup", "tau_u", "p_gt", "unsup_encoder_grad", "cutmix_p",
     "pcsw", "pcsw_thresh", "pcsw_tau", "pcsw_tau_conf", "pcsw_min_len", "pcsw_max_len", "pcsw_min_voxels",
     "pcsw_min_area", "pcsw_max_area", "pcsw_margin", "pcsw_select",
-    "val_freq", "val_volumes",
+    "val_freq", "val_volumes", "km_points", "km_thresh", "km_start", "km_agree", "sam_lambda",
 )
 
 

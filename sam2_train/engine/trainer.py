@@ -34,6 +34,7 @@ from sam2_train.engine.trusted_config import trusted_sam_config
 from sam2_train.evaluation.loop import EvalResult, evaluate_volumes, format_summary, write_case_rows
 from sam2_train.evaluation.vis import montage_slices, save_overlays, save_summary
 from sam2_train.model.pcsw import PCSWConfig
+from sam2_train.model.sam_guide import SAMGuide, build_sam_guide
 from sam2_train.model.semi import SemiConf
 from sam2_train.model.sss_net import ModelConf, SSSNet, build_sss_net
 
@@ -88,11 +89,22 @@ class Task:
     ``make_student(net, teacher, config, autocast)`` -> module whose ``forward(batch_l, batch_u, iteration)``
     returns ``{"loss", "loss_x", ...}`` (one DDP forward per step). ``predict(net, image, *, config, infer,
     device, autocast)`` -> label volume (D,H,W) from an image volume (D,H,W), never a label.
-    ``unlabeled_batch(config)``: unlabeled dataset items per step and process."""
+    ``unlabeled_batch(config)``: unlabeled dataset items per step and process. ``build_net(model_conf, device,
+    sam_ckpt)``: the student network. ``infer_modes``: what ``predict`` can do (the final evaluation reports each).
+    ``needs_guide(config)``: the run loads a frozen SAM-2 (:class:`SAMGuide`), handed to ``make_student`` and
+    ``predict`` as ``guide``. ``pseudo_label_start(config)``: the iteration from which the unlabeled batches are
+    one-time pseudo-labeled slices, None when they are the unlabeled views; ``pseudo_labels(run_path, unlabeled,
+    label_volume, config, iteration=, is_main=, log=, wait=)`` then makes that dataset, labeling each volume once
+    with ``label_volume(image) -> labels`` (``predict`` with ``infer="sam_refine"``) or reading the run's cache."""
     script: str
     make_student: Callable
     predict: Callable
     unlabeled_batch: Callable[[TrainConfig], int]
+    build_net: Callable = build_sss_net
+    infer_modes: tuple[str, ...] = INFER_MODES
+    needs_guide: Callable[[TrainConfig], bool] | None = None
+    pseudo_label_start: Callable[[TrainConfig], int | None] | None = None
+    pseudo_labels: Callable | None = None
 
 
 def _worker_init(_: int) -> None:
@@ -121,13 +133,16 @@ def _to(batch: dict, device) -> dict:
 
 def evaluate_model(task: Task, net: SSSNet, volumes, class_names, config: TrainConfig, *, infer: str, device,
                    autocast, split: str, max_volumes: int = 0, vis_dir: str | None = None,
-                   save_pred: Callable | None = None, keep: Collection[str] = ()) -> EvalResult:
+                   save_pred: Callable | None = None, keep: Collection[str] = (),
+                   guide: SAMGuide | None = None) -> EvalResult:
     """Label-free evaluation of ``net`` on whole volumes in inference mode ``infer``; the predictions of the
-    volumes named in ``keep`` (all with ``vis_dir``) are returned in ``EvalResult.predictions``."""
+    volumes named in ``keep`` (all with ``vis_dir``) are returned in ``EvalResult.predictions``. ``guide``: the
+    frozen SAM-2 of a lightweight student (``-infer sam_refine``)."""
     net.eval()
     protocol = config.run.protocol if task.script == "2d" else "volume"
+    extra = {"guide": guide} if guide is not None else {}
     res = evaluate_volumes(volumes, lambda image, spacing: task.predict(net, image, config=config, infer=infer,
-                                                                        device=device, autocast=autocast),
+                                                                        device=device, autocast=autocast, **extra),
                            class_names, protocol=protocol, split=split, max_volumes=max_volumes,
                            save_pred=save_pred, keep_predictions=True if vis_dir is not None else keep)
     res.summary["infer"] = infer
@@ -170,8 +185,11 @@ class Trainer:
         if resume is not None:
             resume_changes = check_resume_config(resume["config"], self.record, force=run.resume_force,
                                                  source=run.resume)
-        self.net = build_sss_net(self.config.model, device=self.device,
-                                 sam_ckpt="none" if resume is not None else None)
+        self.net = self.task.build_net(self.config.model, device=self.device,
+                                       sam_ckpt="none" if resume is not None else None)
+        m = self.config.model   # a frozen SAM-2 guide is never in our checkpoints: always from -sam_ckpt
+        self.guide = (build_sam_guide(m.sam_config, m.sam_ckpt, m.image_size, self.device, self.autocast)
+                      if self.task.needs_guide is not None and self.task.needs_guide(self.config) else None)
         if run.pretrain and resume is None:
             state = load_checkpoint(run.pretrain)
             saved = dict(state["config"], sam_config=trusted_sam_config(state["config"].get("sam_config"), run.pretrain))
@@ -180,8 +198,11 @@ class Trainer:
 
         self.loader_l = make_loader(self.splits.labeled, run.batch_size, seed=run.seed,
                                     num_workers=run.num_workers, dist=dist)
+        self.pseudo_start = (self.task.pseudo_label_start(self.config) if self.task.pseudo_label_start is not None
+                             else None)
         self.loader_u = (make_loader(self.splits.unlabeled, self.task.unlabeled_batch(self.config), seed=run.seed,
-                                     num_workers=run.num_workers, dist=dist) if self.semi_supervised else None)
+                                     num_workers=run.num_workers, dist=dist)
+                         if self.semi_supervised and self.pseudo_start is None else None)
         self.optimizer = build_optimizer(self.net, self.config.optim)
         self.scheduler = build_scheduler(self.optimizer, self.config.optim, run.max_iters)
         self.ema = ModelEMA(self.net, run.ema) if run.ema > 0 else None   # every method: EMA weights are evaluated
@@ -205,7 +226,8 @@ class Trainer:
             runtime.compile_image_encoders(self.net, *([self.ema.module] if self.ema is not None else []))
         # find_unused_parameters: a step uses only part of SAM-2 (2D never runs the memory modules; prompts and
         # the unlabeled branch vary per step), and DDP must not wait for gradients that never come.
-        student = self.task.make_student(self.net, teacher, self.config, self.autocast).to(self.device)
+        extra = {"guide": self.guide} if self.guide is not None else {}
+        student = self.task.make_student(self.net, teacher, self.config, self.autocast, **extra).to(self.device)
         self.student = runtime.wrap_ddp(student, dist, find_unused_parameters=True)
         self.batches_l = runtime.InfiniteLoader(self.loader_l, start_iter=start)
         self.batches_u = runtime.InfiniteLoader(self.loader_u, start_iter=start) if self.loader_u else None
@@ -226,8 +248,9 @@ class Trainer:
                                                   source=run.resume)
             if ws_change:
                 log(f"warning: {ws_change}")
-        m = self.config.model
-        log(f"{self.config.semi.method} | {m.sam_config} @ {m.image_size}px | DFE {int(m.dfe)} "
+        student_name = m.sam_config if m.student == "sam2" else f"{m.student} student" + (
+            f", frozen {m.sam_config} guide" if self.guide is not None else "")
+        log(f"{self.config.semi.method} | {student_name} @ {m.image_size}px | DFE {int(m.dfe)} "
             f"PCSW {int(self.config.semi.use_pcsw)} | {run.max_iters} iterations, validation every {run.val_every} "
             f"({self.weights_kind} weights, infer {run.infer}) on {self.device}, world size {dist.world_size}")
 
@@ -243,8 +266,7 @@ class Trainer:
     def train_step(self, it: int) -> dict:
         self.student.train()
         batch_l = _to(next(self.batches_l), self.device)
-        batch_u = _to(next(self.batches_u), self.device) if self.batches_u is not None else None
-        out = self.student(batch_l, batch_u, it)
+        out = self.student(batch_l, self.unlabeled_batch(it), it)
         self.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
@@ -257,6 +279,20 @@ class Trainer:
                 self.ema.update(self.net)
         self.scheduler.step()
         return out
+
+    def unlabeled_batch(self, it: int) -> dict | None:
+        """The unlabeled batch of iteration ``it`` (None without one). With one-time pseudo-labels
+        (``Task.pseudo_label_start``) there is none before the start; at the start (or on resuming after it)
+        the unlabeled slices are labeled once, or read back from ``<run>/pseudo``, and batches of them follow."""
+        if self.pseudo_start is not None and it >= self.pseudo_start and self.batches_u is None:
+            label = lambda image: self.task.predict(self.eval_net, image, config=self.config, infer="sam_refine",  # noqa: E731
+                                                    device=self.device, autocast=self.autocast, guide=self.guide)
+            ds = self.task.pseudo_labels(self.run_dir.path, self.splits.unlabeled, label, self.config, iteration=it,
+                                         is_main=self.dist.is_main, log=self.run_dir.log, wait=runtime.barrier)
+            loader = make_loader(ds, self.task.unlabeled_batch(self.config), seed=self.run.seed,
+                                 num_workers=self.run.num_workers, dist=self.dist)
+            self.batches_u = runtime.InfiniteLoader(loader, start_iter=it - self.pseudo_start)
+        return _to(next(self.batches_u), self.device) if self.batches_u is not None else None
 
     def log_step(self, done: int, out: dict) -> None:
         for key, v in out.items():   # accumulated on device; fetched once per log interval
@@ -288,7 +324,7 @@ class Trainer:
             vis_dir = os.path.join(self.run_dir.vis_dir, f"iter{done:06d}") if self.run.vis else None
             res = evaluate_model(self.task, self.eval_net, self.splits.val, self.class_names, self.config,
                                  infer=self.run.infer, device=self.device, autocast=self.autocast, split="val",
-                                 max_volumes=self.run.val_volumes, vis_dir=vis_dir)
+                                 max_volumes=self.run.val_volumes, vis_dir=vis_dir, guide=self.guide)
             self.record_validation(done, res)
             dice = res.summary["dice"]["mean"]
             improved = bool(np.isfinite(dice) and dice > self.best["value"])
@@ -351,9 +387,10 @@ class Trainer:
             self.run_dir.log(f"no test split ({self.splits.test_missing}); final numbers are on the validation split")
         drawn = self.picture_items(volumes)
         results = {}
-        for infer in (self.run.infer, *[m for m in INFER_MODES if m != self.run.infer]):
+        modes = [m for m in self.task.infer_modes if m != self.run.infer and (m != "sam_refine" or self.guide is not None)]
+        for infer in (self.run.infer, *modes):
             results[infer] = evaluate_model(self.task, net, volumes, self.class_names, self.config, infer=infer,
-                                            device=self.device, autocast=self.autocast, split=split,
+                                            device=self.device, autocast=self.autocast, split=split, guide=self.guide,
                                             keep=[item["name"] for item, _ in drawn] if infer == self.run.infer else ())
         res = results[self.run.infer]
         summary = dict(res.summary, checkpoint=best_path if os.path.exists(best_path) else None,

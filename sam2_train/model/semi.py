@@ -20,14 +20,17 @@ from sam2_train.model.sss_net import SlicePrompts
 class SemiConf:
     """Settings of the training step (``-method`` and its flags).
 
-    ``method``: supervised | fixmatch | sss. ``lambda_u``/``rampup``: weight of the unlabeled loss, with a
-    sigmoid ramp over ``rampup`` iterations (0 = none). ``tau_u``: pseudo-label confidence threshold.
+    ``method``: supervised | fixmatch | sss; the lightweight students also mean_teacher and :data:`SAM_GUIDED`.
+    ``lambda_u``/``rampup``: weight of the unlabeled loss, with a sigmoid ramp over ``rampup`` iterations (0 = none). ``tau_u``: pseudo-label confidence threshold.
     ``p_gt``: probability that a labeled image (2D) or clip (3D) is prompted by jittered ground truth rather
     than by the model's own prompts. ``use_pcsw``: the model's own prompts come from PCSW (else coarse
     boxes). ``out_size``: size of the labeled-loss masks. ``slab_len``: 2D unlabeled slab length.
     ``prompt``/``prompt_freq``: 3D ground-truth prompt type and thinning of prompted frames.
     ``tau_fallback``: the stricter pseudo-label threshold of classes prompted by a PCSW fallback.
-    ``ce_weights``: CE weight per class 0..K of the coarse head's loss (empty: unweighted)."""
+    ``ce_weights``: CE weight per class 0..K of the coarse head's loss (empty: unweighted).
+    SAM-guided methods (lightweight students, :data:`SAM_GUIDED`): ``km_points`` points per class and
+    ``km_thresh`` mask threshold of the prompts; ``km_start`` iteration of Knowledge Mining's one-time labels;
+    ``km_agree`` Dice with the student a continuous SAM label must reach; ``sam_lambda`` SemiSAM's L_sam weight."""
     method: str = "sss"
     lambda_u: float = 1.0
     rampup: int = 0
@@ -42,6 +45,11 @@ class SemiConf:
     prompt_freq: int = 2
     tau_fallback: float = 0.98
     ce_weights: tuple[float, ...] = ()
+    km_points: int = 1
+    km_thresh: float = 0.5
+    km_start: int = 0
+    km_agree: float = 0.5
+    sam_lambda: float = 0.1
 
     def ce_class_weight(self, device) -> torch.Tensor | None:
         """The coarse head's CE weight per class (K+1,) on ``device``, None when unweighted."""
@@ -50,6 +58,12 @@ class SemiConf:
     @property
     def semi_supervised(self) -> bool:
         return self.method != "supervised"
+
+
+SAM_GUIDED = ("km_onetime", "km_continuous", "semisam", "sammatch")
+"""Methods whose pseudo-labels come from a frozen SAM-2 prompted by a lightweight student."""
+LIGHT_STUDENT_ONLY = ("mean_teacher", *SAM_GUIDED)
+"""Methods only the lightweight students (``-student unet | unetpp``) train with."""
 
 
 @dataclass
@@ -213,12 +227,18 @@ def mix_strong_views(xw: torch.Tensor, xs1: torch.Tensor, xs2: torch.Tensor, lab
         num_clips=num_clips, weak_feats=weak_feats)
 
 
-def lambda_u(conf: SemiConf, iteration: int) -> float:
-    """Unlabeled-loss weight at ``iteration``, with the sigmoid ramp-up of Laine & Aila over ``conf.rampup``."""
+def rampup_weight(conf: SemiConf, iteration: int) -> float:
+    """The sigmoid ramp-up of Laine & Aila at ``iteration``: exp(-5 (1 - t)^2), t = iteration / ``conf.rampup``
+    (1 without a ramp)."""
     if conf.rampup <= 0:
-        return conf.lambda_u
+        return 1.0
     t = min(iteration, conf.rampup) / conf.rampup
-    return conf.lambda_u * math.exp(-5.0 * (1.0 - t) ** 2)
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def lambda_u(conf: SemiConf, iteration: int) -> float:
+    """Unlabeled-loss weight at ``iteration``: ``conf.lambda_u`` times :func:`rampup_weight`."""
+    return conf.lambda_u * rampup_weight(conf, iteration)
 
 
 def thin_prompt_frames(valid: torch.Tensor, freq: int) -> torch.Tensor:

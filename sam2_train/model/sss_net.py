@@ -29,7 +29,9 @@ class ModelConf:
     ``sam_ckpt``: SAM-2 checkpoint path or ``"none"`` (random init). ``memory_bank_size``: volumes only, the
     most prompted (conditioning) frames SAM-2 attends to (None: the config's). ``freeze_encoder``: the image
     encoder gets no gradient and no backward pass (``-encoder_lr_mult 0``). ``grad_ckpt``: activation
-    checkpointing of the Hiera blocks (``-grad_ckpt 1``)."""
+    checkpointing of the Hiera blocks (``-grad_ckpt 1``). ``student``: ``sam2`` (this network) or a lightweight
+    ``unet``/``unetpp`` (:mod:`sam2_train.model.students`; SAM-2 is then the frozen guide of ``sam_config``/
+    ``sam_ckpt``)."""
     sam_config: str
     image_size: int
     num_classes: int
@@ -40,6 +42,7 @@ class ModelConf:
     memory_bank_size: int | None = None
     freeze_encoder: bool = False
     grad_ckpt: bool = False
+    student: str = "sam2"
 
 
 @dataclass

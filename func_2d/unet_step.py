@@ -1,0 +1,215 @@
+"""One 2D training step of a lightweight student (``-student unet | unetpp``): read :meth:`StudentUNet2D.forward`.
+
+Methods: ``supervised``; ``mean_teacher`` (SSL4MIS: MSE between the student's and the EMA teacher's softmax on
+noisy unlabeled images); ``fixmatch`` (UniMatch-style weak-to-strong: the teacher's confident weak-view labels
+supervise two CutMix-ed strong views); and the SAM-guided baselines, where a frozen SAM-2
+(:class:`sam2_train.model.sam_guide.SAMGuide`) prompted by a student (:func:`box_point_prompts`) labels images:
+
+* ``km_onetime`` (Knowledge Mining, one-time): labeled data only until ``-km_start``; then SAM-2 labels every
+  unlabeled slice once from the student's prediction (cached in ``<run>/pseudo``, :mod:`dataset.pseudo`) and
+  the student trains on labeled + pseudo-labeled slices (``batch_u`` then carries ``label``).
+* ``km_continuous`` (Knowledge Mining, continuous): a fresh SAM-2 label each time an unlabeled slice comes back,
+  prompted by the student's current prediction; a class is trained on where its SAM-2 mask agrees with the
+  student's (Dice >= ``-km_agree``), its pixels are ignored elsewhere.
+* ``semisam`` (SemiSAM): mean teacher plus L_sam, the MSE between the student's softmax and SAM-2's labels
+  (one-hot), SAM-2 prompted by the student, weighted ``-sam_lambda``.
+* ``sammatch`` (SAM-Match): weak-to-strong where the teacher's high-confidence regions (>= ``-tau_u``) prompt
+  SAM-2 and SAM-2's masks replace the pseudo-labels of the strong views.
+
+Every loss of a U-Net++ is the mean over its deep-supervision heads. Shapes: B labeled, N unlabeled slices,
+K foreground classes, S image size.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dataset.pseudo import pseudo_label_dataset
+from dataset.transforms import resize_image
+from func_2d.predict import coarse_to_labels, logits_to_labels
+from sam2_train.engine.trainer import Task, TrainConfig
+from sam2_train.model.cutmix import mix, sample_box_masks, sample_cutmix_partners
+from sam2_train.model.losses import ce_dice_loss
+from sam2_train.model.sam_guide import SAMGuide, box_point_prompts, sam_labels
+from sam2_train.model.semi import SAM_GUIDED, one_hot_fg, rampup_weight
+from sam2_train.model.sss_net import ModelConf
+from sam2_train.model.students import UNetStudent
+
+
+def heads_loss(heads: list[torch.Tensor], labels: torch.Tensor, valid: torch.Tensor | None = None,
+               class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """CE + Dice of every head (B,K+1,S,S) against labels (B,S,S) on ``valid`` pixels (B,S,S), averaged."""
+    return sum(ce_dice_loss(h, labels, valid, class_weight=class_weight) for h in heads) / len(heads)
+
+
+def mse_probs(heads: list[torch.Tensor], target: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE between every head's softmax (N,K+1,S,S) and ``target`` probabilities, over the images ``rows`` (N,)
+    bool (all when None), averaged over heads; 0 without a row."""
+    w = None if rows is None else rows.float()[:, None, None, None]
+    out = []
+    for h in heads:
+        err = (h.float().softmax(1) - target) ** 2
+        out.append(err.mean() if w is None else (err * w).sum() / (w.sum() * err[0].numel()).clamp_min(1.0))
+    return sum(out) / len(out)
+
+
+def class_dice(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-image, per-class Dice of two label maps (N,S,S) -> (N,K); 1 where the class is in neither."""
+    oa, ob = one_hot_fg(a, k), one_hot_fg(b, k)
+    inter, total = (oa * ob).sum((2, 3)), (oa + ob).sum((2, 3))
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1.0), torch.ones_like(total))
+
+
+class StudentUNet2D(nn.Module):
+    """The whole step of a lightweight student as one forward: ``forward(batch_l, batch_u, iteration) -> losses``.
+    The EMA teacher and the frozen SAM-2 (``guide``) are held outside the module tree."""
+
+    def __init__(self, net: UNetStudent, teacher: UNetStudent, config: TrainConfig, autocast=contextlib.nullcontext,
+                 guide: SAMGuide | None = None):
+        super().__init__()
+        self.net, self._teacher, self._guide, self.semi, self.autocast = net, (teacher,), (guide,), config.semi, autocast
+
+    @property
+    def teacher(self) -> UNetStudent:
+        return self._teacher[0]
+
+    @property
+    def guide(self) -> SAMGuide:
+        return self._guide[0]
+
+    def forward(self, batch_l: dict, batch_u: dict | None, iteration: int) -> dict:
+        semi, net = self.semi, self.net
+        img_x, mask_x = batch_l["image"], batch_l["label"]                            # (B,1,S,S), (B,S,S)
+        cw = semi.ce_class_weight(img_x.device)
+        with self.autocast():
+            loss_x = heads_loss(net.heads(img_x), mask_x, class_weight=cw)
+            if batch_u is None:                                   # supervised, or KM before its pseudo-labels
+                return {"loss": loss_x, "loss_x": loss_x}
+            if semi.method == "km_onetime":                       # cached one-time SAM-2 labels
+                loss_u, logs = heads_loss(net.heads(batch_u["image"]), batch_u["label"], class_weight=cw), {}
+            else:
+                x_w = batch_u["image_w"].flatten(0, 1)                                   # (N,1,S,S)
+                if semi.method in ("mean_teacher", "semisam"):
+                    loss_u, logs = self.mean_teacher(x_w)
+                elif semi.method == "km_continuous":
+                    loss_u, logs = self.km_continuous(x_w, cw)
+                else:                                             # fixmatch, sammatch
+                    loss_u, logs = self.weak_to_strong(x_w, batch_u, cw)
+            loss = loss_x + rampup_weight(semi, iteration) * loss_u
+        return {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, **logs}
+
+    # ------------------------------------------------------------------ unlabeled losses (weights included)
+    def mean_teacher(self, x_w: torch.Tensor):
+        """lambda_u * MSE(student, teacher on x_w + noise) [+ sam_lambda * L_sam for SemiSAM]."""
+        heads = self.net.heads(x_w)
+        noise = (torch.randn_like(x_w) * 0.1).clamp(-0.2, 0.2)                      # SSL4MIS's input noise
+        with torch.no_grad():
+            p_t = self.teacher(x_w + noise).float().softmax(1)
+        loss = self.semi.lambda_u * mse_probs(heads, p_t)
+        if self.semi.method != "semisam":
+            return loss, {}
+        p_s = heads[-1].detach().float().softmax(1)
+        prompts = box_point_prompts(p_s, thresh=self.semi.km_thresh, num_points=self.semi.km_points)
+        labels, _ = sam_labels(self.guide.masks(x_w, prompts), prompts.valid, p_s)
+        target = F.one_hot(labels, p_s.shape[1]).permute(0, 3, 1, 2).float()
+        l_sam = mse_probs(heads, target, prompts.valid.any(1))
+        return loss + self.semi.sam_lambda * l_sam, {"l_sam": l_sam.detach(),
+                                                     "sam_prompted": prompts.valid.float().mean()}
+
+    def km_continuous(self, x_w: torch.Tensor, cw):
+        """lambda_u * CE+Dice against a fresh SAM-2 label, on the classes where SAM-2 agrees with the student."""
+        heads = self.net.heads(x_w)
+        p_s = heads[-1].detach().float().softmax(1)
+        prompts = box_point_prompts(p_s, thresh=self.semi.km_thresh, num_points=self.semi.km_points)
+        labels, _ = sam_labels(self.guide.masks(x_w, prompts), prompts.valid, p_s)
+        student = p_s.argmax(1)
+        k = p_s.shape[1] - 1
+        agree = class_dice(labels, student, k) >= self.semi.km_agree                 # (N,K)
+        rejected = one_hot_fg(labels, k).bool() | one_hot_fg(student, k).bool()      # (N,K,S,S)
+        valid = ~(rejected & ~agree[..., None, None]).any(1)                          # (N,S,S)
+        loss = self.semi.lambda_u * heads_loss(heads, labels, valid, cw)
+        return loss, {"km_agree": agree.float().mean(), "mask_ratio": valid.float().mean()}
+
+    def weak_to_strong(self, x_w: torch.Tensor, batch_u: dict, cw):
+        """lambda_u * CE+Dice of the two CutMix-ed strong views against the teacher's confident weak-view labels
+        (SAM-Match: SAM-2's labels from the teacher's high-confidence prompts)."""
+        with torch.no_grad():
+            p_w = self.teacher(x_w).float().softmax(1)                                # (N,K+1,S,S)
+            conf, labels = p_w.max(1)
+            logs = {}
+            if self.semi.method == "sammatch":
+                prompts = box_point_prompts(p_w, thresh=self.semi.tau_u, num_points=self.semi.km_points)
+                labels, conf = sam_labels(self.guide.masks(x_w, prompts), prompts.valid, p_w)
+                logs["sam_prompted"] = prompts.valid.float().mean()
+        n, size = x_w.shape[0], x_w.shape[-1]
+        partner = torch.cat([sample_cutmix_partners(n), sample_cutmix_partners(n) + n]).to(x_w.device)   # (2N,)
+        box = sample_box_masks(2 * n, size, self.semi.cutmix_p, x_w.device)
+        x_s = mix(torch.cat([batch_u["image_s1"].flatten(0, 1), batch_u["image_s2"].flatten(0, 1)]), partner, box)
+        y_s, c_s = mix(torch.cat([labels, labels]), partner, box), mix(torch.cat([conf, conf]), partner, box)
+        ok = c_s >= self.semi.tau_u
+        loss = self.semi.lambda_u * heads_loss(self.net.heads(x_s), y_s, ok, cw)
+        return loss, {"mask_ratio": ok.float().mean(), **logs}
+
+
+# ---------------------------------------------------------------------------------------------- inference
+@torch.no_grad()
+def predict(net: UNetStudent, image: np.ndarray, *, config: TrainConfig, infer: str, device, autocast,
+            guide: SAMGuide | None = None) -> np.ndarray:
+    """Label volume (D,H,W) int64 of an image volume (D,H,W) in [0,1], slice by slice, from the image alone.
+
+    ``infer="student"``: the student's argmax; ``"sam_refine"``: the student's prediction prompts the frozen
+    SAM-2 (Knowledge Mining's prompts, ties broken with ``-seed``) and SAM-2's masks are the labels. Labels go
+    back to the native size by the protocol's rule (:func:`func_2d.predict.coarse_to_labels`)."""
+    net.eval()
+    d, h, w = image.shape
+    size, chunk = net.image_size, max(8, config.run.batch_size)
+    x = resize_image(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)[:, None], size).clamp(0, 1)
+    with autocast():
+        probs = torch.cat([net(x[i:i + chunk]).float().softmax(1) for i in range(0, d, chunk)])    # (D,K+1,S,S)
+    if infer == "student":
+        return coarse_to_labels(probs, (h, w), size, config.run.protocol).cpu().numpy()
+    if infer != "sam_refine":
+        raise ValueError(f"-infer {infer}: a -student unet/unetpp predicts with student or sam_refine")
+    if guide is None:
+        raise ValueError("-infer sam_refine needs the frozen SAM-2 of -sam_config/-sam_ckpt")
+    ties = torch.Generator().manual_seed(config.run.seed)
+    prompts = box_point_prompts(probs, thresh=config.semi.km_thresh, num_points=config.semi.km_points, generator=ties)
+    logits = torch.cat([guide.masks(x[i:i + chunk], prompts[i:i + chunk]) for i in range(0, d, chunk)])   # (D,K,S,S)
+    return logits_to_labels(logits, (h, w), size, config.run.protocol).cpu().numpy()
+
+
+def unlabeled_items(config: TrainConfig) -> int:
+    """Unlabeled items per step: one-time pseudo-labeled slices (``km_onetime``), else slabs as the SAM-2 step."""
+    if config.semi.method == "km_onetime":
+        return config.run.batch_size_u
+    return max(1, config.run.batch_size_u // config.semi.slab_len)
+
+
+def pseudo_label_start(config: TrainConfig) -> int | None:
+    """The iteration at which ``km_onetime`` labels the unlabeled slices once (None for the other methods)."""
+    return config.semi.km_start if config.semi.method == "km_onetime" else None
+
+
+def pseudo_labels(run_path: str, unlabeled, label_volume, config: TrainConfig, **kw):
+    """``km_onetime``'s labeled + pseudo-labeled data: the unlabeled volumes labeled once (cached in the run)."""
+    return pseudo_label_dataset(run_path, unlabeled.refs, label_volume, config.model.image_size, seed=config.run.seed,
+                                **kw)
+
+
+def needs_guide(config: TrainConfig) -> bool:
+    """Whether a lightweight-student run loads the frozen SAM-2: SAM-guided methods, or ``-infer sam_refine``."""
+    return config.semi.method in SAM_GUIDED or config.run.infer == "sam_refine"
+
+
+def build_student(conf: ModelConf, device="cpu", sam_ckpt: str | None = None) -> UNetStudent:
+    """The lightweight student of ``conf.student`` (random init; ``sam_ckpt`` is SAM-2's and not used here)."""
+    return UNetStudent(conf.student, conf.num_classes, conf.image_size).to(device)
+
+
+TASK_UNET_2D = Task(script="2d", make_student=StudentUNet2D, predict=predict, unlabeled_batch=unlabeled_items,
+                    build_net=build_student, infer_modes=("student", "sam_refine"), needs_guide=needs_guide,
+                    pseudo_label_start=pseudo_label_start, pseudo_labels=pseudo_labels)

@@ -1,0 +1,36 @@
+"""Lightweight task networks (``-student unet | unetpp``): MONAI's ``BasicUNet`` / ``BasicUNetPlusPlus`` in 2D.
+
+They are the students of the SAM-guided baselines (Knowledge Mining, SemiSAM, SAM-Match) and of the
+from-scratch U-Net check; ``-student sam2`` is :class:`sam2_train.model.sss_net.SSSNet`. Shapes: B images,
+K foreground classes, S image size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from monai.networks.nets import BasicUNet, BasicUNetPlusPlus
+
+STUDENTS = ("sam2", "unet", "unetpp")
+UNET_FEATURES = (16, 32, 64, 128, 256, 16)   # SSL4MIS's U-Net widths (encoder 16..256, last decoder level 16)
+
+
+class UNetStudent(nn.Module):
+    """A 2D U-Net (``kind="unet"``) or U-Net++ with deep supervision (``"unetpp"``): images (B,1,S,S) in [0,1]
+    -> class logits (B,K+1,S,S). :meth:`heads` returns every output (U-Net++: its 4 nested decoders, the
+    training loss is taken on each); ``forward`` the last, the one that is evaluated."""
+
+    def __init__(self, kind: str, num_classes: int, image_size: int, features: tuple[int, ...] = UNET_FEATURES):
+        super().__init__()
+        if kind not in ("unet", "unetpp"):
+            raise ValueError(f"UNetStudent: kind must be unet or unetpp, got {kind!r}")
+        self.kind, self.num_classes, self.image_size = kind, int(num_classes), int(image_size)
+        args = dict(spatial_dims=2, in_channels=1, out_channels=num_classes + 1, features=tuple(features))
+        self.net = BasicUNet(**args) if kind == "unet" else BasicUNetPlusPlus(**args, deep_supervision=True)
+
+    def heads(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Every output head: list of (B,K+1,S,S) logits, the evaluated one last."""
+        out = self.net(images)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.heads(images)[-1]
