@@ -394,6 +394,8 @@ def student_method_error(args: argparse.Namespace) -> str | None:
     if not light and args.method in LIGHT_STUDENT_ONLY:
         what = "prompts a frozen SAM-2 from" if args.method in SAM_GUIDED else "is implemented for"
         return f"-method {args.method} {what} a lightweight student: add -student unet or -student unetpp"
+    if light and (getattr(args, "compile", False) or getattr(args, "grad_ckpt", False)):
+        return "-compile and -grad_ckpt act on SAM-2's image encoder: not with a lightweight -student"
     if light and args.script == "3d":
         return f"-student {args.student} is a 2D network: use train_2d.py"
     if args.infer is not None and args.infer not in (STUDENT_INFER if light else SAM2_INFER):

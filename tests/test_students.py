@@ -240,6 +240,7 @@ def test_km_onetime_labels_once_and_a_resume_reuses_the_labels(demo_batches, tmp
     (["-student", "unet", "-method", "sss"], "-student sam2"),
     (["-student", "unet", "-method", "supervised", "-infer", "pcsw"], "does not fit"),
     (["-student", "sam2", "-method", "sss", "-infer", "sam_refine"], "does not fit"),
+    (["-student", "unet", "-method", "supervised", "-compile", "1"], "image encoder"),
 ])
 def test_flags_that_do_not_fit_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
