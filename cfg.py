@@ -365,8 +365,8 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
         args.num_workers = min(8, os.cpu_count() or 1)
     if args.lambda_u is None:
         args.lambda_u = 0.1 if args.method in ("mean_teacher", "semisam") else 1.0
-    if args.km_start is None:
-        args.km_start = args.max_iters // 2
+    if args.km_start is None:   # read by km_onetime only
+        args.km_start = args.max_iters // 2 if args.method == "km_onetime" else 0
     if args.infer is None:  # the same mode for every method; only the no-PCSW ablation uses coarse boxes
         if args.student != "sam2":
             args.infer = "student"

@@ -168,7 +168,8 @@ def main(argv=None) -> int:
     infer = {c.row: c.budget["infer"] for c in cells if "infer" in b and c.budget["infer"] != b["infer"]}
     print(f"{len(cells)} runs for table {t['name']} (output {opts.out}); every cell: "
           f"{' '.join(flag_list({k: v for k, v in b.items() if k != 'infer'}))}, evaluated with -weights {t['weights']}"
-          + (f"; -infer {b['infer']}" + "".join(f" ({r}: {m})" for r, m in infer.items()) if "infer" in b else ""),
+          + (f"; -infer {b['infer']}" + (" (" + ", ".join(f"{r}: {m}" for r, m in infer.items()) + ")" if infer else "")
+             if "infer" in b else ""),
           flush=True)
     t0, failures = time.time(), []
     if opts.quick and not (opts.dry_run or opts.tables_only):

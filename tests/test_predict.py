@@ -3,6 +3,7 @@ NIfTI outputs on the input's grid (flipped, oblique header), PNG input, volumes.
 files among good ones, no overwrite, weights selection. Tiny random SAM-2 checkpoints at 64 px; where a
 non-empty prediction matters, the coarse head is replaced by an intensity threshold (as in test_train_3d)."""
 import csv
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -68,8 +69,13 @@ def bhsd(tmp_path_factory):
 @pytest.fixture
 def threshold_head(monkeypatch):
     """Models built by evaluate.load_model (so by evaluate.py and predict.py alike) get the intensity coarse head."""
-    build = evaluate.build_sss_net
-    monkeypatch.setattr(evaluate, "build_sss_net", lambda *a, **k: intensity_coarse_head(build(*a, **k), cls=2))
+    real = evaluate.task_for
+
+    def task_for(script, student="sam2"):
+        task = real(script, student)
+        return dataclasses.replace(task, build_net=lambda *a, **k: intensity_coarse_head(task.build_net(*a, **k), cls=2))
+
+    monkeypatch.setattr(evaluate, "task_for", task_for)
 
 
 def run_predict(*argv):

@@ -36,32 +36,44 @@ def _resolved(cmd: str, script: str):
 def test_dry_run_lists_the_paper_grid_with_one_budget(capsys, tmp_path):
     assert reproduce.main(["acdc", "--dry-run", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0] == (f"15 runs for table acdc (output {tmp_path}); every cell: -max_iters 30000 "
-                                   "-val_every 1000, evaluated with -weights ema; -infer pcsw (sss_no_pcsw: boxes)")
-    cmds = [l for l in out.splitlines() if "train_2d.py" in l]
-    assert len(cmds) == 15
+    assert out.splitlines()[0] == (
+        f"42 runs for table acdc (output {tmp_path}); every cell: -max_iters 30000 -val_every 1000, evaluated with "
+        "-weights ema; -infer pcsw (sss_no_pcsw: boxes, supervised_unet: student, mean_teacher_unet: student, "
+        "unimatch_unet: student, km_onetime: student, km_onetime_refine: sam_refine, km_continuous: student, "
+        "km_continuous_refine: sam_refine, semisam: student, sammatch: student)")
+    all_cmds = [l for l in out.splitlines() if "train_2d.py" in l]
+    assert len(all_cmds) == 42
+    cmds = [c for c in all_cmds if "-student" not in c]       # the SAM-2 rows
+    light = [c for c in all_cmds if "-student" in c]          # the lightweight students (9 rows x 3 columns)
+    assert len(cmds) == 15 and len(light) == 27
     for c in cmds:  # -dataset and what the cell sets; the script fills the paper's settings itself
         assert "-dataset acdc" in c and not re.search(r" -(image_size|sam_config|sam_ckpt|b) ", c), c
         a = _resolved(c, "2d")
         assert (a.sam_config, a.sam_ckpt, a.image_size, a.out_size, a.b) == (
             "sam2_hiera_s", os.path.join("checkpoints", "sam2_hiera_small.pt"), 1024, 1024, 4)
+    for c in light:  # the preset's unet block: 256 px, 12 labeled slices; the frozen SAM-2 is the paper's
+        a = _resolved(c, "2d")
+        assert (a.student in ("unet", "unetpp"), a.image_size, a.b, a.sam_config) == (True, 256, 12, "sam2_hiera_s")
+        assert _flag(c, "infer") == ("sam_refine" if "_refine_l" in c else "student")
     # the same budget and validation cadence in every cell; one inference mode except the w/o PCSW ablation
-    assert {_flag(c, "max_iters") for c in cmds} == {"30000"} and {_flag(c, "val_every") for c in cmds} == {"1000"}
+    assert {_flag(c, "max_iters") for c in all_cmds} == {"30000"} and {_flag(c, "val_every") for c in all_cmds} == {"1000"}
     assert [_flag(c, "infer") for c in cmds if "-pcsw 0" in c] == ["boxes"] * 3
     assert {_flag(c, "infer") for c in cmds if "-pcsw 0" not in c} == {"pcsw"}
     assert sum("-labeled_num 3 " in c for c in cmds) == 5
     assert sum("-method sss -dfe 0" in c for c in cmds) == 3 and sum("-method sss -pcsw 0" in c for c in cmds) == 3
     assert sum("-method fixmatch" in c for c in cmds) == 3 and sum("-method supervised" in c for c in cmds) == 3
+    assert {_flag(c, "method") for c in light} == {"supervised", "mean_teacher", "fixmatch", "km_onetime",
+                                                    "km_continuous", "semisam", "sammatch"}
     assert "-exp_name acdc_sss_no_pcsw_l7 -log_dir " + os.path.join(str(tmp_path), "runs", "acdc_sss_no_pcsw_l7") in out
     evals = [l for l in out.splitlines() if "evaluate.py" in l]
-    assert len(evals) == 15 * 3 and all("best.pt" in l and "-weights ema" in l for l in evals)  # + unimatch val, test
+    assert len(evals) == 42 * 3 and all("best.pt" in l and "-weights ema" in l for l in evals)  # + unimatch val, test
     assert sum("-infer boxes" in l for l in evals) == 3 * 3 and sum("-infer pcsw" in l for l in evals) == 12 * 3
-    assert sum("-protocol unimatch" in l for l in evals) == 30 and sum("-protocol ssl4mis" in l for l in evals) == 15
+    assert sum("-protocol unimatch" in l for l in evals) == 84 and sum("-protocol ssl4mis" in l for l in evals) == 42
     assert not os.path.exists(os.path.join(str(tmp_path), "runs"))  # nothing ran
 
     assert reproduce.main(["acdc", "--dry-run", "--max_iters", "500", "--out", str(tmp_path)]) == 0
     cmds = [l for l in capsys.readouterr().out.splitlines() if "train_2d.py" in l]
-    assert len(cmds) == 15 and {_flag(c, "max_iters") for c in cmds} == {"500"}
+    assert len(cmds) == 42 and {_flag(c, "max_iters") for c in cmds} == {"500"}
 
     assert reproduce.main(["bhsd", "--dry-run", "--methods", "sss", "--out", str(tmp_path)]) == 0
     cmds = [l for l in capsys.readouterr().out.splitlines() if "train_3d.py" in l]

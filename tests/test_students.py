@@ -252,7 +252,7 @@ def test_flags_that_do_not_fit_are_one_line_errors(argv, message, capsys):
 def test_light_student_defaults():
     a = parse_args(["-dataset", "acdc", "-student", "unetpp", "-method", "semisam"], script="2d")
     assert (a.image_size, a.b, a.lr, a.infer, a.lambda_u, a.dfe, a.pcsw) == (256, 12, 1e-3, "student", 0.1, False, False)
-    assert a.km_start == a.max_iters // 2
+    assert parse_args(["-dataset", "acdc", "-student", "unet", "-method", "km_onetime"]).km_start == 15000
     s = parse_args(["-dataset", "acdc", "-method", "fixmatch"], script="2d")
     assert (s.image_size, s.lambda_u, s.infer) == (1024, 1.0, "pcsw")
     c = to_config(a, 3)
