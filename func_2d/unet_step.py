@@ -102,6 +102,13 @@ class StudentUNet2D(nn.Module):
             loss = loss_x + rampup_weight(semi, iteration) * loss_u
         return {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, **logs}
 
+    def sam_targets(self, x: torch.Tensor, probs: torch.Tensor, thresh: float):
+        """SAM-2's labels and confidences (N,S,S) of images x (N,1,S,S), prompted from ``probs`` (N,K+1,S,S)
+        (:func:`box_point_prompts` at ``thresh``), and the prompts' ``valid`` (N,K)."""
+        prompts = box_point_prompts(probs, thresh=thresh, num_points=self.semi.km_points)
+        labels, conf = sam_labels(self.guide.masks(x, prompts), prompts.valid, probs)
+        return labels, conf, prompts.valid
+
     # ------------------------------------------------------------------ unlabeled losses (weights included)
     def mean_teacher(self, x_w: torch.Tensor):
         """lambda_u * MSE(student, teacher on x_w + noise) [+ sam_lambda * L_sam for SemiSAM]."""
@@ -113,19 +120,16 @@ class StudentUNet2D(nn.Module):
         if self.semi.method != "semisam":
             return loss, {}
         p_s = heads[-1].detach().float().softmax(1)
-        prompts = box_point_prompts(p_s, thresh=self.semi.km_thresh, num_points=self.semi.km_points)
-        labels, _ = sam_labels(self.guide.masks(x_w, prompts), prompts.valid, p_s)
+        labels, _, prompted = self.sam_targets(x_w, p_s, self.semi.km_thresh)
         target = F.one_hot(labels, p_s.shape[1]).permute(0, 3, 1, 2).float()
-        l_sam = mse_probs(heads, target, prompts.valid.any(1))
-        return loss + self.semi.sam_lambda * l_sam, {"l_sam": l_sam.detach(),
-                                                     "sam_prompted": prompts.valid.float().mean()}
+        l_sam = mse_probs(heads, target, prompted.any(1))
+        return loss + self.semi.sam_lambda * l_sam, {"l_sam": l_sam.detach(), "sam_prompted": prompted.float().mean()}
 
     def km_continuous(self, x_w: torch.Tensor, cw):
         """lambda_u * CE+Dice against a fresh SAM-2 label, on the classes where SAM-2 agrees with the student."""
         heads = self.net.heads(x_w)
         p_s = heads[-1].detach().float().softmax(1)
-        prompts = box_point_prompts(p_s, thresh=self.semi.km_thresh, num_points=self.semi.km_points)
-        labels, _ = sam_labels(self.guide.masks(x_w, prompts), prompts.valid, p_s)
+        labels, _, _ = self.sam_targets(x_w, p_s, self.semi.km_thresh)
         student = p_s.argmax(1)
         k = p_s.shape[1] - 1
         agree = class_dice(labels, student, k) >= self.semi.km_agree                 # (N,K)
@@ -142,9 +146,8 @@ class StudentUNet2D(nn.Module):
             conf, labels = p_w.max(1)
             logs = {}
             if self.semi.method == "sammatch":
-                prompts = box_point_prompts(p_w, thresh=self.semi.tau_u, num_points=self.semi.km_points)
-                labels, conf = sam_labels(self.guide.masks(x_w, prompts), prompts.valid, p_w)
-                logs["sam_prompted"] = prompts.valid.float().mean()
+                labels, conf, prompted = self.sam_targets(x_w, p_w, self.semi.tau_u)
+                logs["sam_prompted"] = prompted.float().mean()
         n, size = x_w.shape[0], x_w.shape[-1]
         partner = torch.cat([sample_cutmix_partners(n), sample_cutmix_partners(n) + n]).to(x_w.device)   # (2N,)
         box = sample_box_masks(2 * n, size, self.semi.cutmix_p, x_w.device)
