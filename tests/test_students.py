@@ -154,6 +154,25 @@ def test_unetpp_trains_on_every_deep_supervision_head():
     assert len(UNetStudent("unet", 3, 64).heads(x)) == 1
 
 
+def test_students_run_channels_last_with_the_same_outputs():
+    """Conv weights stay channels-last (oneDNN/cuDNN's fast path) through an EMA copy and a state-dict load, and
+    the output is that of the same weights in the default layout."""
+    torch.manual_seed(0)
+    net = UNetStudent("unet", 3, 64)
+    convs = [p for p in net.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert sum(not p.is_contiguous() for p in convs) > len(convs) // 2     # not just the layout-ambiguous 1x1/1-channel ones
+    copy = UNetStudent("unet", 3, 64)
+    copy.load_state_dict(ModelEMA(net).module.state_dict())
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in copy.parameters() if p.dim() == 4)
+    x = torch.rand(2, 1, 64, 64)
+    plain = UNetStudent("unet", 3, 64)
+    plain.net.to(memory_format=torch.contiguous_format)
+    plain.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(net(x), plain.net(x), atol=1e-5)
+
+
 def test_predict_is_label_free_in_both_modes(demo_batches):
     root, splits, _, _ = demo_batches
     config = config_for("km_continuous", root)

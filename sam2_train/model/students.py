@@ -26,10 +26,13 @@ class UNetStudent(nn.Module):
         self.kind, self.num_classes, self.image_size = kind, int(num_classes), int(image_size)
         args = dict(spatial_dims=2, in_channels=1, out_channels=num_classes + 1, features=tuple(features))
         self.net = BasicUNet(**args) if kind == "unet" else BasicUNetPlusPlus(**args, deep_supervision=True)
+        # channels-last convolutions: oneDNN's fast path on CPU (about 2x with -amp bf16 on AMX cores), cuDNN's
+        # for bf16 on tensor cores. Conv weights stay channels-last through .to(device), EMA copies and loading.
+        self.net.to(memory_format=torch.channels_last)
 
     def heads(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Every output head: list of (B,K+1,S,S) logits, the evaluated one last."""
-        out = self.net(images)
+        out = self.net(images.contiguous(memory_format=torch.channels_last))
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
