@@ -16,7 +16,7 @@ from tests.test_train_2d import ENV, ROOT, TINY, run_dirs, run_train
 from cfg import parse_args, to_config
 from dataset import DatasetError, build_datasets
 from dataset.pseudo import PseudoLabelRef, pseudo_label_dataset
-from func_2d.unet_step import TASK_UNET_2D, StudentUNet2D, build_student, class_dice, predict
+from func_2d.unet_step import TASK_UNET_2D, StudentUNet2D, build_student, class_dice, heads_loss, predict
 from sam2_train.engine.ema import ModelEMA
 from sam2_train.model.sam_guide import box_point_prompts, build_sam_guide
 from sam2_train.model.students import UNetStudent
@@ -143,6 +143,42 @@ def test_each_method_runs_two_steps_and_no_gradient_reaches_sam(method, demo_bat
         assert "l_sam" in out
     if method in ("sammatch", "semisam"):
         assert "sam_prompted" in out
+
+
+def test_heads_loss_dice_alone_on_hand_built_maps():
+    """ce=False leaves the soft Dice of the valid pixels (per class over the batch, background included),
+    computed here by hand; ce=True adds the mean CE of the valid pixels."""
+    logits = torch.tensor([[[[2.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [3.0, 0.0]]]])          # (1,2,2,2)
+    labels = torch.tensor([[[0, 1], [1, 1]]])
+    valid = torch.tensor([[[True, True], [True, False]]])
+    p = logits.softmax(1)[0]                                                                 # (2,2,2)
+    v = valid[0].float()
+    dice = []
+    for c in range(2):
+        y = (labels[0] == c).float() * v
+        pc = p[c] * v
+        dice.append(1 - (2 * (pc * y).sum() + 1e-5) / (pc.sum() + y.sum() + 1e-5))
+    dice = sum(dice) / 2
+    ce = -(torch.log(p[labels[0], torch.arange(2)[:, None], torch.arange(2)[None]]) * v).sum() / v.sum()
+    assert torch.allclose(heads_loss([logits], labels, valid, ce=False), dice, atol=1e-6)
+    assert torch.allclose(heads_loss([logits], labels, valid), dice + ce, atol=1e-6)
+
+
+def test_unimatch_style_strong_views_train_on_dice_alone(demo_batches, monkeypatch):
+    """The strong views of fixmatch / sammatch are trained as UniMatch's ACDC code does: Dice on the teacher's
+    confident pixels, no CE (with CE, an early teacher sure only of background pulls a U-Net to background)."""
+    import func_2d.unet_step as unet_step
+    root, _, batch_l, batch_u = demo_batches
+    torch.manual_seed(0)
+    config = config_for("fixmatch", root)
+    net = build_student(config.model)
+    student = StudentUNet2D(net, ModelEMA(net, 0.99).module, config)
+    calls = []
+    real = unet_step.heads_loss
+    monkeypatch.setattr(unet_step, "heads_loss", lambda *a, **k: calls.append(k.get("ce", True)) or real(*a, **k))
+    out = student(batch_l, batch_u, 100)
+    assert calls == [True, False]                         # labeled CE + Dice, then the strong views' Dice alone
+    assert torch.isfinite(out["loss_u"]) and out["loss_u"].requires_grad
 
 
 def test_unetpp_trains_on_every_deep_supervision_head():

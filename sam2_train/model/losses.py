@@ -59,7 +59,7 @@ def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid_mask: torch.T
         v = _valid(valid_mask, x)                                  # (B, 1, H, W)
         t = torch.where(v[:, 0] > 0, target.to(x.device).long(), 0)
         wpx = v[:, 0] if class_weight is None else v[:, 0] * class_weight.to(x.device, torch.float32)[t]
-        ce = (F.cross_entropy(x, t, reduction="none") * wpx).sum() / wpx.sum().clamp_min(1e-6)
+        ce = (F.cross_entropy(x, t, reduction="none") * wpx).sum() / wpx.sum().clamp_min(1e-6) if ce_weight else 0.0
         prob = x.softmax(1) * v
         onehot = F.one_hot(t, C).permute(0, 3, 1, 2).float() * v
         dice = DiceLoss(include_background=include_background, batch=True,
