@@ -2,8 +2,9 @@
 
 Methods: ``supervised``; ``mean_teacher`` (SSL4MIS: MSE between the student's and the EMA teacher's softmax on
 noisy unlabeled images); ``fixmatch`` (UniMatch-style weak-to-strong: the teacher's confident weak-view labels
-supervise two CutMix-ed strong views through Dice alone, as UniMatch's ACDC code does); and the SAM-guided baselines, where a frozen SAM-2
-(:class:`sam2_train.model.sam_guide.SAMGuide`) prompted by a student (:func:`box_point_prompts`) labels images:
+supervise two CutMix-ed strong views through Dice alone, as UniMatch's ACDC code does); and the SAM-guided
+baselines, where a frozen SAM-2 (:class:`sam2_train.model.sam_guide.SAMGuide`) prompted by a student
+(:func:`box_point_prompts`) labels images:
 
 * ``km_onetime`` (Knowledge Mining, one-time): labeled data only until ``-km_start``; then SAM-2 labels every
   unlabeled slice once from the student's prediction (cached in ``<run>/pseudo``, :mod:`dataset.pseudo`) and
@@ -41,11 +42,11 @@ from sam2_train.model.students import UNetStudent
 
 
 def heads_loss(heads: list[torch.Tensor], labels: torch.Tensor, valid: torch.Tensor | None = None,
-               class_weight: torch.Tensor | None = None, ce: bool = True) -> torch.Tensor:
-    """CE + Dice (Dice alone with ``ce=False``) of every head (B,K+1,S,S) against labels (B,S,S) on ``valid``
+               class_weight: torch.Tensor | None = None, ce_weight: float = 1.0) -> torch.Tensor:
+    """ce_weight * CE + Dice (:func:`ce_dice_loss`) of every head (B,K+1,S,S) against labels (B,S,S) on ``valid``
     pixels (B,S,S), averaged over heads."""
-    ce_weight = 1.0 if ce else 0.0
-    return sum(ce_dice_loss(h, labels, valid, class_weight=class_weight, ce_weight=ce_weight) for h in heads) / len(heads)
+    losses = [ce_dice_loss(h, labels, valid, class_weight=class_weight, ce_weight=ce_weight) for h in heads]
+    return sum(losses) / len(losses)
 
 
 def mse_probs(heads: list[torch.Tensor], target: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -160,7 +161,7 @@ class StudentUNet2D(nn.Module):
         x_s = mix(torch.cat([batch_u["image_s1"].flatten(0, 1), batch_u["image_s2"].flatten(0, 1)]), partner, box)
         y_s, c_s = mix(torch.cat([labels, labels]), partner, box), mix(torch.cat([conf, conf]), partner, box)
         ok = c_s >= self.semi.tau_u
-        loss = self.semi.lambda_u * heads_loss(self.net.heads(x_s), y_s, ok, ce=False)
+        loss = self.semi.lambda_u * heads_loss(self.net.heads(x_s), y_s, ok, ce_weight=0.0)
         return loss, {"mask_ratio": ok.float().mean(), **logs}
 
 

@@ -146,8 +146,8 @@ def test_each_method_runs_two_steps_and_no_gradient_reaches_sam(method, demo_bat
 
 
 def test_heads_loss_dice_alone_on_hand_built_maps():
-    """ce=False leaves the soft Dice of the valid pixels (per class over the batch, background included),
-    computed here by hand; ce=True adds the mean CE of the valid pixels."""
+    """ce_weight=0 leaves the soft Dice of the valid pixels (per class over the batch, background included),
+    computed here by hand; the default ce_weight=1 adds the mean CE of the valid pixels."""
     logits = torch.tensor([[[[2.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [3.0, 0.0]]]])          # (1,2,2,2)
     labels = torch.tensor([[[0, 1], [1, 1]]])
     valid = torch.tensor([[[True, True], [True, False]]])
@@ -160,7 +160,7 @@ def test_heads_loss_dice_alone_on_hand_built_maps():
         dice.append(1 - (2 * (pc * y).sum() + 1e-5) / (pc.sum() + y.sum() + 1e-5))
     dice = sum(dice) / 2
     ce = -(torch.log(p[labels[0], torch.arange(2)[:, None], torch.arange(2)[None]]) * v).sum() / v.sum()
-    assert torch.allclose(heads_loss([logits], labels, valid, ce=False), dice, atol=1e-6)
+    assert torch.allclose(heads_loss([logits], labels, valid, ce_weight=0.0), dice, atol=1e-6)
     assert torch.allclose(heads_loss([logits], labels, valid), dice + ce, atol=1e-6)
 
 
@@ -175,9 +175,9 @@ def test_unimatch_style_strong_views_train_on_dice_alone(demo_batches, monkeypat
     student = StudentUNet2D(net, ModelEMA(net, 0.99).module, config)
     calls = []
     real = unet_step.heads_loss
-    monkeypatch.setattr(unet_step, "heads_loss", lambda *a, **k: calls.append(k.get("ce", True)) or real(*a, **k))
+    monkeypatch.setattr(unet_step, "heads_loss", lambda *a, **k: calls.append(k.get("ce_weight", 1.0)) or real(*a, **k))
     out = student(batch_l, batch_u, 100)
-    assert calls == [True, False]                         # labeled CE + Dice, then the strong views' Dice alone
+    assert calls == [1.0, 0.0]                         # labeled CE + Dice, then the strong views' Dice alone
     assert torch.isfinite(out["loss_u"]) and out["loss_u"].requires_grad
 
 
