@@ -86,7 +86,7 @@ def test_presets_come_from_yaml_and_flags_override_them():
     assert cfg.to_config(b, 3).run.max_iters == 50 and cfg.to_config(b, 3).run.val_every == 20
     assert cfg.parse_args(["-dataset", "demo"], script="3d").labeled_num is None  # every training volume
     demo_3d = cfg.parse_args(["-dataset", "demo"], script="3d")
-    assert (demo_3d.ce_weights, demo_3d.fg_oversample, demo_3d.video_length) == ((1, 4, 2, 4, 3, 2), 0.67, 6)
+    assert (demo_3d.ce_weights, demo_3d.fg_oversample, demo_3d.video_length) == ((1, 4, 2, 4, 3, 4), 0.67, 6)
     demo_2d = cfg.parse_args(["-dataset", "demo"])
     assert (demo_2d.ce_weights, demo_2d.fg_oversample, demo_2d.video_length) == ((), 0.33, 8)
     assert cfg.parse_args(["-dataset", "demo", "-ce_weights", "1,1,1,1,1,1"], script="3d").ce_weights == (1,) * 6

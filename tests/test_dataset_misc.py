@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dataset import DatasetError, build_datasets
-from dataset.demo import ensure_demo, make_acdc, make_bhsd
+from dataset.demo import BHSD_DEMO, ensure_demo, make_acdc, make_bhsd
 from tests._data_fixtures import LAS, args, canonical_volume, make_acdc_root, make_bhsd_root, save_nifti, write_h5
 
 
@@ -204,6 +204,20 @@ def test_bhsd_phantom_lesion_scale():
         assert 0 < n[0] < n[1], (kind, n)
 
 
+def test_bhsd_demo_bleeds_along_the_skull_are_told_apart_by_density():
+    """EDH and SDH both lie against the skull: every EDH voxel's mean density is >= 12 HU (3 noise sigmas)
+    above every SDH's, and both are well above the brain (30-38 HU) and below the 80 HU top of the window."""
+    from dataset.demo import _bhsd_volume
+    edh, sdh = [], []
+    for seed in range(6):
+        hu, lab = _bhsd_volume(np.random.default_rng(seed), 24, 96, 96, (5.0, 2.0, 2.0), ["EDH", "SDH"], 3.0)
+        assert (lab == 1).any() and (lab == 5).any(), seed
+        edh.append(float(hu[lab == 1].mean()))
+        sdh.append(float(hu[lab == 5].mean()))
+    assert min(edh) - max(sdh) >= 12.0 - 2.0, (edh, sdh)          # 2 HU: mean of noisy, rounded voxels
+    assert max(edh) < 80.0 and min(sdh) > 38.0 + 5.0, (edh, sdh)
+
+
 def test_ensure_demo_refuses_bhsd_phantoms_of_another_lesion_scale(tmp_path):
     root = str(tmp_path / "demo_bhsd")
     ensure_demo(root, "bhsd", labeled=3, unlabeled=1, lesion_scale=1.0)      # e.g. made by an older version
@@ -214,7 +228,7 @@ def test_ensure_demo_refuses_bhsd_phantoms_of_another_lesion_scale(tmp_path):
     info["version"] = 1                                                        # the generator before splits/*.txt
     json.dump(info, open(os.path.join(root, "DEMO.json"), "w"))
     msg = _first_error(lambda: ensure_demo(root, "bhsd", lesion_scale=1.0))
-    assert "generator version 1" in msg and "makes version 2" in msg
+    assert "generator version 1" in msg and f"makes version {BHSD_DEMO['version']}" in msg
 
 
 def test_bhsd_demo_split_has_every_class_on_every_side(tmp_path):
