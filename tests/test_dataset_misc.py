@@ -205,8 +205,9 @@ def test_bhsd_phantom_lesion_scale():
 
 
 def test_bhsd_demo_bleeds_along_the_skull_are_told_apart_by_density():
-    """EDH and SDH both lie against the skull: every EDH voxel's mean density is >= 12 HU (3 noise sigmas)
-    above every SDH's, and both are well above the brain (30-38 HU) and below the 80 HU top of the window."""
+    """EDH and SDH both lie against the skull: their drawn densities are >= 12 HU (3 noise sigmas) apart, so in
+    every phantom the mean EDH density is >= 10 HU above the mean SDH density of every other one (2 HU for noise
+    and rounding), and both stay between the brain (30-38 HU) and the 80 HU top of the window."""
     from dataset.demo import _bhsd_volume
     edh, sdh = [], []
     for seed in range(6):
