@@ -190,9 +190,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="validate every N iterations, for every -method (preset: ACDC and BHSD 1000, demo 75/60)")
     g.add_argument("-infer", type=lower_choice(INFER_MODES), default=None,
                    help="inference mode of validation and the reported test numbers: coarse (the coarse head "
-                        "alone), boxes (coarse boxes -> SAM-2 decoder), pcsw (PCSW prompts -> decoder). Default "
-                        "pcsw for every method; boxes for the '-pcsw 0' ablation. The final evaluation reports "
-                        "all three")
+                        "alone), boxes (coarse boxes -> SAM-2 decoder), pcsw (PCSW prompts -> decoder); default "
+                        "pcsw for every SAM-2 method, the -pcsw 0 ablation included (one mode per comparison). A "
+                        "lightweight student: student or sam_refine (default student). The final evaluation "
+                        "reports every mode under by_infer")
     g.add_argument("-resume", type=str, default=None, help="continue the run saved in this checkpoint (last.pt)")
     _bool_flag(g, "-resume_force", False, "resume even though flags that change the run differ from the "
                "checkpoint's (recorded in config.json under 'resumed')")
@@ -241,9 +242,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-student", type=lower_choice(STUDENTS), default="sam2",
                    help="the trained network: sam2 (SSS's SAM-2) or a lightweight MONAI unet / unetpp (U-Net++), "
                         "trained from scratch; the SAM-guided methods prompt a frozen SAM-2 (-sam_config/-sam_ckpt)")
-    g.add_argument("-dfe", type=str2bool, default=True, metavar="{0,1}", help="discriminative feature enhancement")
+    g.add_argument("-dfe", type=str2bool, default=None, metavar="{0,1}",
+                   help="discriminative feature enhancement (part of -method sss, default 1 there; the other methods "
+                        "train without it and refuse -dfe 1)")
     g.add_argument("-pcsw", type=str2bool, default=None, metavar="{0,1}",
-                   help="PCSW prompts in training (0: unconstrained coarse boxes; default 1 for sss, 0 for the baselines)")
+                   help="PCSW prompts in training, for the labeled images and the teacher (0: unconstrained coarse "
+                        "boxes; part of -method sss, default 1 there; the other methods refuse -pcsw 1). Inference "
+                        "is -infer's")
     g.add_argument("-ema", type=unit_float, default=0.99,
                    help="EMA decay of the weights: the teacher of the semi-supervised methods and, for every method, "
                         "the weights that are validated and reported (0 = the raw student)")
@@ -367,15 +372,13 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
         args.lambda_u = 0.1 if args.method in ("mean_teacher", "semisam") else 1.0
     if args.km_start is None:   # read by km_onetime only
         args.km_start = args.max_iters // 2 if args.method == "km_onetime" else 0
-    if args.infer is None:  # the same mode for every method; only the no-PCSW ablation uses coarse boxes
-        if args.student != "sam2":
-            args.infer = "student"
-        else:
-            args.infer = "boxes" if (args.method == "sss" and args.pcsw is False) else "pcsw"
-    if args.method != "sss":  # DFE and PCSW are parts of SSS; the baselines train without them
+    if args.infer is None:  # one mode for every method of a student kind (-pcsw 0 changes the training prompts only)
+        args.infer = "student" if args.student != "sam2" else "pcsw"
+    if args.method != "sss":  # DFE and PCSW are parts of SSS; the baselines train without them (-dfe 1 is refused)
         args.dfe, args.pcsw = False, False
-    elif args.pcsw is None:
-        args.pcsw = True
+    else:
+        args.dfe = True if args.dfe is None else args.dfe
+        args.pcsw = True if args.pcsw is None else args.pcsw
     args.script = script
     return args
 
@@ -389,6 +392,10 @@ SCRIPT_ONLY_FLAGS = (("prompt", "3d", "bbox"), ("video_length", "3d", None), ("m
 def student_method_error(args: argparse.Namespace) -> str | None:
     """Why ``-student``, ``-method`` and ``-infer`` do not go together (None when they do)."""
     light = args.student != "sam2"
+    if args.method != "sss" and (args.dfe or args.pcsw):
+        on = " and ".join(f"-{name} 1" for name in ("dfe", "pcsw") if getattr(args, name))
+        return (f"{on}: DFE and PCSW are parts of SSS; -method {args.method} trains without them (drop the flag, "
+                f"or use -method sss)")
     if light and args.method == "sss":
         return "-method sss trains SAM-2 (DFE, PCSW, the decoder): use -student sam2"
     if not light and args.method in LIGHT_STUDENT_ONLY:

@@ -38,9 +38,9 @@ def load_table(name: str, quick: bool, config: str = CONFIG) -> dict:
     t = dict(conf["tables"][name], name=name, row_defs=conf["rows"], protocol_defs=conf["protocols"])
     t.update(t.pop("quick", {}) if quick else {})
     for r, row in conf["rows"].items():
-        if set(row) - {"label", "flags", "infer", "seeds"}:
-            raise SystemExit(f"reproduce.py: {config}: row {r} may set label, flags, infer and seeds only "
-                             "(budget and validation cadence are the table's)")
+        if set(row) - {"label", "flags", "seeds"}:
+            raise SystemExit(f"reproduce.py: {config}: row {r} may set label, flags and seeds only (budget, "
+                             "validation cadence and inference mode are the table's)")
     return t
 
 
@@ -58,7 +58,7 @@ def build_grid(t: dict, opts) -> list[Cell]:
             row = t["row_defs"][r]
             for seed in opts.seeds or row.get("seeds", t["seeds"]):
                 key = f"{t['name']}_{r}_{c}" + (f"_s{seed}" if seed else "")
-                budget = {**t["budget"], **{k: v for k, v in row.items() if k == "infer"}}
+                budget = dict(t["budget"])
                 flags = {"dataset": t["dataset"], **({"data_path": opts.data_path} if opts.data_path else {}),
                          **t["flags"], **row["flags"], **t["columns"][c]["flags"], **budget,
                          **({"seed": seed} if seed else {}), **device}
@@ -74,7 +74,7 @@ def eval_cmd(t: dict, cell: Cell, run_dir: str, protocol: str, split: str, opts)
     if not os.path.isfile(ckpt) and os.path.isfile(os.path.join(run_dir, "checkpoints", "last.pt")):
         ckpt = os.path.join(run_dir, "checkpoints", "last.pt")  # no finite validation score was ever reached
     flags = {"ckpt": ckpt, "split": split, **t["protocol_defs"][protocol]["flags"], "weights": t["weights"],
-             **{k: v for k, v in cell.budget.items() if k == "infer"}, **t.get("eval_flags", {}),
+             **{k: v for k, v in t["budget"].items() if k == "infer"}, **t.get("eval_flags", {}),
              **({"device": opts.device} if opts.device else {}),
              "log_dir": os.path.join(run_dir, "eval", f"{protocol}_{split}")}
     return [sys.executable, os.path.join(ROOT, "evaluate.py"), *flag_list(flags)]
@@ -165,12 +165,11 @@ def main(argv=None) -> int:
     opts, t = parse(argv)
     cells = build_grid(t, opts)
     b = t["budget"]
-    infer = {c.row: c.budget["infer"] for c in cells if "infer" in b and c.budget["infer"] != b["infer"]}
+    guide = {k: v for k, v in t["flags"].items() if k == "guide_size"}
     print(f"{len(cells)} runs for table {t['name']} (output {opts.out}); every cell: "
           f"{' '.join(flag_list({k: v for k, v in b.items() if k != 'infer'}))}, evaluated with -weights {t['weights']}"
-          + (f"; -infer {b['infer']}" + (" (" + ", ".join(f"{r}: {m}" for r, m in infer.items()) + ")" if infer else "")
-             if "infer" in b else ""),
-          flush=True)
+          + (f"; -infer {b['infer']} for every row" if "infer" in b else "")
+          + (f"; SAM-2 guide at {' '.join(flag_list(guide))}" if guide else ""), flush=True)
     t0, failures = time.time(), []
     if opts.quick and not (opts.dry_run or opts.tables_only):
         from dataset.demo import ensure_demo

@@ -30,12 +30,13 @@ def teacher_targets(teacher: SSSNet, views: dict, semi: SemiConf, pcsw: PCSWConf
     CutMix (``semi.cutmix_p``) of both strong views by the same boxes. views: ``image_w``, ``image_s1``,
     ``image_s2`` of shape (Bu,L,1,S,S), L = ``semi.slab_len``. Pixels of classes prompted by a PCSW fallback
     keep their confidence only where it is >= ``semi.tau_fallback``.
-    ``share_weak``: hand the weak view's encoder features to the student (only with a frozen encoder)."""
+    ``share_weak``: hand the weak view's backbone features (before conv_s0/conv_s1) to the student (only with a
+    frozen image encoder, where they are the student's own)."""
     slab_len = semi.slab_len
     img_u_w, img_u_s1, img_u_s2 = (views[key].flatten(0, 1) for key in ("image_w", "image_s1", "image_s2"))
     n, size = img_u_w.shape[0], img_u_w.shape[-1]
-    enc_u_w = teacher.encode(img_u_w)
-    feats_u_w, _ = teacher.enhance(enc_u_w.feats)
+    raw_u_w = teacher.backbone(img_u_w)
+    feats_u_w, _ = teacher.enhance(teacher.project(raw_u_w).feats)
     probs_u_w = teacher.coarse(feats_u_w).float().softmax(1)                         # (N,K+1,s,s)
     s = probs_u_w.shape[-1]
     prompts_u_w = prompts_from_probs(probs_u_w.view(-1, slab_len, *probs_u_w.shape[1:]), size, pcsw, semi.use_pcsw,
@@ -48,7 +49,7 @@ def teacher_targets(teacher: SSSNet, views: dict, semi: SemiConf, pcsw: PCSWConf
                          clip_cutmix_partners(bu, slab_len, img_u_w.device) + n])                      # (2N,)
     box_masks = sample_box_masks(2 * n, size, semi.cutmix_p, img_u_w.device)                                # (2N,S,S)
     targets = mix_strong_views(img_u_w, img_u_s1, img_u_s2, mask_u_w, conf_u_w, prompts_u_w, partner, box_masks,
-                               pcsw.margin, weak_feats=enc_u_w.feats if share_weak else None)
+                               pcsw.margin, weak_backbone=raw_u_w.feats if share_weak else None)
     targets.pcsw_status = prompts_u_w.status
     return targets
 
@@ -62,7 +63,8 @@ class Student2D(nn.Module):
     def __init__(self, net: SSSNet, teacher: SSSNet, config: TrainConfig, autocast=contextlib.nullcontext):
         super().__init__()
         self.net, self._teacher, self.semi, self.pcsw, self.autocast = net, (teacher,), config.semi, config.pcsw, autocast
-        # a frozen encoder is the same in teacher and student: the teacher's weak-view pass serves both
+        # a frozen image encoder is the same in teacher and student: the teacher's weak-view backbone pass serves
+        # both (each applies its own conv_s0/conv_s1, which train)
         self.frozen_encoder = config.model.freeze_encoder
 
     def forward(self, batch_l: dict, batch_u: dict | None, iteration: int) -> dict:

@@ -117,12 +117,14 @@ def teacher_targets(teacher: SSSNet, views: dict, semi: SemiConf, pcsw: PCSWConf
     on all its frames (a cuboid, with probability ``semi.cutmix_p``), partner = frame t of another clip (the same
     clip reversed if there is one). A class prompted by a PCSW fallback in a clip keeps pseudo-label confidence
     only where it is >= ``semi.tau_fallback`` on every frame of that clip.
-    ``share_weak``: hand the weak clips' encoder features to the student (only with a frozen encoder).
+    ``share_weak``: hand the weak clips' backbone features (before conv_s0/conv_s1) to the student (only with a
+    frozen image encoder, where they are the student's own).
     """
     bu, t = views["image_w"].shape[:2]
     img_u_w, img_u_s1, img_u_s2 = (views[key].flatten(0, 1) for key in ("image_w", "image_s1", "image_s2"))
     n, size = img_u_w.shape[0], img_u_w.shape[-1]
-    enc = teacher.encode(img_u_w)
+    raw = teacher.backbone(img_u_w)
+    enc = teacher.project(raw)
     feats_u_w, _ = teacher.enhance(enc.feats)
     probs_u_w = teacher.coarse(feats_u_w).float().softmax(1)                          # (N,K+1,s,s)
     s, k = probs_u_w.shape[-1], probs_u_w.shape[1] - 1
@@ -137,7 +139,7 @@ def teacher_targets(teacher: SSSNet, views: dict, semi: SemiConf, pcsw: PCSWConf
     partner = torch.cat([clip_cutmix_partners(bu, t, img_u_w.device), clip_cutmix_partners(bu, t, img_u_w.device) + n])
     box_masks = sample_box_masks(2 * bu, size, semi.cutmix_p, img_u_w.device).repeat_interleave(t, dim=0)   # (2N,S,S)
     targets = mix_strong_views(img_u_w, img_u_s1, img_u_s2, mask_u_w, conf_u_w, prompts_u_w, partner, box_masks,
-                               pcsw.margin, num_clips=2 * bu, weak_feats=enc.feats if share_weak else None)
+                               pcsw.margin, num_clips=2 * bu, weak_backbone=raw.feats if share_weak else None)
     targets.pcsw_status = p.status
     return targets
 
@@ -166,7 +168,8 @@ class Student3D(nn.Module):
     def __init__(self, net: SSSNet, teacher: SSSNet, config: TrainConfig, autocast=contextlib.nullcontext):
         super().__init__()
         self.net, self._teacher, self.semi, self.pcsw, self.autocast = net, (teacher,), config.semi, config.pcsw, autocast
-        # a frozen encoder is the same in teacher and student: the teacher's weak-view pass serves both
+        # a frozen image encoder is the same in teacher and student: the teacher's weak-view backbone pass serves
+        # both (each applies its own conv_s0/conv_s1, which train)
         self.frozen_encoder = config.model.freeze_encoder
 
     def forward(self, batch_l: dict, batch_u: dict | None, iteration: int) -> dict:

@@ -92,10 +92,28 @@ def test_presets_come_from_yaml_and_flags_override_them():
     assert cfg.parse_args(["-dataset", "demo", "-ce_weights", "1,1,1,1,1,1"], script="3d").ce_weights == (1,) * 6
 
 
-def test_no_pcsw_ablation_infers_with_coarse_boxes():
-    assert cfg.parse_args(["-pcsw", "0"]).infer == "boxes"
+def test_one_inference_mode_for_every_sam2_method():
+    """-pcsw 0 changes the training prompts only: every SAM-2 method (the ablation too) infers with PCSW unless
+    -infer says otherwise, so that the rows of one comparison are scored in one mode."""
+    assert [cfg.parse_args(f).infer for f in (["-pcsw", "0"], ["-method", "supervised"], ["-method", "fixmatch"],
+                                             ["-dfe", "0"], [])] == ["pcsw"] * 5
     assert cfg.parse_args(["-pcsw", "0", "-infer", "coarse"]).infer == "coarse"
-    assert cfg.parse_args(["-method", "supervised"]).infer == "pcsw"
+    assert cfg.parse_args(["-student", "unet", "-method", "supervised"]).infer == "student"
+
+
+@pytest.mark.parametrize("method", ["supervised", "fixmatch"])
+@pytest.mark.parametrize("flag", ["-dfe", "-pcsw"])
+def test_dfe_and_pcsw_are_refused_outside_sss(method, flag, capsys):
+    """A baseline never trains with DFE or PCSW; asking for them is an error, not a silent override."""
+    with pytest.raises(SystemExit) as e:
+        cfg.parse_args(["-method", method, flag, "1"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert f"{flag} 1: DFE and PCSW are parts of SSS; -method {method} trains without them" in err
+    off = cfg.parse_args(["-method", method, flag, "0"])
+    assert (off.dfe, off.pcsw) == (False, False)
+    sss = cfg.parse_args(["-method", "sss"])
+    assert (sss.dfe, sss.pcsw) == (True, True)
 
 
 def test_config_is_typed_and_frozen():

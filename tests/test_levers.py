@@ -1,6 +1,6 @@
 """Memory levers: -grad_ckpt 1 keeps fewer activations for backward (same gradients), and with a frozen
-encoder the teacher's weak-view encoder pass serves the student too (same losses and gradients, 2N instead
-of 3N student encoder images)."""
+encoder the teacher's weak-view backbone pass serves the student too (same losses and gradients, 2N instead
+of 3N student encoder images), the student projecting it with its own conv_s0/conv_s1."""
 import copy
 import os
 import sys
@@ -77,39 +77,85 @@ class EncodeLog:
         net.sam.encode = encode
 
 
-@pytest.mark.parametrize("script", ["2d", "3d"])
-def test_frozen_encoder_shares_the_weak_view_pass(script):
+def frozen_step_setup(script, *extra):
+    """A frozen-encoder student and its EMA teacher whose conv_s0/conv_s1 (decoder parameters) have moved apart:
+    three SGD steps of the student's own loss on conv_s0/conv_s1, each followed by an EMA update."""
     import cfg
     from func_2d.step import Student2D
     from func_3d.step import Student3D
     from sam2_train.engine.ema import ModelEMA
-    args = make_args(script, "-encoder_lr_mult", "0", "-tau_u", "0", "-cutmix_p", "1")
+    args = make_args(script, "-encoder_lr_mult", "0", "-tau_u", "0", *extra)
     net = make_net(args, num_classes=3)
     ema = ModelEMA(net, 0.99)
     ema.update(net)
-    teacher = ema.module
     g = torch.Generator().manual_seed(3)
     lead = (2, 2) if script == "2d" else (1, 4)                     # (slabs, L) / (clips, T)
     views = {k: torch.rand(*lead, 1, 64, 64, generator=g) for k in ("image_w", "image_s1", "image_s2")}
     if script == "2d":
-        image_l, label_l = torch.rand(2, 1, 64, 64, generator=g), torch.randint(0, 4, (2, 64, 64), generator=g)
-        student = Student2D(net, teacher, cfg.to_config(args, 3))
+        batch_l = {"image": torch.rand(2, 1, 64, 64, generator=g), "label": torch.randint(0, 4, (2, 64, 64), generator=g)}
     else:
-        image_l, label_l = torch.rand(1, 4, 1, 64, 64, generator=g), torch.randint(0, 4, (1, 4, 64, 64), generator=g)
-        student = Student3D(net, teacher, cfg.to_config(args, 3))
+        batch_l = {"image": torch.rand(1, 4, 1, 64, 64, generator=g),
+                   "label": torch.randint(0, 4, (1, 4, 64, 64), generator=g)}
+    student = (Student2D if script == "2d" else Student3D)(net, ema.module, cfg.to_config(args, 3))
     assert student.frozen_encoder
-    n = lead[0] * lead[1]
+    dec = net.sam.sam.sam_mask_decoder
+    opt = torch.optim.SGD([*dec.conv_s0.parameters(), *dec.conv_s1.parameters()], lr=5.0)
+    for _ in range(3):
+        opt.zero_grad()
+        out = student(batch_l, views, 0)
+        (out["loss_x"] + out["loss_u"]).backward()
+        opt.step()
+        ema.update(net)
+    net.zero_grad(set_to_none=True)
+    return net, ema.module, student, batch_l, views
+
+
+@pytest.mark.parametrize("script", ["2d", "3d"])
+def test_frozen_encoder_student_pairs_its_own_weak_features_with_its_strong_ones(script):
+    """With -encoder_lr_mult 0 the teacher's weak-view backbone pass is shared, but the weak features the
+    student's DFE sees are the student's own (its conv_s0/conv_s1, not the EMA's), at every level."""
+    net, teacher, student, batch_l, views = frozen_step_setup(script, "-cutmix_p", "0")
+    img_w = views["image_w"].flatten(0, 1)
+    with torch.no_grad():
+        own, ema = net.encode(img_w).feats, teacher.encode(img_w).feats
+    # the setting under test: the EMA's level-0/1 projections differ from the student's, its backbone does not
+    assert (own[0] - ema[0]).abs().max() > 1e-2 and (own[1] - ema[1]).abs().max() > 1e-2
+    torch.testing.assert_close(own[2], ema[2])
+    seen = []
+    enhance = net.enhance
+
+    def record(feats_w, feats_s=None):
+        if feats_s is not None:                      # DFE(W, S) of the unlabeled strong views
+            seen.append([f.detach().clone() for f in feats_w])
+        return enhance(feats_w, feats_s)
+    net.enhance = record
+    with torch.no_grad():
+        student(batch_l, views, 0)
+    del net.enhance
+    assert len(seen) == 1
+    n = img_w.shape[0]
+    for level, (w, mine) in enumerate(zip(seen[0], own)):   # no CutMix: rows 0..n-1 are the weak view itself
+        torch.testing.assert_close(w[:n], mine, rtol=1e-5, atol=1e-5, msg=f"level {level}")
+
+
+@pytest.mark.parametrize("script", ["2d", "3d"])
+def test_frozen_encoder_shares_the_weak_view_pass(script):
+    """Sharing the teacher's weak-view backbone pass changes nothing but the work: the same losses and gradients
+    as encoding the weak view again in the student (2N instead of 3N student encoder images), also when the
+    EMA's conv_s0/conv_s1 have moved away from the student's."""
+    net, _, student, batch_l, views = frozen_step_setup(script, "-cutmix_p", "1")
+    n = views["image_w"].shape[0] * views["image_w"].shape[1]
     out, grads = {}, {}
     for share in (False, True):
         log = EncodeLog(net)
         net.zero_grad(set_to_none=True)
         student.frozen_encoder = share                               # the switch under test
         torch.manual_seed(7)
-        out[share] = student({"image": image_l, "label": label_l}, views, 0)
+        out[share] = student(batch_l, views, 0)
         (out[share]["loss_x"] + out[share]["loss_u"]).backward()
         grads[share] = {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
         del net.sam.encode
-        labeled = image_l.shape[0] * (1 if script == "2d" else 4)
+        labeled = batch_l["image"].shape[0] * (1 if script == "2d" else 4)
         assert log.sizes == [labeled, 2 * n if share else 3 * n], log.sizes   # student: labeled, unlabeled
     assert out[True]["loss_u"] > 0
     for key in ("loss_x", "loss_u", "mask_ratio"):

@@ -1,6 +1,6 @@
 """Memory and speed levers of the image encoder: activation checkpointing of the Hiera blocks
 (``-grad_ckpt 1``), ``torch.compile`` of the image encoder (``-compile 1``), and whether the teacher's weak-view
-encoder pass can stand in for the student's (:func:`encoder_frozen`).
+encoder backbone pass can stand in for the student's (:func:`encoder_frozen`).
 
 - :func:`enable_grad_checkpointing` turns every Hiera block into a checkpointed one in place (the block's
   class becomes a subclass whose ``forward`` runs under :func:`torch.utils.checkpoint.checkpoint`, so the
@@ -63,8 +63,10 @@ def compile_encoder(image_encoder: nn.Module, backend: str = "inductor") -> nn.M
 
 
 def encoder_frozen(image_encoder: nn.Module) -> bool:
-    """True when no parameter of the encoder trains (``-encoder_lr_mult 0``): the EMA teacher then holds the
-    student's encoder weights exactly (EMA copies frozen parameters), so one weak-view pass serves both."""
+    """True when no parameter of the image encoder trains (``-encoder_lr_mult 0``). The EMA teacher then holds
+    the student's Hiera trunk and FPN neck weights exactly (the EMA copies frozen parameters), so one weak-view
+    backbone pass serves both; the mask decoder's conv_s0/conv_s1, which project feature levels 0 and 1 inside
+    ``SAM2Base.forward_image``, are decoder parameters that train, so each network applies its own."""
     return not any(p.requires_grad for p in image_encoder.parameters())
 
 

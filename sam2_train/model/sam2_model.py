@@ -154,17 +154,39 @@ class SAM2Seg(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         return (x - self.pixel_mean) / self.pixel_std
 
-    def encode_normalized(self, x: torch.Tensor) -> ImageFeatures:
-        """Image encoder on already-normalised images (B,3,S,S) -> :class:`ImageFeatures`."""
-        backbone_out = self.sam.forward_image(x)
+    def backbone_normalized(self, x: torch.Tensor) -> ImageFeatures:
+        """Hiera trunk + FPN neck on already-normalised images (B,3,S,S): the raw FPN levels
+        [(B,256,S/4,S/4), (B,256,S/8,S/8), (B,256,S/16,S/16)], *before* the mask decoder's conv_s0/conv_s1
+        (:meth:`project`). These depend on the image encoder's weights only."""
+        backbone_out = self.sam.image_encoder(x)
         n = self.sam.num_feature_levels
         feats = list(backbone_out["backbone_fpn"][-n:])
         pos = [p[:1].clone() for p in backbone_out["vision_pos_enc"][-n:]]
         return ImageFeatures(feats, pos)
 
+    def project(self, raw: ImageFeatures) -> ImageFeatures:
+        """The mask decoder's conv_s0/conv_s1 on levels 0 and 1 of :meth:`backbone_normalized` features, as
+        ``SAM2Base.forward_image`` applies them (SAM-2's configs have as many FPN levels as feature levels).
+        Those two convolutions are decoder parameters: they train even when the image encoder is frozen."""
+        if not self.sam.use_high_res_features_in_sam:
+            return raw
+        dec = self.sam.sam_mask_decoder
+        feats = list(raw.feats)
+        feats[0], feats[1] = dec.conv_s0(feats[0]), dec.conv_s1(feats[1])
+        return raw.replace(feats)
+
+    def encode_normalized(self, x: torch.Tensor) -> ImageFeatures:
+        """Image encoder on already-normalised images (B,3,S,S) -> :class:`ImageFeatures`
+        (``SAM2Base.forward_image``: :meth:`backbone_normalized`, then :meth:`project`)."""
+        return self.project(self.backbone_normalized(x))
+
     def encode(self, images: torch.Tensor) -> ImageFeatures:
         """(B,1|3,S,S) in [0,1] -> :class:`ImageFeatures` (see module docstring for shapes)."""
         return self.encode_normalized(self.preprocess(images))
+
+    def backbone(self, images: torch.Tensor) -> ImageFeatures:
+        """(B,1|3,S,S) in [0,1] -> the raw FPN levels before conv_s0/conv_s1 (:meth:`backbone_normalized`)."""
+        return self.backbone_normalized(self.preprocess(images))
 
     def _as_features(self, feats) -> ImageFeatures:
         if isinstance(feats, ImageFeatures):

@@ -73,8 +73,9 @@ class UnlabeledTargets:
     images (3N,1,S,S): weak, mixed strong 1, mixed strong 2. box_masks (2N,S,S) bool: CutMix region of each
     strong row. partner (2N,): the stacked row pasted into each box. labels (2N,s,s) int64 and conf (2N,s,s)
     float: mixed pseudo-labels and their confidences. prompts (2N,K): mixed prompts, in model-input pixels.
-    num_clips: 3D only, the number of strong clips (2*Bu) of N/Bu frames each; 0 for 2D. weak_feats: the
-    teacher's weak-view encoder features (3 levels of (N,...)) when the student may reuse them (frozen encoder)."""
+    num_clips: 3D only, the number of strong clips (2*Bu) of N/Bu frames each; 0 for 2D. weak_backbone: the
+    teacher's weak-view backbone features (raw FPN levels, 3 of (N,256,...), before conv_s0/conv_s1) when the
+    student may reuse them (frozen image encoder); the student applies its own conv_s0/conv_s1 to them."""
     images: torch.Tensor
     box_masks: torch.Tensor
     partner: torch.Tensor
@@ -82,7 +83,7 @@ class UnlabeledTargets:
     conf: torch.Tensor
     prompts: SlicePrompts
     num_clips: int = 0
-    weak_feats: list | None = None
+    weak_backbone: list | None = None
     pcsw_status: torch.Tensor | None = None
 
 
@@ -210,11 +211,11 @@ def mix_prompts(prompts: SlicePrompts, partner: torch.Tensor, box_masks: torch.T
 
 def mix_strong_views(xw: torch.Tensor, xs1: torch.Tensor, xs2: torch.Tensor, labels: torch.Tensor,
                      conf: torch.Tensor, prompts: SlicePrompts, partner: torch.Tensor, box_masks: torch.Tensor,
-                     margin: int, num_clips: int = 0, weak_feats: list | None = None) -> UnlabeledTargets:
+                     margin: int, num_clips: int = 0, weak_backbone: list | None = None) -> UnlabeledTargets:
     """The teacher's weak-view targets carried to both CutMix-ed strong views (rows: view 1 then view 2).
 
     xw, xs1, xs2 (N,1,S,S); labels, conf (N,s,s); prompts (N,K); partner (2N,) rows of the stacked strong
-    views (a row of the same view); box_masks (2N,S,S); num_clips: 3D strong clips (0 in 2D); weak_feats: handed
+    views (a row of the same view); box_masks (2N,S,S); num_clips: 3D strong clips (0 in 2D); weak_backbone: handed
     on to the student (see :class:`UnlabeledTargets`). Images,
     pseudo-labels, confidences and prompts are all mixed by the same boxes.
     """
@@ -224,7 +225,7 @@ def mix_strong_views(xw: torch.Tensor, xs1: torch.Tensor, xs2: torch.Tensor, lab
         labels=mix(rep(labels), partner, box_masks), conf=mix(rep(conf), partner, box_masks),
         prompts=mix_prompts(SlicePrompts(rep(prompts.boxes), rep(prompts.points), rep(prompts.valid), rep(prompts.masks)),
                             partner, box_masks, xw.shape[-1], margin),
-        num_clips=num_clips, weak_feats=weak_feats)
+        num_clips=num_clips, weak_backbone=weak_backbone)
 
 
 def rampup_weight(conf: SemiConf, iteration: int) -> float:
@@ -257,23 +258,25 @@ def thin_prompt_frames(valid: torch.Tensor, freq: int) -> torch.Tensor:
 
 
 def strong_view_features(net, images: torch.Tensor, partner: torch.Tensor, box_masks: torch.Tensor,
-                         encoder_grad: bool, weak_feats: list[torch.Tensor] | None = None):
+                         encoder_grad: bool, weak_backbone: list[torch.Tensor] | None = None):
     """Student features of the unlabeled views: images (3N,1,S,S) = weak, mixed strong 1, mixed strong 2.
 
     The encoder runs without autograd unless ``encoder_grad``; the weak features are CutMix-ed like the
     strong images (``partner`` (2N,), ``box_masks`` (2N,S,S)) so DFE(W, S1), DFE(W, S2) pair aligned pixels.
-    ``weak_feats`` (3 levels of (N,...)): the weak view's encoder features already computed by the teacher
-    (valid only when the encoder is frozen, :func:`sam2_train.model.levers.encoder_frozen`); only the 2N strong
-    images are then encoded.
+    ``weak_backbone`` (3 levels of (N,256,...)): the weak view's raw backbone (Hiera + FPN) features, already
+    computed by the teacher; valid only when the image encoder is frozen, so that they are the student's too.
+    Only the 2N strong images are then encoded, and the student's own conv_s0/conv_s1 (decoder parameters,
+    which train) project the weak levels 0 and 1, so W and S come from the same network.
     Returns (ImageFeatures of all 3N images, DFE-enhanced strong features: 3 levels of (2N,...)).
     """
     n = images.shape[0] // 3
     with contextlib.nullcontext() if encoder_grad else torch.no_grad():
-        if weak_feats is None:
+        if weak_backbone is None:
             enc = net.encode(images)
         else:
             enc_s = net.encode(images[n:])
-            enc = enc_s.replace([torch.cat([w.to(s.dtype), s]) for w, s in zip(weak_feats, enc_s.feats)])
+            enc_w = net.project(enc_s.replace([w.to(s.dtype) for w, s in zip(weak_backbone, enc_s.feats)]))
+            enc = enc_s.replace([torch.cat([w, s]) for w, s in zip(enc_w.feats, enc_s.feats)])
     fw = [mix(torch.cat([f[:n], f[:n]]), partner, box_masks) for f in enc.feats]
     _, fs = net.enhance(fw, [f[n:] for f in enc.feats])
     return enc, fs
@@ -283,7 +286,8 @@ def student_strong_views(net, u: UnlabeledTargets, semi: SemiConf):
     """The student's side of the weak-to-strong loss, shared by the 2D and 3D steps: DFE-enhanced features of
     the 2N strong rows (:func:`strong_view_features`, as ImageFeatures carrying the encoder's positional
     encodings, which the 3D tracker needs) and the pseudo-label mask ``conf_ok`` (2N,s,s) = conf >= tau_u."""
-    enc, feats_s = strong_view_features(net, u.images, u.partner, u.box_masks, semi.unsup_encoder_grad, u.weak_feats)
+    enc, feats_s = strong_view_features(net, u.images, u.partner, u.box_masks, semi.unsup_encoder_grad,
+                                        u.weak_backbone)
     return enc.replace(feats_s), u.conf >= semi.tau_u
 
 

@@ -111,9 +111,21 @@ class SSSNet(nn.Module):
         return self.sam.image_size
 
     def encode(self, images: torch.Tensor):
-        """images (B,1|3,S,S) in [0,1] -> ImageFeatures (3 levels, no memory added)."""
+        """images (B,1|3,S,S) in [0,1] -> ImageFeatures (3 levels, no memory added): :meth:`backbone`, then
+        :meth:`project`."""
         with record_function("sss.encoder"):
             return self.sam.encode(images)
+
+    def backbone(self, images: torch.Tensor):
+        """images (B,1|3,S,S) in [0,1] -> the image encoder's raw FPN levels (ImageFeatures, 256 channels each),
+        before the decoder's conv_s0/conv_s1. With a frozen encoder these are the same in the student and its
+        EMA teacher, so one pass can serve both (:meth:`project` then applies each network's own convs)."""
+        with record_function("sss.encoder"):
+            return self.sam.backbone(images)
+
+    def project(self, raw):
+        """This network's conv_s0/conv_s1 on levels 0 and 1 of :meth:`backbone` features -> ImageFeatures."""
+        return self.sam.project(raw)
 
     def enhance(self, feats_w: list[torch.Tensor], feats_s: list[torch.Tensor] | None = None):
         """DFE(W, S) -> (W', S'); with ``feats_s=None`` DFE(W=W) (labeled/test images). Identity without DFE."""
