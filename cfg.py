@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from dataset.build import DataConf
 
-from sam2_train.engine.schedule import SCHEDULES, OptimConf
+from sam2_train.engine.schedule import OPTIMIZERS, SCHEDULES, OptimConf
 from sam2_train.engine.trainer import RunConf, TrainConfig
 from sam2_train.model.build import CKPT_FILES, SAM_CONFIG_NAMES
 from sam2_train.model.pcsw import PCSWConfig
@@ -254,9 +254,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "the weights that are validated and reported (0 = the raw student)")
     g.add_argument("-lambda_u", type=float, default=None,
                    help="weight of the unlabeled loss (default 1; mean_teacher and semisam 0.1, SSL4MIS's "
-                        "consistency weight)")
+                        "consistency weight; km_onetime and km_continuous 0.5, Knowledge Mining's down-weighting of "
+                        "the pseudo-label loss, whose value the paper text available to us does not keep)")
     g.add_argument("-rampup", type=nonneg_int, default=None,
-                   help="sigmoid ramp-up of lambda_u over N iterations (default 0; 3D demo 100)")
+                   help="sigmoid ramp-up of lambda_u over N iterations (default 0; mean_teacher and semisam the "
+                        "whole -max_iters, SSL4MIS's consistency_rampup; 3D demo 100)")
     g.add_argument("-tau_u", type=unit_float, default=0.95, help="pseudo-label confidence threshold")
     g.add_argument("-ce_weights", type=weight_list, default=None, metavar="W0,W1,...",
                    help="class-weighted CE of the coarse head: one weight per class, background first (default "
@@ -266,6 +268,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-p_gt", type=unit_float, default=0.5,
                    help="labeled images: probability of a (jittered) ground-truth box prompt instead of PCSW")
     _bool_flag(g, "-unsup_encoder_grad", False, "let the unlabeled loss back-propagate into the image encoder")
+    g.add_argument("-optim", type=lower_choice(OPTIMIZERS), default=None,
+                   help="adamw, or sgd (momentum 0.9, SSL4MIS/UniMatch; weight decay on every parameter); default "
+                        "adamw, the U-Net students' preset sgd")
+    g.add_argument("-clip_grad", type=float, default=None,
+                   help="clip the gradient norm of the trained network to this (0 = no clipping); default 1, the "
+                        "U-Net students' preset 0 (SSL4MIS does not clip)")
     g.add_argument("-sched", type=lower_choice(SCHEDULES), default="poly")
     g.add_argument("-warmup_iters", type=nonneg_int, default=0, help="linear learning-rate warm-up iterations")
     g.add_argument("-weight_decay", type=float, default=1e-4)
@@ -275,18 +283,35 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("-cutmix_p", type=unit_float, default=0.5, help="probability of CutMix per strong view")
 
     g = p.add_argument_group("SAM-guided baselines (-student unet|unetpp)")
+    g.add_argument("-guide_size", type=image_size, default=None,
+                   help="input size of the SAM-2 guide (default 1024, SAM-2's native size; demo 128): images are "
+                        "resized up to it, prompts scaled by guide_size / image_size, masks brought back")
     g.add_argument("-km_points", type=positive_int, default=1,
-                   help="points per class in SAM-2's prompt: the student's most probable pixels (with the outer box "
-                        "of its thresholded mask)")
+                   help="Knowledge Mining: points per class in SAM-2's prompt, the student's most probable pixels "
+                        "(with the outer box of its thresholded mask)")
     g.add_argument("-km_thresh", type=unit_float, default=0.5,
-                   help="threshold of the student's class probability whose mask gives the box (SAM-Match: -tau_u)")
+                   help="Knowledge Mining: threshold of the student's class probability whose mask gives the box")
     g.add_argument("-km_start", type=nonneg_int, default=None,
-                   help="km_onetime: the iteration at which SAM-2 labels the unlabeled slices once (default half "
-                        "of -max_iters: labeled data only before)")
-    g.add_argument("-km_agree", type=unit_float, default=0.5,
-                   help="km_continuous: a class of a fresh SAM-2 label is trained on when its Dice with the "
-                        "student's current prediction is at least this")
-    g.add_argument("-sam_lambda", type=float, default=0.1, help="semisam: weight of L_sam")
+                   help="km_onetime / km_continuous: the iteration from which SAM-2's labels are used (one-time: "
+                        "made then); labeled data only before, as the paper first trains the student on the "
+                        "labeled subset (default half of -max_iters)")
+    g.add_argument("-km_agree", type=unit_float, default=0.0,
+                   help="km_continuous, our extra (not in the paper): a class of a fresh SAM-2 label is trained on "
+                        "only where its Dice with the student's current prediction is at least this (0 = off)")
+    g.add_argument("-sam_lambda", type=float, default=0.05,
+                   help="semisam: weight of L_sam at iteration 0, decaying as exp(-5 (t/max_iters)^2) (SemiSAM's "
+                        "code: 0.5 x 0.1 x sigmoid_rampup(max_iterations - iter_num))")
+    g.add_argument("-sam_start", type=nonneg_int, default=None,
+                   help="sammatch: the iteration from which SAM-2's labels replace the teacher's (the authors' joint "
+                        "stage, after a UniMatch model and a fine-tuned SAM; default half of -max_iters)")
+    g.add_argument("-bbox_shift", type=nonneg_int, default=5,
+                   help="sammatch: margin in pixels added around the box of the teacher's argmax (the authors' "
+                        "bbox_shift)")
+    g.add_argument("-guide_train", type=str2bool, default=None, metavar="{0,1}",
+                   help="sammatch: fine-tune SAM-2 alongside (loss_x_sam + 0.25 loss_u_w_sam, its own SGD), as "
+                        "SAM-Match does; default 1 for sammatch, refused by the other methods (their SAM is frozen)")
+    g.add_argument("-guide_lr", type=float, default=5e-4,
+                   help="sammatch -guide_train 1: SGD learning rate of SAM-2 (momentum 0.9, weight decay 1e-4)")
 
     g = p.add_argument_group("DFE")
     g.add_argument("-dfe_sim", type=lower_choice(("pixel", "global")), default="pixel",
@@ -323,7 +348,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 PRESET_KEYS = ("exp_name", "sam_config", "sam_ckpt", "image_size", "lr", "b", "max_iters", "val_every", "val_volumes",
-               "labeled_num", "encoder_lr_mult", "rampup", "ce_weights", "video_length", "fg_oversample")
+               "labeled_num", "encoder_lr_mult", "rampup", "ce_weights", "video_length", "fg_oversample", "optim",
+               "clip_grad", "guide_size")
 
 
 def load_preset(dataset: str, script: str, student: str = "sam2") -> dict:
@@ -346,6 +372,7 @@ def default_data_path(dataset: str, script: str) -> str:
 def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespace:
     """Fill the ``None`` flags from the dataset's preset and the script ("2d" or "3d")."""
     preset = load_preset(args.dataset, script, args.student)
+    mean_teacher_rampup = args.rampup is None and args.method in ("mean_teacher", "semisam")
     for name in PRESET_KEYS:
         if getattr(args, name) is None and name in preset:
             setattr(args, name, preset[name])
@@ -369,9 +396,19 @@ def resolve_defaults(args: argparse.Namespace, script: str) -> argparse.Namespac
     if args.num_workers is None:
         args.num_workers = min(8, os.cpu_count() or 1)
     if args.lambda_u is None:
-        args.lambda_u = 0.1 if args.method in ("mean_teacher", "semisam") else 1.0
-    if args.km_start is None:   # read by km_onetime only
-        args.km_start = args.max_iters // 2 if args.method == "km_onetime" else 0
+        args.lambda_u = {"mean_teacher": 0.1, "semisam": 0.1, "km_onetime": 0.5, "km_continuous": 0.5}.get(
+            args.method, 1.0)
+    if mean_teacher_rampup:     # SSL4MIS: sigmoid_rampup(iter // 150, 200) reaches 1 at 30000 = max_iterations
+        args.rampup = args.max_iters
+    args.optim = args.optim or "adamw"
+    args.clip_grad = 1.0 if args.clip_grad is None else args.clip_grad
+    args.guide_size = args.guide_size or 1024
+    if args.km_start is None:   # read by km_onetime and km_continuous only
+        args.km_start = args.max_iters // 2 if args.method in ("km_onetime", "km_continuous") else 0
+    if args.sam_start is None:  # read by sammatch only
+        args.sam_start = args.max_iters // 2 if args.method == "sammatch" else 0
+    if args.guide_train is None:
+        args.guide_train = args.method == "sammatch"
     if args.infer is None:  # one mode for every method of a student kind (-pcsw 0 changes the training prompts only)
         args.infer = "student" if args.student != "sam2" else "pcsw"
     if args.method != "sss":  # DFE and PCSW are parts of SSS; the baselines train without them (-dfe 1 is refused)
@@ -396,6 +433,9 @@ def student_method_error(args: argparse.Namespace) -> str | None:
         on = " and ".join(f"-{name} 1" for name in ("dfe", "pcsw") if getattr(args, name))
         return (f"{on}: DFE and PCSW are parts of SSS; -method {args.method} trains without them (drop the flag, "
                 f"or use -method sss)")
+    if getattr(args, "guide_train", None) and args.method != "sammatch":
+        return (f"-guide_train 1 is SAM-Match's fine-tuning of SAM-2: -method {args.method} keeps its SAM-2 frozen, "
+                "as its paper does")
     if light and args.method == "sss":
         return "-method sss trains SAM-2 (DFE, PCSW, the decoder): use -student sam2"
     if not light and args.method in LIGHT_STUDENT_ONLY:
@@ -435,13 +475,14 @@ def to_config(args: argparse.Namespace, num_classes: int) -> TrainConfig:
                       dfe_levels=tuple(args.dfe_levels),
                       memory_bank_size=args.memory_bank_size if args.script == "3d" else None,
                       freeze_encoder=args.encoder_lr_mult == 0, grad_ckpt=bool(args.grad_ckpt),
-                      student=getattr(args, "student", "sam2"))
+                      student=getattr(args, "student", "sam2"), guide_size=args.guide_size)
     semi = SemiConf(method=args.method, lambda_u=args.lambda_u, rampup=args.rampup, tau_u=args.tau_u, p_gt=args.p_gt,
                     cutmix_p=args.cutmix_p, unsup_encoder_grad=bool(args.unsup_encoder_grad), out_size=args.out_size,
                     slab_len=args.slab_len, prompt=args.prompt, prompt_freq=args.prompt_freq, use_pcsw=bool(args.pcsw),
                     tau_fallback=args.tau_fallback, ce_weights=tuple(args.ce_weights), km_points=args.km_points,
                     km_thresh=args.km_thresh, km_start=args.km_start, km_agree=args.km_agree,
-                    sam_lambda=args.sam_lambda)
+                    sam_lambda=args.sam_lambda, sam_decay=args.max_iters, sam_start=args.sam_start,
+                    bbox_shift=args.bbox_shift, guide_train=bool(args.guide_train), guide_lr=args.guide_lr)
     pcsw = PCSWConfig(thresh=args.pcsw_thresh, tau=args.pcsw_tau, tau_conf=args.pcsw_tau_conf,
                       min_len=args.pcsw_min_len, max_len=args.pcsw_max_len, min_voxels=args.pcsw_min_voxels,
                       min_area=args.pcsw_min_area, max_area=args.pcsw_max_area, margin=args.pcsw_margin,
@@ -449,7 +490,7 @@ def to_config(args: argparse.Namespace, num_classes: int) -> TrainConfig:
                       calibrate=bool(args.pcsw_calibrate), fuse=bool(args.pcsw_fuse),
                       multifocal=bool(args.pcsw_multifocal))
     optim = OptimConf(lr=args.lr, weight_decay=args.weight_decay, encoder_lr_mult=args.encoder_lr_mult,
-                      sched=args.sched, warmup_iters=args.warmup_iters)
+                      sched=args.sched, warmup_iters=args.warmup_iters, optim=args.optim, clip_grad=args.clip_grad)
     run = RunConf(script=args.script, exp_name=args.exp_name, log_dir=args.log_dir, seed=args.seed, amp=args.amp,
                   max_iters=args.max_iters, val_every=args.val_every * args.val_freq, val_volumes=args.val_volumes,
                   log_freq=args.log_freq, save_freq=args.save_freq, max_bad_steps=args.max_bad_steps,

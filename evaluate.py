@@ -27,7 +27,7 @@ from run_training import USER_ERRORS, task_for
 from sam2_train.engine import runtime
 from sam2_train.engine.checkpoint import ConfigMismatchError, load_checkpoint, load_model_state
 from sam2_train.engine.run_dir import console, make_unique_dir, write_json_atomic
-from sam2_train.engine.trainer import evaluate_model
+from sam2_train.engine.trainer import evaluate_model, load_guide_state
 from sam2_train.evaluation.loop import format_summary, write_case_rows
 from sam2_train.engine.trusted_config import trusted_sam_config
 from sam2_train.model.sam_guide import build_sam_guide
@@ -121,6 +121,10 @@ def checkpoint_args(state: dict, ckpt: str, overrides: dict | None = None, *, de
     args.device, args.gpu_device, args.amp, args.distributed = device, gpu_device, amp, "none"
     args.hu_window = tuple(args.hu_window)
     args.dfe_levels = tuple(args.dfe_levels)
+    for key, old in (("guide_size", args.image_size), ("optim", "adamw"), ("clip_grad", 1.0), ("sam_start", 0),
+                     ("guide_train", False)):     # a checkpoint from before these flags existed
+        if getattr(args, key, None) is None:
+            setattr(args, key, old)
     if getattr(args, "infer", None) is None:  # a checkpoint from before -infer existed
         args.infer = "pcsw" if args.pcsw else "boxes"
     return args
@@ -154,8 +158,11 @@ def model_from_checkpoint(state: dict, args: argparse.Namespace, ckpt: str, weig
     load_model_state(net, state["ema"]["module"] if use_ema else state["model"], strict=True)
     net.eval()
     m = config.model
-    guide = (build_sam_guide(m.sam_config, m.sam_ckpt, m.image_size, dev, lambda: runtime.autocast(dev, args.amp))
+    guide = (build_sam_guide(m.sam_config, m.sam_ckpt, getattr(m, "guide_size", 1024), dev,
+                             lambda: runtime.autocast(dev, args.amp))
              if args.infer == "sam_refine" else None)
+    if guide is not None and state.get("guide"):   # SAM-Match's fine-tuned SAM-2 (-guide_train 1)
+        load_guide_state(guide, state, ckpt)
     return LoadedModel(net=net, args=args, config=config, device=dev, weights="ema" if use_ema else "student",
                        guide=guide)
 

@@ -115,6 +115,21 @@ class ACDCLayout:
         return refs
 
 
+def check_no_held_out_patient(train_slices: list[str], list_path: str, held_out: dict) -> None:
+    """DatasetError when a training slice (labeled or unlabeled) belongs to a patient of a held-out list:
+    ``held_out`` maps a list name to its volume refs. The unlabeled pool must never hold a validation or test
+    patient."""
+    train: dict[str, str] = {}
+    for n in train_slices:                      # each patient's first slice in the list, to name it
+        train.setdefault(patient_of(n), n)
+    for name, refs in held_out.items():
+        clash = sorted(set(train) & {patient_of(r.name) for r in refs})
+        if clash:
+            raise DatasetError(f"{list_path}: {train[clash[0]]} is a slice of {clash[0]}, a patient of {name} "
+                               f"({len(clash)} such patient(s)); training slices must not come from validation "
+                               "or test patients")
+
+
 def acdc_sources(root: str, labeled_num: int | None = 3, labeled_ratio: float | None = None):
     """Resolve an ACDC root into volume references.
 
@@ -140,6 +155,7 @@ def acdc_sources(root: str, labeled_num: int | None = 3, labeled_ratio: float | 
     else:
         test_missing = (f"{lay.list_path('test.list')} not found: the ACDC test split is unavailable "
                         f"(the shared sample withholds the test volumes)")
+    check_no_held_out_patient(names, lp, {"val.list": val_refs, "test.list": test_refs or []})
     return {"labeled_slices": labeled_slices, "labeled_refs": lab_refs, "unlabeled_refs": unl_refs,
             "val_refs": val_refs, "test_refs": test_refs, "test_missing": test_missing,
             "class_names": CLASS_NAMES}

@@ -19,7 +19,7 @@ import os
 
 from .base import NiftiVolumeRef
 from .errors import DatasetError
-from .splits import nifti_files, pair_images_labels, resolve, user_splits
+from .splits import case_name, nifti_files, pair_images_labels, patient_key, resolve, user_splits
 
 CLASS_NAMES = ("EDH", "IPH", "IVH", "SAH", "SDH")
 UNLABELED_DIRS = ("unlabel_1980", "unlabel_2000", "unlabeled", "imagesUnlabeled", "unlabel")
@@ -74,6 +74,15 @@ def scan_nifti_root(root: str, what: str = "BHSD"):
                        f"or imagesTr + labelsTr)")
 
 
+def drop_held_out_patients(files: list[str], held_out: list[str]) -> tuple[list[str], list[str]]:
+    """(kept, dropped) unlabeled files: a file whose patient key (:func:`dataset.splits.patient_key` of its case
+    name, BHSD's ``ID_xxxxxxxx``) is that of a validation or test case (``held_out`` case names) is dropped, so
+    that no scan of a held-out patient is trained on, not even unlabeled."""
+    keys = {patient_key(n) for n in held_out}
+    dropped = [p for p in files if patient_key(case_name(p)) in keys]
+    return [p for p in files if patient_key(case_name(p)) not in keys], dropped
+
+
 def nifti_sources(root, labeled_num, labeled_ratio, intensity, class_names, test_fraction, what):
     pool, test, val, layout = scan_nifti_root(root, what)
     unl_files, unl_dirs = find_unlabeled(root)
@@ -89,8 +98,8 @@ def nifti_sources(root, labeled_num, labeled_ratio, intensity, class_names, test
         return NiftiVolumeRef(ip, lp, n, K, intensity)
 
     unl_refs = [NiftiVolumeRef(every[n][0], None, n, K, intensity) for n in r["train_unlabeled"]]
-    from .splits import case_name
-    unl_refs += [NiftiVolumeRef(p, None, case_name(p), K, intensity) for p in unl_files]
+    kept, dropped = drop_held_out_patients(unl_files, (r["val"] or []) + (r["test"] or []))
+    unl_refs += [NiftiVolumeRef(p, None, case_name(p), K, intensity) for p in kept]
     missing = None
     if not unl_refs:
         missing = f"{root}: no unlabeled data (all {len(r['labeled'])} training volumes are labeled and no unlabel_* folder)"
@@ -100,7 +109,7 @@ def nifti_sources(root, labeled_num, labeled_ratio, intensity, class_names, test
             "test_refs": test_refs, "test_missing": None if test_refs else f"{root}: no test volumes",
             "unlabeled_missing": missing, "class_names": tuple(class_names),
             "info": {"layout": layout, "split": r["origin"], "labeled": r["labeled"], "test": r["test"],
-                     "unlabeled_dirs": unl_dirs,
+                     "unlabeled_dirs": unl_dirs, "unlabeled_dropped": dropped,
                      "intensity": list(intensity)}}
 
 

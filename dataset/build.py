@@ -41,8 +41,11 @@ class Splits:
     def summary(self) -> str:
         def n(d):
             return "none" if d is None else str(len(d))
+        dropped = self.info.get("unlabeled_dropped") or []
         return (f"{self.dataset} at {self.root}: labeled {n(self.labeled)}, unlabeled {n(self.unlabeled)}, "
-                f"val {n(self.val)} volumes, test {n(self.test)} volumes; classes {', '.join(self.class_names)}")
+                f"val {n(self.val)} volumes, test {n(self.test)} volumes; classes {', '.join(self.class_names)}"
+                + (f"; {len(dropped)} unlabeled volume(s) dropped: their patient is in the validation or test split "
+                   f"(e.g. {os.path.basename(dropped[0])})" if dropped else ""))
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,8 @@ def assemble(src: dict, conf: DataConf, script: str, dataset: str, root: str) ->
     test = None if src.get("test_refs") is None else VolumeDataset(src["test_refs"], "test")
     names = lambda refs: [r.name for r in refs or []]  # noqa: E731
     case_names = {"labeled": names(src["labeled_refs"]), "unlabeled": names(unl_refs),
-                  "val": names(src["val_refs"]), "test": names(src.get("test_refs"))}
+                  "val": names(src["val_refs"]), "test": names(src.get("test_refs")),
+                  "unlabeled_dropped": [os.path.basename(p) for p in src.get("info", {}).get("unlabeled_dropped", [])]}
     clash = set(case_names["val"]) & set(case_names["test"])
     if clash:
         raise DatasetError(f"{root}: case {sorted(clash)[0]} is in both the validation and the test split")

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam2_train.model.resize import resize_image, resize_label  # noqa: F401  (the one resize rule)
+
 
 # ---------------------------------------------------------------------------------------------
 # weak geometric
@@ -90,23 +92,6 @@ def weak_geometric(image: torch.Tensor, label: torch.Tensor | None, out_size: in
                    rng: np.random.Generator, params: WeakParams = WeakParams()):
     """Sample and apply one weak transform to a stack: image (N,C,H,W), label (N,H,W) or None."""
     return apply_weak(image, label, sample_weak(rng, params), out_size)
-
-
-def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
-    """(N,C,H,W) float -> (N,C,size,size) in [0,1], bilinear (antialiased when shrinking). The one resize of
-    images to the model size, in training (:func:`apply_weak`) and inference alike."""
-    if image.shape[-2:] == (size, size):
-        return image
-    shrink = image.shape[-1] > size or image.shape[-2] > size
-    return F.interpolate(image.float(), size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=shrink).clamp_(0.0, 1.0)
-
-
-def resize_label(label: torch.Tensor, size: int) -> torch.Tensor:
-    """(N,H,W) int -> (N,size,size), nearest."""
-    if label.shape[-2:] == (size, size):
-        return label
-    return F.interpolate(label[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dataset.transforms import resize_image
+from sam2_train.model.resize import resize_image
 from sam2_train.model.pcsw import PCSWConfig
 from sam2_train.model.semi import body_mask
 from sam2_train.model.sss_net import (SSSNet, fuse_probs, labels_from_refined, mask_unprompted, prompts_from_probs,

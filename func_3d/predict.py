@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dataset.transforms import resize_image
+from sam2_train.model.resize import resize_image
 from sam2_train.model.pcsw import PCSWConfig
 from sam2_train.model.semi import body_mask, thin_prompt_frames
 from sam2_train.model.sss_net import (NEG, SSSNet, fuse_probs, labels_from_refined, mask_unprompted, prompts_from_probs,

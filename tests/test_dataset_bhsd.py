@@ -188,3 +188,23 @@ def test_labeled_clips_oversample_foreground(tmp_path):
                    for i in with_lesion for k in range(4)]
     assert all(hits[1.0]) and not all(hits[0.0]), hits
     assert build_datasets(_b(root, dataset="demo", image_size=32, fg_oversample=0.5), "3d").labeled.fg_oversample == 0.5
+
+
+def test_no_test_patient_among_the_unlabeled_scans(tmp_path):
+    """An unlabeled scan (unlabel_1980) of a patient whose labeled volume is in the test or validation split is
+    dropped, counted in the split summary and listed in splits.json; the others stay."""
+    from dataset.splits import case_name
+    make_bhsd_root(str(tmp_path), n=6, unlabeled=2)
+    first = build_datasets(_b(tmp_path, labeled_num=2, image_size=32, video_length=4), "3d")
+    test_case, val_case = first.case_names["test"][0], first.case_names["val"][0]
+    hu, _ = canonical_volume(seed=7)
+    for i, case in enumerate((test_case, val_case)):      # follow-up scans of a test and a validation patient
+        save_nifti(str(tmp_path / "unlabel_1980" / "sub9" / f"{patient_key(case)}_ID_{0xabc0 + i:010x}.nii.gz"),
+                   hu, LAS, np.int16)
+    s = build_datasets(_b(tmp_path, labeled_num=2, image_size=32, video_length=4), "3d")
+    held_out = {patient_key(n) for n in s.case_names["test"] + s.case_names["val"]}
+    assert not held_out & {patient_key(n) for n in s.case_names["unlabeled"]}
+    assert len(s.unlabeled) == len(first.unlabeled) and len(s.case_names["unlabeled_dropped"]) == 2
+    assert {patient_key(case_name(p)) for p in s.info["unlabeled_dropped"]} == {patient_key(test_case),
+                                                                                patient_key(val_case)}
+    assert "2 unlabeled volume(s) dropped: their patient is in the validation or test split" in s.summary()

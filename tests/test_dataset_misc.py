@@ -309,3 +309,15 @@ def test_convert_acdc_raw(tmp_path):
     s = build_datasets(args(data_path=out, labeled_num=1), "2d")
     assert len(s.labeled) == 6 and len(s.test) == 2
     assert main([str(tmp_path / "missing"), out]) == 1
+
+
+def test_no_acdc_training_slice_comes_from_a_validation_or_test_patient(tmp_path):
+    """train_slices.list may not hold a slice of a val.list / test.list patient: one line names the slice."""
+    from tests._data_fixtures import make_acdc_root
+    root = make_acdc_root(str(tmp_path / "acdc"), patients=(5, 3, 9), val=(9,), test=(1,))
+    with pytest.raises(DatasetError, match=r"train_slices.list: patient009_frame01_slice_4 is a slice of patient009, "
+                                           r"a patient of val.list"):
+        build_datasets(args(data_path=root, labeled_num=1), "2d")
+    ok = make_acdc_root(str(tmp_path / "ok"), patients=(5, 3, 9), val=(2,), test=(1,))
+    s = build_datasets(args(data_path=ok, labeled_num=1), "2d")
+    assert len(s.unlabeled) > 0

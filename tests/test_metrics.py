@@ -122,3 +122,20 @@ def test_summarize_nan_aware():
     rows = [volume_metrics(g, g, 2), volume_metrics(np.zeros_like(g), g, 2)]
     s = summarize(rows, ["a", "b"])
     assert s["dice"]["mean"] == 0.5 and s["hd95"]["mean"] == 0.0 and s["jaccard"]["a"] == 0.5
+
+
+def test_summary_names_the_classes_its_mean_averages():
+    """A class absent from every volume (ground truth and prediction) is named in classes_not_in_mean, and the
+    mean is over classes_in_mean only."""
+    from sam2_train.evaluation.loop import evaluate_volumes, format_summary
+    label = np.zeros((2, 8, 8), np.int64)
+    label[:, 2:5, 2:5] = 1
+    label[1, 6:8, 6:8] = 3                       # class 2 ("B") appears nowhere
+    vols = [{"name": f"v{i}", "image": label.astype(np.float32), "label": label, "spacing": None} for i in range(2)]
+    res = evaluate_volumes(vols, lambda image, spacing: np.where(image == 1, 1, 0), ("A", "B", "C"),
+                           protocol="ssl4mis", split="test", progress=False)
+    s = res.summary
+    assert s["classes_in_mean"] == ["A", "C"]
+    assert s["classes_not_in_mean"] == {"B": "absent from the ground truth and the prediction of every volume"}
+    assert s["dice"]["mean"] == pytest.approx((s["dice"]["A"] + s["dice"]["C"]) / 2) and s["dice"]["C"] == 0.0
+    assert "mean leaves out B" in format_summary(s, ("A", "B", "C"))

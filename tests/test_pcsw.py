@@ -29,8 +29,8 @@ def cfg(**kw):
 def test_continuous_structure_exact_boxes_and_point():
     D = 4
     lab = np.zeros((D, H, W), int)
-    lab[:, 10:20, 20:30] = 1
-    lab[3, 10:14, 20:24] = 0  # the last slice is smaller: box (24,10,30,20)
+    lab[:3, 10:20, 20:30] = 1
+    lab[3, 12:18, 22:28] = 1  # the last slice is smaller (inside the others): its own box (22,12,28,18)
     conf = np.full((D, H, W), 0.9)
     conf[1, 12, 25] = 0.97    # most confident pixel of slice 1
     out = pcsw_prompts(probs_from(lab, conf=conf), cfg=cfg())
@@ -38,7 +38,7 @@ def test_continuous_structure_exact_boxes_and_point():
     assert out.boxes.shape == (D, 3, 4) and out.points.shape == (D, 3, 2)
     assert out.valid.shape == (D, 3) and out.masks.shape == (D, 3, H, W)
     assert out.valid[:, 0].all() and not out.valid[:, 1:].any()
-    exp = torch.tensor([[20, 10, 30, 20]] * 3 + [[20, 10, 30, 20]], dtype=torch.float32)
+    exp = torch.tensor([[20, 10, 30, 20]] * 3 + [[22, 12, 28, 18]], dtype=torch.float32)
     torch.testing.assert_close(out.boxes[:, 0], exp)
     assert out.points[1, 0].tolist() == [25.5, 12.5]
     for d in range(D):  # every point lies inside the prompted component
@@ -219,3 +219,55 @@ def test_argmax_masks_match_torch_argmax():
     p = (torch.rand(2, 6, 3, 8, 8, generator=g) * 4).round() / 4   # many ties
     ref = torch.nn.functional.one_hot(p.argmax(1), 6).permute(0, 4, 1, 2, 3)[:, 1:].bool()
     assert torch.equal(_argmax_masks(p), ref)
+
+
+def _slices(d, rows, cols, D=6):
+    lab = np.zeros((D, H, W), int)
+    for z in d:
+        lab[z, rows[0]:rows[1], cols[0]:cols[1]] = 1
+    return lab
+
+
+def _two_lesions():
+    lab = _slices(range(4), (2, 8), (2, 8), D=4)
+    lab[:, 20:24, 20:24] = 1                      # a second, smaller lesion on every slice: C = 144/208 < 0.8
+    return lab
+
+
+# case: class-1 map, PCSW settings -> status (1 accepted, 2 fallback, 3 rejected), prompted slices, fallback-flagged
+# slices, the box on each prompted slice
+EDGE_CASES = {
+    "gap: the longest unbroken run is prompted": (
+        np.maximum(_slices((0, 1), (4, 10), (4, 10)), _slices((3, 4, 5), (4, 12), (4, 12))), {},
+        1, [3, 4, 5], [], [[4, 4, 12, 12]] * 3),
+    "gap, multifocal: still the run (a window never spans an empty slice)": (
+        np.maximum(_slices((0, 1), (4, 10), (4, 10)), _slices((3, 4, 5), (4, 12), (4, 12))), {"multifocal": True},
+        1, [3, 4, 5], [], [[4, 4, 12, 12]] * 3),
+    "single slice, N_min 2: rejected": (_slices((2,), (10, 14), (10, 14), D=5), {"fallback": False},
+                                        3, [], [], []),
+    "single slice, N_min 1: accepted": (_slices((2,), (10, 14), (10, 14), D=5), {"min_len": 1},
+                                        1, [2], [], [[10, 10, 14, 14]]),
+    "single slice, N_min 2, fallback: flagged": (_slices((2,), (10, 14), (10, 14), D=5), {"fallback": True},
+                                                 2, [2], [2], [[10, 10, 14, 14]]),
+    "two lesions, one structure: rejected": (_two_lesions(), {"min_len": 1, "fallback": False}, 3, [], [], []),
+    "two lesions, multifocal: both in one prompt": (_two_lesions(), {"min_len": 1, "multifocal": True}, 1,
+                                                   [0, 1, 2, 3], [], [[2, 2, 24, 24]] * 4),
+    "two lesions, fallback: the larger, flagged": (_two_lesions(), {"min_len": 1, "fallback": True}, 2,
+                                                  [0, 1, 2, 3], [0, 1, 2, 3], [[2, 2, 8, 8]] * 4),
+    "flicker: rejected": (_slices((0, 2, 4), (4, 10), (4, 10)), {"fallback": False}, 3, [], [], []),
+    "flicker, fallback: one slice, flagged": (_slices((0, 2, 4), (4, 10), (4, 10)), {"fallback": True}, 2,
+                                              [0], [0], [[4, 4, 10, 10]]),
+}
+
+
+@pytest.mark.parametrize("case", list(EDGE_CASES))
+def test_pcsw_edge_cases(case):
+    lab, kw, status, prompted, flagged, boxes = EDGE_CASES[case]
+    out = pcsw_prompts(probs_from(lab), cfg=cfg(**kw))
+    assert int(out.status[0]) == status
+    assert [d for d in range(lab.shape[0]) if out.valid[d, 0]] == prompted
+    assert [d for d in range(lab.shape[0]) if out.fallback[d, 0]] == flagged
+    assert [out.boxes[d, 0].tolist() for d in prompted] == boxes
+    for d in prompted:                           # every click lies on the prompted component, inside the box
+        x, y = out.points[d, 0].floor().long().tolist()
+        assert out.masks[d, 0, y, x] and lab[d, y, x] == 1

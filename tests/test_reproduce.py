@@ -34,46 +34,51 @@ def _resolved(cmd: str, script: str):
 
 
 def test_dry_run_lists_the_paper_grid_with_one_budget(capsys, tmp_path):
+    """One budget, one validation cadence and one inference mode per table, said in its header: the SAM-2 rows
+    (the w/o-PCSW ablation too) with PCSW prompts, the lightweight students with their own prediction and
+    Knowledge Mining's refined rows with SAM-2's, whose guide runs at 1024 px."""
     assert reproduce.main(["acdc", "--dry-run", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == (
-        f"42 runs for table acdc (output {tmp_path}); every cell: -max_iters 30000 -val_every 1000, evaluated with "
-        "-weights ema; -infer pcsw (sss_no_pcsw: boxes, supervised_unet: student, mean_teacher_unet: student, "
-        "unimatch_unet: student, km_onetime: student, km_onetime_refine: sam_refine, km_continuous: student, "
-        "km_continuous_refine: sam_refine, semisam: student, sammatch: student)")
-    all_cmds = [l for l in out.splitlines() if "train_2d.py" in l]
-    assert len(all_cmds) == 42
-    cmds = [c for c in all_cmds if "-student" not in c]       # the SAM-2 rows
-    light = [c for c in all_cmds if "-student" in c]          # the lightweight students (9 rows x 3 columns)
-    assert len(cmds) == 15 and len(light) == 27
+        f"15 runs for table acdc (output {tmp_path}); every cell: -max_iters 30000 -val_every 1000, evaluated with "
+        "-weights ema; -infer pcsw for every row")
+    cmds = [l for l in out.splitlines() if "train_2d.py" in l]
+    assert len(cmds) == 15 and not any("-student" in c for c in cmds)
     for c in cmds:  # -dataset and what the cell sets; the script fills the paper's settings itself
         assert "-dataset acdc" in c and not re.search(r" -(image_size|sam_config|sam_ckpt|b) ", c), c
         a = _resolved(c, "2d")
-        assert (a.sam_config, a.sam_ckpt, a.image_size, a.out_size, a.b) == (
-            "sam2_hiera_s", os.path.join("checkpoints", "sam2_hiera_small.pt"), 1024, 1024, 4)
-    for c in light:  # the preset's unet block: 256 px, 12 labeled slices; the frozen SAM-2 is the paper's
-        a = _resolved(c, "2d")
-        assert (a.student in ("unet", "unetpp"), a.image_size, a.b, a.sam_config) == (True, 256, 12, "sam2_hiera_s")
-        assert _flag(c, "infer") == ("sam_refine" if "_refine_l" in c else "student")
-    # the same budget and validation cadence in every cell; one inference mode except the w/o PCSW ablation
-    assert {_flag(c, "max_iters") for c in all_cmds} == {"30000"} and {_flag(c, "val_every") for c in all_cmds} == {"1000"}
-    assert [_flag(c, "infer") for c in cmds if "-pcsw 0" in c] == ["boxes"] * 3
-    assert {_flag(c, "infer") for c in cmds if "-pcsw 0" not in c} == {"pcsw"}
+        assert (a.sam_config, a.sam_ckpt, a.image_size, a.out_size, a.b, a.infer) == (
+            "sam2_hiera_s", os.path.join("checkpoints", "sam2_hiera_small.pt"), 1024, 1024, 4, "pcsw")
+    assert {_flag(c, "max_iters") for c in cmds} == {"30000"} and {_flag(c, "val_every") for c in cmds} == {"1000"}
+    assert {_flag(c, "infer") for c in cmds} == {"pcsw"}
     assert sum("-labeled_num 3 " in c for c in cmds) == 5
     assert sum("-method sss -dfe 0" in c for c in cmds) == 3 and sum("-method sss -pcsw 0" in c for c in cmds) == 3
     assert sum("-method fixmatch" in c for c in cmds) == 3 and sum("-method supervised" in c for c in cmds) == 3
-    assert {_flag(c, "method") for c in light} == {"supervised", "mean_teacher", "fixmatch", "km_onetime",
-                                                    "km_continuous", "semisam", "sammatch"}
     assert "-exp_name acdc_sss_no_pcsw_l7 -log_dir " + os.path.join(str(tmp_path), "runs", "acdc_sss_no_pcsw_l7") in out
     evals = [l for l in out.splitlines() if "evaluate.py" in l]
-    assert len(evals) == 42 * 3 and all("best.pt" in l and "-weights ema" in l for l in evals)  # + unimatch val, test
-    assert sum("-infer boxes" in l for l in evals) == 3 * 3 and sum("-infer pcsw" in l for l in evals) == 12 * 3
-    assert sum("-protocol unimatch" in l for l in evals) == 84 and sum("-protocol ssl4mis" in l for l in evals) == 42
+    assert len(evals) == 15 * 3 and all("best.pt" in l and "-weights ema" in l and "-infer pcsw" in l for l in evals)
+    assert sum("-protocol unimatch" in l for l in evals) == 30 and sum("-protocol ssl4mis" in l for l in evals) == 15
     assert not os.path.exists(os.path.join(str(tmp_path), "runs"))  # nothing ran
+
+    for table, infer, rows in (("acdc_students", "student", 7), ("acdc_sam_refine", "sam_refine", 3)):
+        assert reproduce.main([table, "--dry-run", "--out", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert out.splitlines()[0] == (
+            f"{rows * 3} runs for table {table} (output {tmp_path}); every cell: -max_iters 30000 -val_every 1000, "
+            f"evaluated with -weights ema; -infer {infer} for every row; SAM-2 guide at -guide_size 1024")
+        light = [l for l in out.splitlines() if "train_2d.py" in l]
+        assert len(light) == rows * 3
+        for c in light:  # the preset's unet block: SSL4MIS's recipe; the SAM-2 guide is the paper's, at 1024 px
+            a = _resolved(c, "2d")
+            assert (a.student in ("unet", "unetpp"), a.image_size, a.b, a.optim, a.lr, a.sam_config, a.guide_size,
+                    a.infer) == (True, 256, 12, "sgd", 0.01, "sam2_hiera_s", 1024, infer)
+        evals = [l for l in out.splitlines() if "evaluate.py" in l]
+        assert evals and all(f"-infer {infer}" in l for l in evals)
+    assert {_flag(c, "method") for c in light} == {"supervised", "km_onetime", "km_continuous"}
 
     assert reproduce.main(["acdc", "--dry-run", "--max_iters", "500", "--out", str(tmp_path)]) == 0
     cmds = [l for l in capsys.readouterr().out.splitlines() if "train_2d.py" in l]
-    assert len(cmds) == 42 and {_flag(c, "max_iters") for c in cmds} == {"500"}
+    assert len(cmds) == 15 and {_flag(c, "max_iters") for c in cmds} == {"500"}
 
     assert reproduce.main(["bhsd", "--dry-run", "--methods", "sss", "--out", str(tmp_path)]) == 0
     cmds = [l for l in capsys.readouterr().out.splitlines() if "train_3d.py" in l]
@@ -119,9 +124,14 @@ def test_a_table_is_data_only(tmp_path, capsys):
     assert ["-seed 1" in c for c in cmds] == [False, True, False]
     assert all("-sam_config sam2_hiera_t -sam_ckpt none -image_size 128" in c and _flag(c, "max_iters") == "1500"
                for c in cmds)
-    conf.rows.sss.budget = {"max_iters": 10}  # a row may not change the table's budget
+    conf.rows.sss.budget = {"max_iters": 10}  # a row may not change the table's budget ...
     OmegaConf.save(conf, tmp_path / "bad.yaml")
-    with pytest.raises(SystemExit, match="row sss may set label, flags, infer and seeds only"):
+    with pytest.raises(SystemExit, match="row sss may set label, flags and seeds only"):
+        reproduce.main(["cpu", "--dry-run", "--config", str(tmp_path / "bad.yaml")])
+    del conf.rows.sss.budget
+    conf.rows.sss.infer = "boxes"             # ... nor its inference mode: one mode per table
+    OmegaConf.save(conf, tmp_path / "bad.yaml")
+    with pytest.raises(SystemExit, match="inference mode are the table's"):
         reproduce.main(["cpu", "--dry-run", "--config", str(tmp_path / "bad.yaml")])
     assert tables.fmt([0.8, 0.9], 100) == "85.00 ± 7.07" and tables.fmt([float("nan"), None]) == "—"
 
@@ -187,7 +197,7 @@ def test_tables_put_ours_beside_published_and_never_invent(tmp_path, capsys):
     assert "- ABD (Chi et al., CVPR 2024" in md
     assert ("**Same protocol in every cell:** a budget of 30000 iterations (`-max_iters`), validation every 1000 "
             "iterations (`-val_every`), evaluated from the EMA of the weights for every method (`-weights ema`), "
-            "inference `-infer pcsw` (except SSS w/o PCSW: `boxes` for training and inference)") in md
+            "validated and reported with `-infer pcsw` for every row") in md
     assert "Not under this protocol" not in md
     table = list(csv.reader(open(out / "acdc.csv")))
     assert table[0] == ["Method", "Protocol", "1 case: Dice %", "3 cases: Dice %", "7 cases: Dice %"]

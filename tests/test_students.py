@@ -103,7 +103,7 @@ def demo_batches(tmp_path_factory):
 def config_for(method, root, student="unet", *extra):
     args = parse_args(["-dataset", "demo", "-data_path", root, "-student", student, "-method", method,
                        "-sam_config", TINY, "-image_size", "64", "-b", "2", "-b_u", "4", "-slab_len", "2",
-                       "-max_iters", "4", "-tau_u", "0.3", "-km_thresh", "0.3", "-km_agree", "0.0", *extra],
+                       "-max_iters", "4", "-tau_u", "0.0", "-km_thresh", "0.3", "-guide_size", "64", *extra],
                       script="2d")
     return to_config(args, 3)
 
@@ -115,7 +115,8 @@ def test_each_method_runs_two_steps_and_no_gradient_reaches_sam(method, demo_bat
     config = config_for(method, root, "unetpp" if method.startswith("km") else "unet")
     net = build_student(config.model)
     teacher = ModelEMA(net, 0.99).module
-    guide = build_sam_guide(TINY, "none", 64, "cpu", contextlib.nullcontext) if TASK_UNET_2D.needs_guide(config) else None
+    guide = (build_sam_guide(TINY, "none", 64, "cpu", contextlib.nullcontext, trainable=config.semi.guide_train)
+             if TASK_UNET_2D.needs_guide(config) else None)
     if guide is not None:
         sam_before = {k: v.clone() for k, v in guide.sam.state_dict().items()}
     student = StudentUNet2D(net, teacher, config, guide=guide)
@@ -136,7 +137,10 @@ def test_each_method_runs_two_steps_and_no_gradient_reaches_sam(method, demo_bat
         out["loss"].backward()
         opt.step()
     assert any(not torch.equal(a, p) for a, p in zip(before, net.parameters()))
-    if guide is not None:
+    if guide is not None and method == "sammatch":   # SAM-Match fine-tunes its SAM-2 (-guide_train 1, its default)
+        assert guide.trainable and "loss_guide" in out and "loss_u_w_sam" in out
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in guide.sam.parameters())
+    elif guide is not None:                           # the other SAM-guided methods keep it frozen
         assert all(p.grad is None and not p.requires_grad for p in guide.sam.parameters())
         assert all(torch.equal(v, sam_before[k]) for k, v in guide.sam.state_dict().items())
     if method == "semisam":
@@ -205,6 +209,7 @@ def test_students_run_channels_last_with_the_same_outputs():
     plain = UNetStudent("unet", 3, 64)
     plain.net.to(memory_format=torch.contiguous_format)
     plain.load_state_dict(net.state_dict())
+    net.eval(), plain.eval()                                  # dropout off, BatchNorm on its running statistics
     with torch.no_grad():
         assert torch.allclose(net(x), plain.net(x), atol=1e-5)
 
@@ -296,6 +301,8 @@ def test_km_onetime_labels_once_and_a_resume_reuses_the_labels(demo_batches, tmp
     (["-student", "unet", "-method", "supervised", "-infer", "pcsw"], "does not fit"),
     (["-student", "sam2", "-method", "sss", "-infer", "sam_refine"], "does not fit"),
     (["-student", "unet", "-method", "supervised", "-compile", "1"], "image encoder"),
+    (["-student", "unet", "-method", "km_continuous", "-guide_train", "1"], "keeps its SAM-2 frozen"),
+    (["-student", "unet", "-method", "sammatch", "-guide_size", "100"], "multiple of 32"),
 ])
 def test_flags_that_do_not_fit_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -305,13 +312,22 @@ def test_flags_that_do_not_fit_are_one_line_errors(argv, message, capsys):
 
 
 def test_light_student_defaults():
+    """The U-Net rows train on SSL4MIS's recipe (256 px, 12 slices, SGD 0.01 poly, no clipping), the SAM-2 guide
+    runs at 1024 px, and each SAM-guided method gets its paper's defaults."""
     a = parse_args(["-dataset", "acdc", "-student", "unetpp", "-method", "semisam"], script="2d")
-    assert (a.image_size, a.b, a.lr, a.infer, a.lambda_u, a.dfe, a.pcsw) == (256, 12, 1e-3, "student", 0.1, False, False)
-    assert parse_args(["-dataset", "acdc", "-student", "unet", "-method", "km_onetime"]).km_start == 15000
+    assert (a.image_size, a.b, a.lr, a.optim, a.clip_grad, a.infer, a.lambda_u, a.dfe, a.pcsw) == (
+        256, 12, 1e-2, "sgd", 0.0, "student", 0.1, False, False)
+    assert (a.guide_size, a.rampup, a.guide_train) == (1024, 30000, False)   # consistency ramp over the budget
+    for method in ("km_onetime", "km_continuous"):   # labeled only for the first half, then lambda_u 0.5, no gate
+        k = parse_args(["-dataset", "acdc", "-student", "unet", "-method", method])
+        assert (k.km_start, k.lambda_u, k.km_agree, k.guide_train) == (15000, 0.5, 0.0, False)
+    m = parse_args(["-dataset", "acdc", "-student", "unet", "-method", "sammatch"])
+    assert (m.sam_start, m.bbox_shift, m.guide_train, m.guide_lr, m.lambda_u) == (15000, 5, True, 5e-4, 1.0)
     s = parse_args(["-dataset", "acdc", "-method", "fixmatch"], script="2d")
-    assert (s.image_size, s.lambda_u, s.infer) == (1024, 1.0, "pcsw")
+    assert (s.image_size, s.lambda_u, s.infer, s.optim, s.clip_grad) == (1024, 1.0, "pcsw", "adamw", 1.0)
     c = to_config(a, 3)
-    assert c.model.student == "unetpp" and c.semi.sam_lambda == 0.1 and c.semi.km_points == 1
+    assert c.model.student == "unetpp" and c.semi.sam_lambda == 0.05 and c.semi.km_points == 1
+    assert (c.model.guide_size, c.optim.optim, c.semi.sam_decay) == (1024, "sgd", 30000)
     r = subprocess.run([sys.executable, os.path.join(ROOT, "train_3d.py"), "-student", "unet", "-method", "supervised"],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "train_2d.py" in r.stderr and "Traceback" not in r.stderr

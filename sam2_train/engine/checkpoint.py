@@ -62,7 +62,8 @@ RESUME_KEYS = ARCH_KEYS + (
     "ema", "lambda_u", "rampup", "tau_u", "p_gt", "unsup_encoder_grad", "cutmix_p",
     "pcsw", "pcsw_thresh", "pcsw_tau", "pcsw_tau_conf", "pcsw_min_len", "pcsw_max_len", "pcsw_min_voxels",
     "pcsw_min_area", "pcsw_max_area", "pcsw_margin", "pcsw_select",
-    "val_freq", "val_volumes", "km_points", "km_thresh", "km_start", "km_agree", "sam_lambda",
+    "val_freq", "val_volumes", "km_points", "km_thresh", "km_start", "km_agree", "sam_lambda", "optim", "clip_grad",
+    "guide_size", "sam_start", "bbox_shift", "guide_train", "guide_lr",
 )
 
 

@@ -241,6 +241,19 @@ def wrap_ddp(model: torch.nn.Module, dist_info: DistInfo, **ddp_kwargs) -> torch
     return torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
 
 
+def average_gradients(params) -> None:
+    """Average the gradients of ``params`` over the processes (one all-reduce of a flat buffer; nothing without
+    DDP): for a network trained outside the DDP wrapper (SAM-Match's fine-tuned SAM-2 guide)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or not is_dist():
+        return
+    flat = torch._utils._flatten_dense_tensors(grads)
+    torch.distributed.all_reduce(flat)
+    flat /= get_world_size()
+    for g, avg in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(avg)
+
+
 def barrier() -> None:
     if is_dist():
         if dist.get_backend() == "nccl" and torch.cuda.is_available():

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sam2_train.engine import runtime
-from sam2_train.engine.checkpoint import (check_config_compatible, check_resume_config, gather_rng_states,
+from sam2_train.engine.checkpoint import (CheckpointError, check_config_compatible, check_resume_config, gather_rng_states,
                                           load_checkpoint, load_model_state, make_checkpoint, restore_training_state,
                                           resume_record, save_checkpoint, saved_world_size,
                                           world_size_change_message)
@@ -131,6 +131,16 @@ def _to(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
+def load_guide_state(guide: SAMGuide, state: dict, source: str, optimizer=None) -> None:
+    """The fine-tuned SAM-2 guide (SAM-Match, ``-guide_train 1``) saved in checkpoint ``state`` (and its optimiser
+    state when ``optimizer`` is given); CheckpointError when the checkpoint has none."""
+    if not state.get("guide"):
+        raise CheckpointError(f"{source} holds no fine-tuned SAM-2 guide (-guide_train 1 saves it with the run)")
+    load_model_state(guide.sam, state["guide"]["model"], strict=True, what=f"the SAM-2 guide of {source}")
+    if optimizer is not None:
+        optimizer.load_state_dict(state["guide"]["optimizer"])
+
+
 def evaluate_model(task: Task, net: SSSNet, volumes, class_names, config: TrainConfig, *, infer: str, device,
                    autocast, split: str, max_volumes: int = 0, vis_dir: str | None = None,
                    save_pred: Callable | None = None, keep: Collection[str] = (),
@@ -187,9 +197,14 @@ class Trainer:
                                                  source=run.resume)
         self.net = self.task.build_net(self.config.model, device=self.device,
                                        sam_ckpt="none" if resume is not None else None)
-        m = self.config.model   # a frozen SAM-2 guide is never in our checkpoints: always from -sam_ckpt
-        self.guide = (build_sam_guide(m.sam_config, m.sam_ckpt, m.image_size, self.device, self.autocast)
+        m, semi = self.config.model, self.config.semi
+        # the SAM-2 guide comes from -sam_ckpt; only SAM-Match's fine-tuned one (-guide_train 1) is saved with the run
+        self.guide = (build_sam_guide(m.sam_config, m.sam_ckpt, m.guide_size, self.device, self.autocast,
+                                      trainable=semi.guide_train)
                       if self.task.needs_guide is not None and self.task.needs_guide(self.config) else None)
+        self.guide_optimizer = (torch.optim.SGD(self.guide.sam.parameters(), lr=semi.guide_lr, momentum=0.9,
+                                                weight_decay=1e-4, foreach=True)
+                                if self.guide is not None and self.guide.trainable else None)
         if run.pretrain and resume is None:
             state = load_checkpoint(run.pretrain)
             saved = dict(state["config"], sam_config=trusted_sam_config(state["config"].get("sam_config"), run.pretrain))
@@ -215,6 +230,8 @@ class Trainer:
                                           ema=self.ema)
             start, self.best = info["iteration"], info["best"] or self.best
             self.guard.load_state_dict(resume.get("guard", {}))
+            if self.guide_optimizer is not None:
+                load_guide_state(self.guide, resume, run.resume, self.guide_optimizer)
             self.run_dir = RunDir.open(run.resume, is_main=dist.is_main, resume_iteration=start)
             self.run_dir.record_resume(resume_record(resume, run.resume, resume_changes, dist.world_size))
         else:
@@ -268,12 +285,18 @@ class Trainer:
         batch_l = _to(next(self.batches_l), self.device)
         out = self.student(batch_l, self.unlabeled_batch(it), it)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.guide_optimizer is not None:
+            self.guide_optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+        clip = self.config.optim.clip_grad   # the norm is computed without clipping too: the guard reads it
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip if clip > 0 else float("inf"))
         # one host sync per step: skip the update when the loss or any gradient is not finite; the same sync
         # reads the finiteness of the weights the previous update produced
         if self.guard.check(out["loss"].detach().float() + grad_norm, it + 1):
             self.optimizer.step()
+            if self.guide_optimizer is not None:   # outside DDP: its gradients are averaged over the ranks here
+                runtime.average_gradients(self.guide.sam.parameters())
+                self.guide_optimizer.step()
             self.guard.watch_weights(self.trainable, it + 1)
             if self.ema is not None:
                 self.ema.update(self.net)
@@ -367,7 +390,10 @@ class Trainer:
             return
         state = make_checkpoint(self.net, self.record, optimizer=self.optimizer, scheduler=self.scheduler,
                                 ema=self.ema, rng=rng, iteration=iteration, epoch=iteration // self.run.val_every,
-                                best=self.best, guard=self.guard.state_dict(), world_size=self.dist.world_size)
+                                best=self.best, guard=self.guard.state_dict(), world_size=self.dist.world_size,
+                                **({"guide": {"model": self.guide.sam.state_dict(),
+                                              "optimizer": self.guide_optimizer.state_dict()}}
+                                   if self.guide_optimizer is not None else {}))
         for name in names:
             save_checkpoint(self.run_dir.checkpoint_path(name), state)
 
@@ -382,6 +408,8 @@ class Trainer:
         if os.path.exists(best_path):
             state = load_checkpoint(best_path)
             load_model_state(net, state["ema"]["module"] if self.ema is not None else state["model"], strict=True)
+            if self.guide_optimizer is not None:
+                load_guide_state(self.guide, state, best_path)
         volumes, split = (self.splits.test, "test") if self.splits.test is not None else (self.splits.val, "val")
         if self.splits.test is None:
             self.run_dir.log(f"no test split ({self.splits.test_missing}); final numbers are on the validation split")

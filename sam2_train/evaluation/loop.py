@@ -1,8 +1,8 @@
 """Volume-level evaluation shared by the 2D and 3D pipelines.
 
 The loop hands the predictor nothing but the image volume (and its voxel spacing): labels are read
-only afterwards, to score the prediction. ``tests/test_no_label_leak.py`` checks this by replacing the
-labels and comparing predictions.
+only afterwards, to score the prediction. ``tests/test_train_2d.py::test_predictions_do_not_depend_on_labels``
+and its 3D twin in ``tests/test_train_3d.py`` check this by replacing the labels and comparing predictions.
 """
 from __future__ import annotations
 
@@ -88,11 +88,22 @@ def evaluate_volumes(volumes: Iterable[dict], predict: PredictFn, class_names: S
     if not per_case:
         raise RuntimeError(f"no volumes to evaluate in split {split!r}")
     summary = summarize(per_case, class_names)
+    summary.update(means_say_what_they_average(summary, class_names))
     summary["protocol"] = protocol
     summary["split"] = split
     summary["num_volumes"] = len(per_case)
     summary["distance_units"] = "/".join(sorted(units))
     return EvalResult(summary=summary, rows=rows, predictions=preds if (keep_all or keep_names) else None)
+
+
+def means_say_what_they_average(summary: dict, class_names: Sequence[str]) -> dict:
+    """``classes_in_mean``: the classes the "mean" of each metric averages (Dice defined in at least one
+    volume), and ``classes_not_in_mean``: each other class with the reason, a class absent from the ground
+    truth and the prediction of every volume (its Dice is undefined everywhere, so no mean can hold it)."""
+    inside = [c for c in class_names if np.isfinite(summary["dice"][c])]
+    return {"classes_in_mean": inside,
+            "classes_not_in_mean": {c: "absent from the ground truth and the prediction of every volume"
+                                    for c in class_names if c not in inside}}
 
 
 def write_case_rows(path: str, rows: list[dict]) -> None:
@@ -117,4 +128,6 @@ def format_summary(summary: dict, class_names: Sequence[str]) -> str:
     if "empty_pred" in summary:
         counts = [summary["empty_pred"][c] for c in class_names] + [summary["empty_pred"]["total"]]
         lines.append(f"{'empty':8s}" + "".join(f"{v:9d}" for v in counts))
+    for c, why in (summary.get("classes_not_in_mean") or {}).items():
+        lines.append(f"mean leaves out {c}: {why}")
     return "\n".join(lines)

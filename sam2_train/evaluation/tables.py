@@ -145,10 +145,10 @@ def protocol_text(t: dict, cells: list[Cell]) -> str:
     text = f"**Same protocol in every cell:** a budget of {b['max_iters']} iterations (`-max_iters`)"
     text += f", validation every {b['val_every']} iterations (`-val_every`)" if "val_every" in b else ""
     text += f", evaluated from {WEIGHTS.get(w, w)} for every method (`-weights {w}`)"
-    if "infer" in b:
-        text += f", inference `-infer {b['infer']}`" + "".join(dict.fromkeys(
-            f" (except {t['row_defs'][c.row]['label']}: `{c.budget['infer']}` for training and inference)"
-            for c in cells if c.budget["infer"] != b["infer"]))
+    if "infer" in b:   # one mode per table: rows never set their own (reproduce.load_table refuses it)
+        text += f", validated and reported with `-infer {b['infer']}` for every row"
+    guide = t.get("flags", {}).get("guide_size")
+    text += f", the SAM-2 guide at {guide} px (`-guide_size`)" if guide else ""
     if t.get("checkpoint", "best") == "last":
         return text + "; the last checkpoint is evaluated (nothing is selected on the reported volumes)."
     return text + "; the checkpoint is selected on the validation split."

@@ -29,8 +29,13 @@ class SemiConf:
     ``tau_fallback``: the stricter pseudo-label threshold of classes prompted by a PCSW fallback.
     ``ce_weights``: CE weight per class 0..K of the coarse head's loss (empty: unweighted).
     SAM-guided methods (lightweight students, :data:`SAM_GUIDED`): ``km_points`` points per class and
-    ``km_thresh`` mask threshold of the prompts; ``km_start`` iteration of Knowledge Mining's one-time labels;
-    ``km_agree`` Dice with the student a continuous SAM label must reach; ``sam_lambda`` SemiSAM's L_sam weight."""
+    ``km_thresh`` mask threshold of Knowledge Mining's prompts; ``km_start`` the iteration from which Knowledge
+    Mining uses SAM-2's labels (labeled data only before, both variants); ``km_agree`` Dice with the student a
+    continuous SAM label must reach (0: off; our extra, not the paper's); ``sam_lambda`` SemiSAM's L_sam weight at
+    iteration 0, decaying as ``exp(-5 (t/sam_decay)^2)``; ``sam_start`` SAM-Match's joint stage (UniMatch-style
+    and, with ``guide_train``, SAM-2 fine-tuned on the labeled slices only before it); ``bbox_shift`` SAM-Match's
+    box margin in pixels; ``guide_train``/``guide_lr`` SAM-Match's fine-tuning of SAM-2 (SGD, momentum 0.9,
+    weight decay 1e-4, constant rate), loss ``loss_x_sam + guide_u_weight * loss_u_w_sam``."""
     method: str = "sss"
     lambda_u: float = 1.0
     rampup: int = 0
@@ -48,8 +53,14 @@ class SemiConf:
     km_points: int = 1
     km_thresh: float = 0.5
     km_start: int = 0
-    km_agree: float = 0.5
-    sam_lambda: float = 0.1
+    km_agree: float = 0.0
+    sam_lambda: float = 0.05
+    sam_decay: int = 1
+    sam_start: int = 0
+    bbox_shift: int = 5
+    guide_train: bool = False
+    guide_lr: float = 5e-4
+    guide_u_weight: float = 0.25
 
     def ce_class_weight(self, device) -> torch.Tensor | None:
         """The coarse head's CE weight per class (K+1,) on ``device``, None when unweighted."""
@@ -235,6 +246,14 @@ def rampup_weight(conf: SemiConf, iteration: int) -> float:
         return 1.0
     t = min(iteration, conf.rampup) / conf.rampup
     return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def sam_weight(conf: SemiConf, iteration: int) -> float:
+    """SemiSAM's L_sam weight at ``iteration``: ``conf.sam_lambda * exp(-5 (t / sam_decay)^2)``, the decreasing
+    mirror of the sigmoid ramp-up (SemiSAM's code: ``sigmoid_rampup(max_iterations - iter_num, ...)``, "Decrease
+    during training"): the student leans on SAM-2 early and on its own mean teacher later."""
+    t = min(iteration, conf.sam_decay) / max(1, conf.sam_decay)
+    return conf.sam_lambda * math.exp(-5.0 * t * t)
 
 
 def lambda_u(conf: SemiConf, iteration: int) -> float:

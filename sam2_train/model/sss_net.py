@@ -30,8 +30,8 @@ class ModelConf:
     most prompted (conditioning) frames SAM-2 attends to (None: the config's). ``freeze_encoder``: the image
     encoder gets no gradient and no backward pass (``-encoder_lr_mult 0``). ``grad_ckpt``: activation
     checkpointing of the Hiera blocks (``-grad_ckpt 1``). ``student``: ``sam2`` (this network) or a lightweight
-    ``unet``/``unetpp`` (:mod:`sam2_train.model.students`; SAM-2 is then the frozen guide of ``sam_config``/
-    ``sam_ckpt``)."""
+    ``unet``/``unetpp`` (:mod:`sam2_train.model.students`; SAM-2 is then the guide of ``sam_config``/
+    ``sam_ckpt``, at ``guide_size``)."""
     sam_config: str
     image_size: int
     num_classes: int
@@ -43,6 +43,7 @@ class ModelConf:
     freeze_encoder: bool = False
     grad_ckpt: bool = False
     student: str = "sam2"
+    guide_size: int = 1024
 
 
 @dataclass
