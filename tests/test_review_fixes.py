@@ -176,6 +176,12 @@ class _StubTeacher:
     def encode(self, x):
         return types.SimpleNamespace(feats=[F.avg_pool2d(x, 4)])
 
+    def backbone(self, x):
+        return self.encode(x)
+
+    def project(self, raw):
+        return raw
+
     def enhance(self, feats, _=None):
         return feats, feats
 
