@@ -8,9 +8,9 @@
 number in the file name; the input folder itself when it holds PNG files). No label is read.
 
 The network, classes, image size, intensity mapping (CT window for CT checkpoints) and inference mode come
-from the checkpoint; the prediction is the label-free predictor of ``evaluate.py`` (``evaluate.load_model``,
-``trainer.model_predictor``): 2D checkpoints segment slice by slice, 3D checkpoints stream the volume through
-SAM-2's memory bank. Writes into ``-out``:
+from the checkpoint's config alone; the prediction is the label-free predictor of ``evaluate.py``
+(:func:`sam2_train.evaluation.checkpoint_model.load_model`): 2D checkpoints segment slice by slice, 3D
+checkpoints stream the volume through SAM-2's memory bank. Writes into ``-out``:
 
 * ``<case>.nii.gz`` for NIfTI input: uint16 label map on the input's own voxel grid and header (shape, voxel
   order, affine, qform/sform codes), so it overlays on the scan in ITK-SNAP or 3D Slicer;
@@ -35,6 +35,11 @@ import numpy as np
 import cfg
 from dataset import DatasetError
 from dataset import io as dio
+from dataset.custom import slice_key
+from sam2_train.engine.errors import USER_ERRORS
+from sam2_train.engine.run_dir import console
+from sam2_train.engine.settings import lower_choice, nonneg_int, str2bool
+from sam2_train.evaluation.checkpoint_model import load_model
 
 NIFTI_EXTS = (".nii.gz", ".nii")
 OVERLAY_DIR = "overlays"
@@ -60,8 +65,7 @@ def _case_name(path: str) -> str:
 
 
 def _png_slices(folder: str) -> list[str]:
-    from dataset.custom import _slice_key
-    files = sorted((f for f in os.listdir(folder) if f.lower().endswith(".png")), key=_slice_key)
+    files = sorted((f for f in os.listdir(folder) if f.lower().endswith(".png")), key=slice_key)
     return [os.path.join(folder, f) for f in files]
 
 
@@ -124,26 +128,14 @@ def output_paths(case: Case, out_dir: str, overlay: bool) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def intensity_for_input(config: dict, kind: str) -> tuple:
-    """How to map an input of ``kind`` to [0, 1] the way the checkpoint's training data was mapped.
-
-    ACDC-format h5 volumes are already in [0, 1]. Otherwise the checkpoint's recorded ``intensity`` is used;
-    for checkpoints without one: the CT window (``hu_window``) for BHSD (and the 3D demo), the custom
-    dataset's rule when its folder still exists, else per-volume min-max (what the SSL4MIS ACDC volumes
-    hold). PNG slices of a CT model are taken as already windowed grey values (/255, /65535 for 16 bit)."""
+def intensity_for_input(intensity: Sequence, kind: str) -> tuple:
+    """How to map an input of ``kind`` to [0, 1] the way the checkpoint's training data was mapped
+    (``intensity``: its config's ``data.intensity``, the dataset's rule recorded at training time). ACDC-format
+    h5 volumes are already in [0, 1]; PNG slices of a CT model are taken as already windowed grey values (/255,
+    /65535 for 16 bit); a NIfTI volume for a model trained on [0, 1] images is min-max normalised."""
     if kind == "h5":
         return ("unit",)
-    saved = config.get("intensity")
-    hu = tuple(float(v) for v in config.get("hu_window") or (0.0, 80.0))
-    if saved:
-        mode = tuple(saved)
-    elif config.get("dataset") == "bhsd" or (config.get("dataset") == "demo" and config.get("script") == "3d"):
-        mode = ("window", *hu)
-    elif config.get("dataset") == "custom" and config.get("data_path") and os.path.isdir(config["data_path"]):
-        from dataset.custom import intensity_for
-        mode = intensity_for(config["data_path"], hu)
-    else:
-        mode = ("minmax",)
+    mode = tuple(intensity) or ("minmax",)
     if kind == "png" and mode[0] in ("window", "unit"):
         return ("png_unit",)
     if kind == "nifti" and mode[0] in ("unit", "png_unit"):
@@ -194,8 +186,7 @@ def write_prediction(case: Case, pred: np.ndarray, out_dir: str) -> None:
         for plane, src in zip(pred.astype(np.uint8), case.slices):
             Image.fromarray(plane).save(os.path.join(folder, os.path.basename(src)))
         return
-    from evaluate import prediction_writer
-    prediction_writer(out_dir)({"name": case.name, "source": case.path if case.kind == "nifti" else None}, pred)
+    dio.prediction_writer(out_dir)({"name": case.name, "source": case.path if case.kind == "nifti" else None}, pred)
 
 
 def class_volumes(labels: np.ndarray, class_names: Sequence[str], spacing: Sequence[float] | None = None,
@@ -286,18 +277,18 @@ def parse(argv=None):
     p.add_argument("-ckpt", required=True, help="checkpoint written by train_2d.py / train_3d.py (best.pt, last.pt)")
     p.add_argument("-input", required=True, help="a NIfTI/h5 file, a folder of PNG slices, or a folder of those")
     p.add_argument("-out", required=True, help="output folder")
-    p.add_argument("-infer", type=cfg.lower_choice(cfg.INFER_MODES), default=None,
-                   help="coarse | boxes | pcsw (default: the checkpoint's run)")
-    p.add_argument("-weights", type=cfg.lower_choice(("auto", "ema", "model", "student")), default="auto",
+    p.add_argument("-infer", type=lower_choice(("coarse", "boxes", "pcsw", "student", "sam_refine")), default=None,
+                   help="coarse | boxes | pcsw; lightweight students student | sam_refine (default: the checkpoint's)")
+    p.add_argument("-weights", type=lower_choice(("auto", "ema", "model", "student")), default="auto",
                    help="auto: the EMA teacher when the checkpoint has one; model (= student): the trained weights")
-    p.add_argument("-device", type=cfg.lower_choice(("auto", "cuda", "cpu")), default="auto")
-    p.add_argument("-gpu_device", type=cfg.nonneg_int, default=0)
-    p.add_argument("-amp", type=cfg.lower_choice(("auto", "bf16", "off")), default="auto")
+    p.add_argument("-device", type=lower_choice(("auto", "cuda", "cpu")), default="auto")
+    p.add_argument("-gpu_device", type=nonneg_int, default=0)
+    p.add_argument("-amp", type=lower_choice(("auto", "bf16", "off")), default="auto")
     p.add_argument("-spacing", type=_spacing, default=None,
                    help="voxel size 'SZ,SY,SX' in mm for inputs without a header (h5, PNG), for volume_ml")
-    p.add_argument("-overlay", type=cfg.str2bool, nargs="?", const=True, default=False, metavar="{0,1}",
+    p.add_argument("-overlay", type=str2bool, nargs="?", const=True, default=False, metavar="{0,1}",
                    help="also write overlays/<case>.png, a montage of the predicted slices")
-    p.add_argument("-overwrite", type=cfg.str2bool, nargs="?", const=True, default=False, metavar="{0,1}",
+    p.add_argument("-overwrite", type=str2bool, nargs="?", const=True, default=False, metavar="{0,1}",
                    help="replace outputs that already exist in -out")
     return p.parse_args(argv)
 
@@ -323,12 +314,12 @@ def predict_cases(cases: list[Case], model, out_dir: str, *, spacing=None, overl
     inference fails (e.g. out of memory), is reported and skipped."""
     from tqdm import tqdm
     predict = model.predictor()
-    class_names = list(model.args.class_names)
-    config = vars(model.args)
+    class_names = list(model.config.data.class_names)
     rows, errors = [], []
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress, dynamic_ncols=True):
         try:
-            image, vox, numbers = read_case(case, intensity_for_input(config, case.kind), spacing)
+            image, vox, numbers = read_case(case, intensity_for_input(model.config.data.intensity, case.kind),
+                                            spacing)
             pred = np.asarray(predict(image, vox))
         except (DatasetError, RuntimeError) as e:
             msg = str(e) if isinstance(e, DatasetError) else f"{case.path}: inference failed ({type(e).__name__}: {e})"
@@ -344,22 +335,20 @@ def predict_cases(cases: list[Case], model, out_dir: str, *, spacing=None, overl
 
 
 def main(argv=None) -> int:
-    from evaluate import load_model
-    from run_training import USER_ERRORS
-    from sam2_train.engine.run_dir import console
     opts = parse(argv)
     try:
         cases = find_cases(opts.input)
         check_outputs(cases, opts.out, opts.overlay, opts.overwrite)
         model = load_model(opts.ckpt, weights=opts.weights, device=opts.device, gpu_device=opts.gpu_device,
-                           amp=opts.amp, overrides={"infer": opts.infer})
+                           amp=opts.amp, overrides={"infer": {"infer": opts.infer}})
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     os.makedirs(opts.out, exist_ok=True)
-    console(f"{len(cases)} case(s); {model.args.script.upper()} model {os.path.abspath(opts.ckpt)} "
-            f"({model.weights} weights, -infer {model.args.infer}, "
-            f"classes {', '.join(model.args.class_names)}) on {model.device}")
+    c = model.config
+    console(f"{len(cases)} case(s); {c.run.script.upper()} model {os.path.abspath(opts.ckpt)} "
+            f"({model.weights} weights, -infer {c.infer.infer}, "
+            f"classes {', '.join(c.data.class_names)}) on {model.device}")
     rows, errors = predict_cases(cases, model, opts.out, spacing=opts.spacing, overlay=opts.overlay)
     write_volumes_csv(os.path.join(opts.out, "volumes.csv"), rows)
     done = len(cases) - len(errors)

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cfg  # noqa: E402
 from func_3d.step import TASK_3D  # noqa: E402
-from sam2_train.engine import runtime  # noqa: E402
+from sam2_train.engine.device import autocast, select_device  # noqa: E402
 from sam2_train.model.sss_net import build_sss_net  # noqa: E402
 
 
@@ -43,14 +43,14 @@ def bench_volume(flags: list[str], size=(512, 512, 60), classes: int = 5) -> dic
     {"seconds", "per_slice", "foreground", "shape" (D,H,W) and "max_label" of the prediction, "peak_gib"
     (CUDA allocator peak, None on CPU), "base_gib", "rss_growth_mib", "peak_rss_gib", "setting", "device"}."""
     args = cfg.parse_args(["-dataset", "demo", "-distributed", "none", "-pcsw", "0", *flags], script="3d")
-    device = runtime.select_device(args.device, args.gpu_device)
+    device = select_device(args.device, args.gpu_device)
     config = cfg.to_config(args, classes)
     net = build_sss_net(config.model, device=device)
     with torch.no_grad():   # class 1 wins everywhere: every slice gets a prompt
         net.head.cls.bias.copy_(torch.tensor([0.0, 8.0] + [0.0] * (classes - 1)))
     h, w, d = size
     image = phantom(h, w, d)
-    autocast = lambda: runtime.autocast(device, args.amp)  # noqa: E731
+    autocast = lambda: autocast(device, args.amp)  # noqa: E731
     predict = lambda img: TASK_3D.predict(net, img, config=config, infer="boxes", device=device,  # noqa: E731
                                           autocast=autocast)
     predict(image[:2])                                                         # warm-up

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from func_2d.unet_step import heads_loss  # noqa: E402
-from sam2_train.engine import runtime  # noqa: E402
+from sam2_train.engine.device import autocast, select_device  # noqa: E402
 from sam2_train.model.students import UNetStudent  # noqa: E402
 
 SETTINGS = (("fp32, NCHW", "contiguous", "off"), ("fp32, channels-last", "channels_last", "off"),
@@ -37,7 +37,7 @@ def step_time(net: UNetStudent, images: torch.Tensor, labels: torch.Tensor, amp:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-        with runtime.autocast(device, amp):
+        with autocast(device, amp):
             loss = heads_loss(net.heads(images), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -57,7 +57,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     args = p.parse_args(argv)
-    device = runtime.select_device(args.device)
+    device = select_device(args.device)
     g = torch.Generator().manual_seed(0)
     images = torch.rand(args.batch, 1, args.image_size, args.image_size, generator=g).to(device)
     labels = torch.randint(0, args.classes + 1, (args.batch, args.image_size, args.image_size), generator=g).to(device)

@@ -36,7 +36,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cfg  # noqa: E402
 from dataset import build_datasets  # noqa: E402
-from sam2_train.engine import runtime  # noqa: E402
+from sam2_train.engine.device import amp_dtype, autocast, select_device  # noqa: E402
+from sam2_train.engine.distributed import DistInfo  # noqa: E402
+from sam2_train.engine.sampling import InfiniteLoader, ResumableSampler  # noqa: E402
 from run_training import task_for  # noqa: E402
 from sam2_train.engine.ema import ModelEMA  # noqa: E402
 from sam2_train.engine.schedule import build_optimizer  # noqa: E402
@@ -75,8 +77,8 @@ class Setup:
     teacher: torch.nn.Module
     ema: ModelEMA | None
     opt: torch.optim.Optimizer
-    it_l: runtime.InfiniteLoader
-    it_u: runtime.InfiniteLoader | None
+    it_l: InfiniteLoader
+    it_u: InfiniteLoader | None
     autocast: object
 
     @property
@@ -103,7 +105,7 @@ class Setup:
 def per_epoch_loader(ds, batch_size: int, *, seed: int, num_workers: int, dist) -> DataLoader:
     """For comparison only: a loader whose workers are restarted at every epoch (a fresh iterator per epoch,
     no persistent workers), as training loaders were built before the endless sampler."""
-    sampler = runtime.ResumableSampler(len(ds), batch_size=batch_size, seed=seed, rank=dist.rank,
+    sampler = ResumableSampler(len(ds), batch_size=batch_size, seed=seed, rank=dist.rank,
                                        world_size=dist.world_size, drop_last=True)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
                       pin_memory=torch.cuda.is_available(), generator=torch.Generator(), persistent_workers=False,
@@ -117,11 +119,11 @@ def setup(method: str, flags: list[str], script: str = "2d", compile_backend: st
     ``compile_backend``). ``restart_workers``: the per-epoch loader of :func:`per_epoch_loader` instead."""
     args = cfg.parse_args(flags + ["-method", method, "-distributed", "none"], script=script)
     task = task_for(script)
-    device = runtime.select_device(args.device, args.gpu_device)
-    autocast = lambda: runtime.autocast(device, args.amp)  # noqa: E731
+    device = select_device(args.device, args.gpu_device)
+    autocast = lambda: autocast(device, args.amp)  # noqa: E731
     splits = build_datasets(cfg.data_conf(args), script)
     config = cfg.to_config(args, splits.num_classes)
-    dist = runtime.DistInfo(rank=0, local_rank=0, world_size=1, is_main=True, device=device)
+    dist = DistInfo(rank=0, local_rank=0, world_size=1, is_main=True, device=device)
     net = build_sss_net(config.model, device=device)
     ema = ModelEMA(net, args.ema) if args.ema > 0 else None
     teacher = ema.module if ema is not None and method != "supervised" else net
@@ -131,8 +133,8 @@ def setup(method: str, flags: list[str], script: str = "2d", compile_backend: st
     opt = build_optimizer(net, config.optim)
     make = per_epoch_loader if restart_workers else make_loader
     loader = lambda ds, b: make(ds, b, seed=args.seed, num_workers=args.num_workers, dist=dist)  # noqa: E731
-    it_l = runtime.InfiniteLoader(loader(splits.labeled, args.b))
-    it_u = runtime.InfiniteLoader(loader(splits.unlabeled, task.unlabeled_batch(config))) \
+    it_l = InfiniteLoader(loader(splits.labeled, args.b))
+    it_u = InfiniteLoader(loader(splits.unlabeled, task.unlabeled_batch(config))) \
         if method != "supervised" else None
     return Setup(args, config, device, net, student, teacher, ema, opt, it_l, it_u, autocast)
 
@@ -200,7 +202,7 @@ def bench_method(method: str, flags: list[str], steps: int, warmup: int, script:
     weights_ok = all(p.dtype == torch.float32 and p.device.type == device.type for p in su.net.parameters())
     in_mem = time_in_memory(su, steps) if in_memory else None
     return dict(method=method, script=script, clips=args.b + (su.unlabeled_batch if semi else 0),
-                step_in_memory=in_mem, loss=loss, weights_ok=weights_ok, amp=str(runtime.amp_dtype(device, args.amp)), device=str(device), step=step, data=per["data"], parts=parts, glue=glue,
+                step_in_memory=in_mem, loss=loss, weights_ok=weights_ok, amp=str(amp_dtype(device, args.amp)), device=str(device), step=step, data=per["data"], parts=parts, glue=glue,
                 backward=per["backward"], optim=per["optim"], images=images, peak_gib=peak,
                 peak_kind="CUDA allocator peak" if device.type == "cuda" else "process peak RSS",
                 outside=(per["data"] + parts["pcsw"] + glue) / step, setting=f"{args.sam_config} @ {args.image_size}px, "

@@ -187,15 +187,16 @@ def _train_steps(su, start: int, n: int) -> list[float]:
 def resumed_losses(method: str, flags: list[str], script: str, k: int, n: int) -> tuple[list, list, bool]:
     """Losses of steps k+1..k+n of one run and of a run restored from its step-k checkpoint; and whether the
     restored CUDA random state equals the saved one (True on CPU)."""
-    from sam2_train.engine import runtime
+    from sam2_train.engine.device import seed_everything
+    from sam2_train.engine.sampling import InfiniteLoader
     from sam2_train.engine.checkpoint import gather_rng_states, make_checkpoint, restore_training_state
 
     def fresh(start: int):
-        runtime.seed_everything(0)
+        seed_everything(0)
         su = bench_train.setup(method, flags, script)
-        su.it_l = runtime.InfiniteLoader(su.it_l.loader, start_iter=start)
+        su.it_l = InfiniteLoader(su.it_l.loader, start_iter=start)
         if su.it_u is not None:
-            su.it_u = runtime.InfiniteLoader(su.it_u.loader, start_iter=start)
+            su.it_u = InfiniteLoader(su.it_u.loader, start_iter=start)
         return su
 
     su = fresh(0)

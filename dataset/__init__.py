@@ -2,27 +2,23 @@
 
 Public API (see docs/data.md):
 
-* :func:`build_datasets` (:class:`DataConf`, script) -> :class:`Splits`
+* :func:`build_datasets` (:class:`DataConf`, script, image_size=, seed=, unlabeled=) -> :class:`Splits`
+* :mod:`dataset.registry`: ``-dataset`` name -> source function, preset, default path, intensity rule
+  (:func:`register_dataset` adds one); sources return :class:`Sources`
 * :class:`DatasetError`
-* datasets: LabeledSliceDataset, UnlabeledSlabDataset, LabeledClipDataset, UnlabeledClipDataset,
-  VolumeDataset, :func:`collate_volumes`
-* augmentation: :mod:`dataset.transforms` (weak_geometric, strong_photometric); batch CutMix is
-  :mod:`sam2_train.model.cutmix`
+* datasets: LabeledSliceDataset, UnlabeledSlabDataset, LabeledClipDataset, UnlabeledClipDataset, VolumeDataset
+* augmentation: :mod:`dataset.transforms`; batch CutMix is :mod:`sam2_train.model.cutmix`
 * demo data: :func:`dataset.demo.ensure_demo`, ``python -m dataset.demo OUT``
 * ``python -m dataset.convert_acdc RAW_DIR OUT_DIR``
 """
+from sam2_train.engine.config import DataConf
+
 from .errors import DatasetError
-from .base import (LabeledClipDataset, LabeledSliceDataset, UnlabeledClipDataset, UnlabeledSlabDataset,
-                   VolumeDataset, collate_volumes, item_generators)
-from .build import DataConf, Splits, build_datasets
-from .transforms import strong_photometric, weak_geometric
+from .base import LabeledClipDataset, LabeledSliceDataset, UnlabeledClipDataset, UnlabeledSlabDataset, VolumeDataset
+from .build import Splits, build_datasets
+from .registry import DatasetSpec, dataset_spec, register_dataset
+from .sources import Sources
 
-
-def ensure_demo(root: str, kind: str = "both", seed: int = 0):
-    from .demo import ensure_demo as _ensure
-    return _ensure(root, kind, seed)
-
-
-__all__ = ["DatasetError", "DataConf", "Splits", "build_datasets", "ensure_demo", "collate_volumes", "item_generators",
-           "LabeledSliceDataset", "UnlabeledSlabDataset", "LabeledClipDataset", "UnlabeledClipDataset",
-           "VolumeDataset", "strong_photometric", "weak_geometric"]
+__all__ = ["DatasetError", "DataConf", "DatasetSpec", "Sources", "Splits", "build_datasets", "dataset_spec",
+           "register_dataset", "LabeledSliceDataset", "UnlabeledSlabDataset", "LabeledClipDataset",
+           "UnlabeledClipDataset", "VolumeDataset"]

@@ -19,6 +19,7 @@ from collections import OrderedDict
 
 from .base import H5SliceStackRef, H5VolumeRef
 from .errors import DatasetError
+from .sources import Sources
 
 CLASS_NAMES = ("RV", "Myo", "LV")
 _SLICE_RE = re.compile(r"^(patient\d+)_(frame\d+)_slice_(\d+)$")
@@ -133,9 +134,8 @@ def check_no_held_out_patient(train_slices: list[str], list_path: str, held_out:
 def acdc_sources(root: str, labeled_num: int | None = 3, labeled_ratio: float | None = None):
     """Resolve an ACDC root into volume references.
 
-    Returns dict with ``labeled_slices`` (list of (ref, z) in list order), ``labeled_refs``,
-    ``unlabeled_refs``, ``val_refs``, ``test_refs`` (None if test.list is absent) and ``test_missing``
-    (the reason, or None)."""
+    Returns :class:`Sources` with ``labeled_slices`` ((ref, z) in list order) and ``test_refs`` None (with the
+    reason in ``test_missing``) when test.list is absent."""
     lay = ACDCLayout(root)
     lp = lay.list_path("train_slices.list")
     names = read_list(lp, "train_slices.list")
@@ -156,6 +156,5 @@ def acdc_sources(root: str, labeled_num: int | None = 3, labeled_ratio: float | 
         test_missing = (f"{lay.list_path('test.list')} not found: the ACDC test split is unavailable "
                         f"(the shared sample withholds the test volumes)")
     check_no_held_out_patient(names, lp, {"val.list": val_refs, "test.list": test_refs or []})
-    return {"labeled_slices": labeled_slices, "labeled_refs": lab_refs, "unlabeled_refs": unl_refs,
-            "val_refs": val_refs, "test_refs": test_refs, "test_missing": test_missing,
-            "class_names": CLASS_NAMES}
+    return Sources(labeled_slices=labeled_slices, labeled_refs=lab_refs, unlabeled_refs=unl_refs, val_refs=val_refs,
+                   test_refs=test_refs, test_missing=test_missing, class_names=CLASS_NAMES)

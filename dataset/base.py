@@ -435,9 +435,3 @@ class VolumeDataset(Dataset):
                 "spacing": None if spacing is None else tuple(float(s) for s in spacing),
                 "affine": None if affine is None else np.asarray(affine, dtype=np.float64),
                 "source": ref.image_path if isinstance(ref, NiftiVolumeRef) else None}
-
-
-def collate_volumes(batch):
-    """Collate for VolumeDataset loaders: volumes differ in size and spacing/affine may be None, so a
-    batch is the list of items (use batch_size=1 and take ``batch[0]``)."""
-    return list(batch)

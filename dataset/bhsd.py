@@ -19,6 +19,7 @@ import os
 
 from .base import NiftiVolumeRef
 from .errors import DatasetError
+from .sources import Sources
 from .splits import case_name, nifti_files, pair_images_labels, patient_key, resolve, user_splits
 
 CLASS_NAMES = ("EDH", "IPH", "IVH", "SAH", "SDH")
@@ -104,16 +105,19 @@ def nifti_sources(root, labeled_num, labeled_ratio, intensity, class_names, test
     if not unl_refs:
         missing = f"{root}: no unlabeled data (all {len(r['labeled'])} training volumes are labeled and no unlabel_* folder)"
     test_refs = [ref(n) for n in r["test"]] if r["test"] else None
-    return {"labeled_refs": [ref(n) for n in r["labeled"]], "unlabeled_refs": unl_refs,
-            "val_refs": [ref(n) for n in r["val"]] if r["val"] else [],
-            "test_refs": test_refs, "test_missing": None if test_refs else f"{root}: no test volumes",
-            "unlabeled_missing": missing, "class_names": tuple(class_names),
-            "info": {"layout": layout, "split": r["origin"], "labeled": r["labeled"], "test": r["test"],
-                     "unlabeled_dirs": unl_dirs, "unlabeled_dropped": dropped,
-                     "intensity": list(intensity)}}
+    return Sources(labeled_refs=[ref(n) for n in r["labeled"]], unlabeled_refs=unl_refs,
+                   val_refs=[ref(n) for n in r["val"]] if r["val"] else [], test_refs=test_refs,
+                   test_missing=None if test_refs else f"{root}: no test volumes", unlabeled_missing=missing,
+                   class_names=tuple(class_names),
+                   info={"layout": layout, "split": r["origin"], "labeled": r["labeled"], "test": r["test"],
+                         "unlabeled_dirs": unl_dirs, "unlabeled_dropped": dropped})
+
+
+def bhsd_intensity(hu_window) -> tuple:
+    """CT in HU through the brain window ``-hu_window`` (default [0, 80])."""
+    return ("window", float(hu_window[0]), float(hu_window[1]))
 
 
 def bhsd_sources(root: str, labeled_num: int | None = None, labeled_ratio: float | None = None,
                  hu_window=(0.0, 80.0)):
-    return nifti_sources(root, labeled_num, labeled_ratio, ("window", float(hu_window[0]), float(hu_window[1])),
-                         CLASS_NAMES, 0.5, "BHSD")
+    return nifti_sources(root, labeled_num, labeled_ratio, bhsd_intensity(hu_window), CLASS_NAMES, 0.5, "BHSD")

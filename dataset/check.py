@@ -409,6 +409,7 @@ def main(argv=None) -> int:
 
     import cfg
     from .build import build_datasets
+    from .registry import dataset_names
 
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
@@ -419,11 +420,14 @@ def main(argv=None) -> int:
         return 0
     script = known.script
     if script is None:
-        script = "3d" if any(d in rest for d in ("bhsd", "BHSD")) else "2d"
-    args = cfg.parse_args(rest, script=script)
+        from .registry import dataset_spec
+        name = rest[rest.index("-dataset") + 1].lower() if "-dataset" in rest[:-1] else "demo"
+        script = dataset_spec(name).default_script if name in dataset_names() else "2d"
+    config = cfg.parse_config(rest + ["-method", "supervised"], script=script)
     try:
-        splits = build_datasets(cfg.data_conf(args), script)
-        report = check_splits(splits, unlabeled=True, num_workers=args.num_workers, raise_on_error=False)
+        splits = build_datasets(config.data, script, image_size=config.model.image_size, seed=config.run.seed,
+                                unlabeled=False)
+        report = check_splits(splits, unlabeled=True, num_workers=config.run.num_workers, raise_on_error=False)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -28,6 +28,7 @@ import re
 from .base import PngVolumeRef
 from .bhsd import nifti_sources
 from .errors import DatasetError
+from .sources import Sources
 from .splits import read_json, resolve, split_by_patient, user_splits  # noqa: F401
 
 TEST_FRACTION = 0.2
@@ -89,7 +90,7 @@ def intensity_for(root: str, hu_window):
 _NUM = re.compile(r"(\d+)")
 
 
-def _slice_key(fn: str):
+def slice_key(fn: str):
     nums = _NUM.findall(fn)
     return (int(nums[-1]) if nums else 0, fn)
 
@@ -102,7 +103,7 @@ def _png_cases(img_root: str, mask_root: str | None, need_masks: bool):
         d = os.path.join(img_root, case)
         if not os.path.isdir(d):
             continue
-        files = sorted((f for f in os.listdir(d) if f.lower().endswith(".png")), key=_slice_key)
+        files = sorted((f for f in os.listdir(d) if f.lower().endswith(".png")), key=slice_key)
         if not files:
             raise DatasetError(f"{d}: case folder holds no PNG slices")
         masks = None
@@ -141,23 +142,28 @@ def png_sources(root, labeled_num, labeled_ratio, intensity, class_names):
 
     unl_refs = [ref(n, False) for n in r["train_unlabeled"]]
     unl_refs += [PngVolumeRef(v[0], None, k, K, intensity) for k, v in unl.items()]
-    return {"labeled_refs": [ref(n) for n in r["labeled"]], "unlabeled_refs": unl_refs,
-            "val_refs": [ref(n) for n in r["val"]], "test_refs": [ref(n) for n in r["test"]] or None,
-            "test_missing": None if r["test"] else f"{root}: no test cases",
-            "unlabeled_missing": None if unl_refs else f"{root}: no unlabeled cases",
-            "class_names": class_names,
-            "info": {"layout": "png", "split": r["origin"], "labeled": r["labeled"], "test": r["test"],
-                     "intensity": list(intensity)}}
+    return Sources(labeled_refs=[ref(n) for n in r["labeled"]], unlabeled_refs=unl_refs,
+                   val_refs=[ref(n) for n in r["val"]], test_refs=[ref(n) for n in r["test"]] or None,
+                   test_missing=None if r["test"] else f"{root}: no test cases",
+                   unlabeled_missing=None if unl_refs else f"{root}: no unlabeled cases", class_names=class_names,
+                   info={"layout": "png", "split": r["origin"], "labeled": r["labeled"], "test": r["test"]})
+
+
+def custom_intensity(root: str, hu_window) -> tuple:
+    """How a custom dataset maps its images to [0, 1]: its dataset.json's rule (:func:`intensity_for`); PNG
+    slices already in [0, 1] are read as 8/16-bit grey values (``png_unit``)."""
+    intensity = intensity_for(root, hu_window)
+    if intensity == ("unit",) and os.path.isdir(os.path.join(root, "train", "images")):
+        return ("png_unit",)
+    return intensity
 
 
 def custom_sources(root: str, labeled_num=None, labeled_ratio=None, hu_window=(0.0, 80.0), class_names=None):
     if not os.path.isdir(root):
         raise DatasetError(f"{root}: custom dataset root folder not found (see docs/data.md for the layout)")
     names = class_names_for(root, class_names)
-    intensity = intensity_for(root, hu_window)
+    intensity = custom_intensity(root, hu_window)
     if os.path.isdir(os.path.join(root, "train", "images")):
-        if intensity == ("unit",):
-            intensity = ("png_unit",)
         return png_sources(root, labeled_num, labeled_ratio, intensity, names)
     if os.path.isdir(os.path.join(root, "imagesTr")) or os.path.isdir(os.path.join(root, "label_192")):
         return nifti_sources(root, labeled_num, labeled_ratio, intensity, names, TEST_FRACTION, "custom")

@@ -1,8 +1,10 @@
 """The one exception type of the data layer."""
 from __future__ import annotations
 
+from sam2_train.engine.errors import UserError
 
-class DatasetError(Exception):
+
+class DatasetError(UserError):
     """Bad or missing input data. The message names the file and what was expected.
 
     Training scripts catch it and print ``str(err)`` as one line (no traceback). When the error

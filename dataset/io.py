@@ -221,3 +221,25 @@ def read_png(path: str) -> np.ndarray:
     if arr.ndim != 2:
         raise DatasetError(f"{path}: expected a grey-level 2-D image, got shape {arr.shape}")
     return arr
+
+
+def prediction_writer(out_dir: str):
+    """``save_pred(item, pred)``: a NIfTI image on the grid of the source NIfTI (same shape, voxel order and
+    header, so it compares voxel-wise with the input and its label file); a NIfTI in the canonical (RAS)
+    grid when only an affine is known; else h5 (key ``prediction``)."""
+    os.makedirs(out_dir, exist_ok=True)
+
+    def save(item: dict, pred: np.ndarray) -> None:
+        source, affine = item.get("source"), item.get("affine")
+        if source is not None:
+            write_label_nifti(os.path.join(out_dir, f"{item['name']}.nii.gz"), pred, source)
+        elif affine is not None:
+            import nibabel as nib
+            # (D,H,W) = (z,y,x) in the canonical orientation the loader produced -> (x,y,z) for NIfTI
+            img = nib.Nifti1Image(np.ascontiguousarray(pred.transpose(2, 1, 0)).astype(np.uint16), np.asarray(affine))
+            nib.save(img, os.path.join(out_dir, f"{item['name']}.nii.gz"))
+        else:
+            import h5py
+            with h5py.File(os.path.join(out_dir, f"{item['name']}.h5"), "w") as f:
+                f.create_dataset("prediction", data=pred.astype(np.uint8), compression="gzip")
+    return save

@@ -1,6 +1,6 @@
 """Augmentation: weak geometric, strong photometric, and batched CutMix.
 
-* :func:`weak_geometric` - rot90 + flip (p=0.5) or a small rotation (p=0.5 of the rest), random
+* :func:`apply_weak` of :func:`sample_weak` - rot90 + flip (p=0.5) or a small rotation (p=0.5 of the rest), random
   scale-crop and translation at the model size. One transform for a whole stack (a slab or clip): the
   stack is first resized to the model size as at inference (:func:`resize_image`, bilinear, antialiased
   when shrinking; label nearest), then resampled by the affine transform (image bilinear, label nearest),
@@ -86,12 +86,6 @@ def apply_weak(image: torch.Tensor, label: torch.Tensor | None, t: dict, out_siz
                             align_corners=False)
         label = lab[:, 0].round().long()
     return image.clamp_(0.0, 1.0), label
-
-
-def weak_geometric(image: torch.Tensor, label: torch.Tensor | None, out_size: int,
-                   rng: np.random.Generator, params: WeakParams = WeakParams()):
-    """Sample and apply one weak transform to a stack: image (N,C,H,W), label (N,H,W) or None."""
-    return apply_weak(image, label, sample_weak(rng, params), out_size)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from tests._model_fixtures import TEST_CFG
 
 def test_compile_image_encoder_on_cpu():
     import cfg
-    from sam2_train.engine.runtime import compile_image_encoders
+    from sam2_train.engine.None import compile_image_encoders
     from sam2_train.model.sss_net import build_sss_net
 
     args = cfg.parse_args(["-dataset", "demo", "-sam_config", TEST_CFG, "-image_size", "64", "-compile", "1",

@@ -140,7 +140,7 @@ def test_2d_step_draws_several_slabs(b_u, slab_len, expected):
 
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_grouped_sampler_batches_hold_distinct_volumes(world_size):
-    from sam2_train.engine.runtime import ResumableSampler
+    from sam2_train.engine.sampling import ResumableSampler
     groups = [v for v in range(7) for _ in range(5 + v)]          # 7 volumes, 5..11 slabs each
     for rank in range(world_size):
         plain = ResumableSampler(len(groups), seed=3, rank=rank, world_size=world_size)
@@ -157,7 +157,7 @@ def test_grouped_sampler_batches_hold_distinct_volumes(world_size):
         assert list(s) == s.epoch_indices(1)[6:]                    # still resumable
     with pytest.raises(ValueError, match="groups"):
         ResumableSampler(4, groups=[0, 1], block=2)
-    from sam2_train.engine.runtime import distinct_group_blocks
+    from sam2_train.engine.sampling import distinct_group_blocks
     padded = [0, 1, 2, 3, 0, 1]                                     # drop_last=False repeats samples
     assert sorted(distinct_group_blocks(padded, [0, 0, 1, 1], 2)) == sorted(padded)
 

@@ -10,10 +10,15 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, Dataset
 
-from sam2_train.engine import runtime
-from sam2_train.engine.runtime import (DistInfo, InfiniteLoader, NonFiniteGuard, ResumableSampler, TrainingDiverged,
-                                amp_dtype, autocast, init_distributed, seed_everything, select_device,
-                                unwrap_model, wrap_ddp)
+from sam2_train.engine.device import enable_tf32
+
+from sam2_train.engine.distributed import barrier
+
+from sam2_train.engine.sampling import EpochKeyed
+from sam2_train.engine.device import amp_dtype, autocast, seed_everything, select_device
+from sam2_train.engine.distributed import DistInfo, init_distributed, unwrap_model, wrap_ddp
+from sam2_train.engine.guard import NonFiniteGuard, TrainingDiverged
+from sam2_train.engine.sampling import InfiniteLoader, ResumableSampler
 
 
 
@@ -192,7 +197,7 @@ def test_endless_sampler_persistent_workers_match_per_epoch_loader_and_resume():
 
     def endless(start, workers=2):
         sampler = ResumableSampler(14, batch_size=4, seed=5, endless=True)
-        loader = DataLoader(runtime.EpochKeyed(PidEpochDataset(14)), batch_size=4, sampler=sampler, drop_last=True,
+        loader = DataLoader(EpochKeyed(PidEpochDataset(14)), batch_size=4, sampler=sampler, drop_last=True,
                             num_workers=workers, persistent_workers=workers > 0, generator=torch.Generator())
         return InfiniteLoader(loader, start_iter=start)
 
@@ -254,7 +259,7 @@ def _ddp_worker(rank, world, port, out_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from sam2_train.engine.runtime import cleanup, init_distributed as initd
+    from sam2_train.engine.distributed import cleanup, init_distributed as initd
     info = initd(device="cpu", gpu_device=0, distributed="auto")
     assert info.rank == rank and info.world_size == world and info.is_main == (rank == 0)
     seed_everything(0, info.rank)  # different init per rank: DDP must broadcast rank 0's weights
@@ -280,7 +285,7 @@ def _ddp_worker(rank, world, port, out_dir):
             skipped += 1
     flat = torch.cat([p.detach().reshape(-1) for p in unwrap_model(ddp).parameters()])
     torch.save({"flat": flat, "skipped": skipped}, os.path.join(out_dir, f"rank{rank}.pt"))
-    runtime.barrier()
+    barrier()
     cleanup()
 
 
@@ -299,7 +304,7 @@ def test_ddp_gloo_two_ranks_identical_weights(tmp_path):
 def test_enable_tf32_keeps_legacy_and_new_flags_readable():
     prev = torch.get_float32_matmul_precision()
     try:
-        runtime.enable_tf32()
+        enable_tf32()
         assert torch.get_float32_matmul_precision() == "high"
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # reading must not raise
     finally:

@@ -153,7 +153,7 @@ def test_predictions_do_not_depend_on_labels(finished_run, demo_root):
     from func_2d.step import TASK_2D
     from sam2_train.engine.checkpoint import load_checkpoint, load_model_state
     from sam2_train.evaluation.loop import evaluate_volumes
-    from sam2_train.engine.runtime import autocast
+    from sam2_train.engine.device import autocast
     from sam2_train.model.sss_net import build_sss_net
 
     run, _ = finished_run

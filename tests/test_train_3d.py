@@ -86,7 +86,7 @@ def intensity_coarse_head(net, cls=2, thresh=0.7):
 
 def predictor(net, args):
     from func_3d.step import TASK_3D
-    from sam2_train.engine.runtime import autocast
+    from sam2_train.engine.device import autocast
     config = make_config(args)
     return lambda img, sp: TASK_3D.predict(net, img, config=config, infer=args.infer,  # noqa: E731
                                            device=torch.device("cpu"), autocast=lambda: autocast("cpu", "off"))

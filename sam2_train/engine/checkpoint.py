@@ -5,7 +5,8 @@ Format (``CHECKPOINT_VERSION`` = 1), a dict holding only tensors and plain conta
 ``torch.load(path, weights_only=True)`` reads it::
 
     {"model": state_dict,              # like an official SAM-2 checkpoint ({"model": state_dict})
-     "config": dict,                   # the full resolved args (vars(args), tuples kept), for evaluation
+     "config": dict,                   # TrainConfig.to_dict() (its "format" 2), read back by TrainConfig.from_dict
+     "extra": dict | None,             # the method's own state (Method.extra_state, e.g. a fine-tuned SAM-2 guide)
      "optimizer": dict | None, "scheduler": dict | None, "ema": dict | None,
      "rng": {"per_rank": [rng_state_rank0, ...]} | None,
      "iteration": int,                 # optimiser steps done
@@ -33,41 +34,20 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import torch
 
-from sam2_train.engine.runtime import get_rank, get_world_size, is_dist, unwrap_model
+from sam2_train.engine.distributed import get_rank, get_world_size, is_dist, unwrap_model
+from sam2_train.engine.errors import UserError
 
 __all__ = [
-    "CHECKPOINT_VERSION", "ARCH_KEYS", "CheckpointError", "CheckpointNotFoundError", "ConfigMismatchError",
-    "save_checkpoint", "load_checkpoint", "to_plain", "config_to_dict", "capture_rng_state",
+    "CHECKPOINT_VERSION", "CheckpointError", "CheckpointNotFoundError", "ConfigMismatchError",
+    "save_checkpoint", "load_checkpoint", "to_plain", "capture_rng_state",
     "gather_rng_states", "restore_rng_state", "model_state_dict", "load_model_state", "make_checkpoint",
-    "restore_training_state", "config_differences", "check_config_compatible",
-    "RESUME_KEYS", "unique_tmp_path", "copy_file_atomic", "check_resume_config", "saved_world_size",
-    "world_size_change_message", "resume_record",
+    "restore_training_state", "saved_config", "check_pretrain_config", "check_resume_config",
+    "unique_tmp_path", "copy_file_atomic", "saved_world_size", "world_size_change_message", "resume_record",
 ]
 
 CHECKPOINT_VERSION = 1
 
-# Args that change the network's parameters (shapes or presence) or the meaning of its outputs.
-ARCH_KEYS = ("net", "student", "sam_config", "image_size", "dataset", "class_names", "script", "method",
-             "dfe", "dfe_sim", "dfe_levels")
-
-
-# Args that change what a resumed run computes (besides ARCH_KEYS): data, split, seed, batches, the
-# optimisation schedule and iteration budget, the method's hyper-parameters, validation and precision.
-# Where the run writes (log_dir, exp_name), how fast it reads (num_workers), logging and checkpoint
-# frequency, the device and the checkpoint path are not in it.
-RESUME_KEYS = ARCH_KEYS + (
-    "data_path", "labeled_num", "labeled_ratio", "seed", "b", "b_u", "slab_len", "video_length", "out_size",
-    "hu_window", "protocol", "prompt", "prompt_freq", "memory_bank_size", "amp", "fg_oversample",
-    "max_iters", "val_every", "infer", "lr", "sched", "warmup_iters", "weight_decay", "encoder_lr_mult",
-    "ema", "lambda_u", "rampup", "tau_u", "p_gt", "unsup_encoder_grad", "cutmix_p",
-    "pcsw", "pcsw_thresh", "pcsw_tau", "pcsw_tau_conf", "pcsw_min_len", "pcsw_max_len", "pcsw_min_voxels",
-    "pcsw_min_area", "pcsw_max_area", "pcsw_margin", "pcsw_select",
-    "val_freq", "val_volumes", "km_points", "km_thresh", "km_start", "km_agree", "sam_lambda", "optim", "clip_grad",
-    "guide_size", "sam_start", "bbox_shift", "guide_train", "guide_lr",
-)
-
-
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be used (corrupt, truncated, not ours, wrong version)."""
 
 
@@ -75,8 +55,9 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     pass
 
 
-class ConfigMismatchError(ValueError):
-    """The flags of this run differ from the checkpoint's in keys that change the architecture."""
+class ConfigMismatchError(UserError, ValueError):
+    """The settings of this run differ from a checkpoint's in ways it cannot take (architecture; on resume, what
+    the run computes)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,12 +97,6 @@ def to_plain(obj: Any, _where: str = "state") -> Any:
         return sorted(to_plain(v, _where) for v in obj)
     raise TypeError(f"{_where}: object of type {type(obj).__module__}.{type(obj).__name__} cannot be stored in a "
                     "checkpoint loadable with weights_only=True (store tensors, numbers, strings, lists, dicts)")
-
-
-def config_to_dict(args: Any) -> dict:
-    """The resolved args as a plain dict (for the checkpoint's ``config`` and ``config.json``)."""
-    d = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    return to_plain(dict(d), "config")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,15 +280,15 @@ def model_state_dict(model: torch.nn.Module) -> dict:
 def load_model_state(model: torch.nn.Module, state_dict: dict, strict: bool = True, what: str = "the checkpoint"):
     """Load a (prefix-free) state dict into ``model``, which may be DDP-wrapped or hold compiled
     submodules. ``strict``: a state dict that does not fit raises :class:`CheckpointMismatchError` naming
-    ``what`` and the first missing / unexpected / mis-shaped keys (:func:`sam2_train.model.build.load_model_state`)."""
-    from sam2_train.model.build import load_model_state as load_strict
+    ``what`` and the first missing / unexpected / mis-shaped keys (:func:`sam2_train.model.build.load_state_strict`)."""
+    from sam2_train.model.build import load_state_strict
     target = unwrap_model(model)
     own = target.state_dict().keys()
     if any("_orig_mod." in k for k in own):
         rename = {k.replace("_orig_mod.", ""): k for k in own}
         state_dict = {rename.get(k, k): v for k, v in state_dict.items()}
     if strict:
-        return load_strict(target, state_dict, what=what, config=type(target).__name__)
+        return load_state_strict(target, state_dict, what=what, config=type(target).__name__)
     return target.load_state_dict(state_dict, strict=False)
 
 
@@ -325,7 +300,7 @@ def make_checkpoint(model: torch.nn.Module, config: Any, *, optimizer=None, sche
     to this process's state. ``extra`` keys are stored as well (they must be plain)."""
     state = {
         "model": model_state_dict(model),
-        "config": config_to_dict(config),
+        "config": to_plain(dict(config), "config"),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
@@ -360,76 +335,38 @@ def restore_training_state(state: dict, model: torch.nn.Module, *, optimizer=Non
 # ----------------------------------------------------------------------------------------------
 # config compatibility
 # ----------------------------------------------------------------------------------------------
-def _norm(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return [_norm(x) for x in v]
-    if isinstance(v, bool) or v is None:
-        return v
-    if isinstance(v, (int, float)) and float(v).is_integer():
-        return int(v)
-    if isinstance(v, str):
-        return v.strip().lower()
-    return v
+def saved_config(state: dict, source: str):
+    """The :class:`~sam2_train.engine.config.TrainConfig` a checkpoint was written with; its SAM-2 config must be
+    one this checkout trusts (:func:`sam2_train.engine.trusted_config.trusted_sam_config`)."""
+    from sam2_train.engine.config import TrainConfig
+    from sam2_train.engine.trusted_config import trusted_sam_config
+    config = TrainConfig.from_dict(state.get("config"), source)
+    return config.replace(model={"sam_config": trusted_sam_config(config.model.sam_config, source)})
 
 
-def _get(cfg: Any, key: str, missing: Any) -> Any:
-    if isinstance(cfg, dict):
-        return cfg.get(key, missing)
-    return getattr(cfg, key, missing)
+def _listed(diffs) -> str:
+    return "; ".join(f"{flag or field}: {a!r} -> {b!r}" for field, flag, a, b in diffs)
 
 
-def config_differences(saved_config: dict, args: Any, keys: Iterable[str] = ARCH_KEYS) -> list[tuple]:
-    """``[(key, saved value, current value)]`` for ``keys`` that differ. Keys absent on either side are not
-    compared; tuples equal lists, 3 equals 3.0, strings compare case-insensitively."""
-    missing = object()
-    out = []
-    for k in keys:
-        a, b = _get(saved_config, k, missing), _get(args, k, missing)
-        if a is missing or b is missing:
-            continue
-        if _norm(a) != _norm(b):
-            out.append((k, a, b))
-    return out
-
-
-def check_config_compatible(saved_config: dict, args: Any, keys: Iterable[str] = ARCH_KEYS, *,
-                            source: str = "the checkpoint") -> None:
-    """Raise :class:`ConfigMismatchError` listing every architecture key whose value differs between the
-    checkpoint's config and the current flags (when resuming or evaluating)."""
-    diffs = config_differences(saved_config, args, keys)
+def check_pretrain_config(saved, current, *, source: str = "the checkpoint") -> None:
+    """:class:`ConfigMismatchError` naming every architecture setting (kind ``arch``) in which this run differs
+    from the checkpoint it initialises from or evaluates."""
+    diffs = saved.differences(current, kinds=("arch",))
     if diffs:
-        lines = "; ".join(f"-{k}: {source} has {a!r}, this run has {b!r}" for k, a, b in diffs)
-        raise ConfigMismatchError(f"flags incompatible with {source}: {lines}. Use the checkpoint's values "
-                                  "(or drop these flags to take them from its config)")
+        raise ConfigMismatchError(f"settings incompatible with {source} ({source} -> this run): {_listed(diffs)}. "
+                                  "Use the checkpoint's values (or drop these flags to take them from it)")
 
 
-
-def _norm_key(key: str, v: Any) -> Any:
-    if key == "data_path" and isinstance(v, str):
-        return os.path.normpath(v)
-    return _norm(v)
-
-
-def check_resume_config(saved_config: dict, args: Any, *, force: bool = False,
-                        source: str = "the checkpoint") -> dict:
-    """Compare the flags that change a run (:data:`RESUME_KEYS`) between the checkpoint's config and this
-    run's args. Architecture keys (:data:`ARCH_KEYS`) must match (:func:`check_config_compatible`). Any
-    other difference raises :class:`ConfigMismatchError`, one line listing every changed flag with its old
-    and new value, unless ``force``. Returns ``{flag: [old, new]}`` for the changes accepted (empty when
-    nothing changed). Keys absent on either side (an older checkpoint) are not compared."""
-    check_config_compatible(saved_config, args, source=source)
-    missing = object()
-    changed = {}
-    for k in RESUME_KEYS:
-        old, new = _get(saved_config, k, missing), _get(args, k, missing)
-        if old is missing or new is missing or _norm_key(k, old) == _norm_key(k, new):
-            continue
-        changed[k] = [to_plain(old), to_plain(new)]
-    if changed and not force:
-        listed = ", ".join(f"-{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
-        raise ConfigMismatchError(f"-resume: flags changed since {source} was saved: {listed}; resume with the "
-                                  "checkpoint's values, or pass -resume_force 1 to accept the change")
-    return changed
+def check_resume_config(saved, current, *, force: bool = False, source: str = "the checkpoint") -> dict:
+    """Compare the settings that change a run (kinds ``arch`` and ``run``) of a checkpoint's config and this
+    run's. An architecture change raises :class:`ConfigMismatchError`; any other change too, one line listing each
+    changed flag as ``old -> new``, unless ``force``. Returns ``{flag: [old, new]}`` for the changes accepted."""
+    check_pretrain_config(saved, current, source=source)
+    diffs = saved.differences(current, kinds=("run",))
+    if diffs and not force:
+        raise ConfigMismatchError(f"-resume: settings changed since {source} was saved: {_listed(diffs)}; resume "
+                                  "with the checkpoint's values, or pass -resume_force 1 to accept the change")
+    return {flag or field: [to_plain(a), to_plain(b)] for field, flag, a, b in diffs}
 
 
 def saved_world_size(state: dict) -> Optional[int]:

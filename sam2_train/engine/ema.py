@@ -21,7 +21,7 @@ import copy
 
 import torch
 
-from sam2_train.engine.runtime import unwrap_model
+from sam2_train.engine.distributed import unwrap_model
 
 __all__ = ["ModelEMA"]
 

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from sam2_train.engine.checkpoint import atomic_write
-from sam2_train.engine.runtime import is_main_process
+from sam2_train.engine.distributed import is_main_process
+from sam2_train.engine.errors import UserError
 
 __all__ = ["RunDir", "RunLockedError", "RunLock", "console", "write_json_atomic", "make_unique_dir"]
 
@@ -71,7 +72,7 @@ def make_unique_dir(base: str) -> str:
             path = f"{base}_{n}"
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(UserError, RuntimeError):
     """Another live process holds the run directory's lock."""
 
 
@@ -184,15 +185,13 @@ class RunDir:
     def create(cls, log_dir: str, exp_name: str, config: Any, is_main: bool = True,
                timestamp: Optional[str] = None, tensorboard: bool = True) -> "RunDir":
         """A new run directory ``<log_dir>/<exp_name>_<YYYYmmdd-HHMMSS>`` (``_2``, ``_3``, ... appended if it
-        exists) with ``config.json``. ``config``: args (Namespace) or dict. Only the main rank creates it;
-        share ``run.path`` with :func:`sam2_train.engine.runtime.broadcast_object` if other ranks need it."""
+        exists) with ``config.json`` (``config``: ``TrainConfig.to_dict()``). Only the main rank creates it."""
         if not is_main:
             return cls(None, is_main=False)
         stamp = timestamp or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = make_unique_dir(os.path.join(log_dir, f"{exp_name}_{stamp}"))
         run = cls(path, is_main=True, tensorboard=tensorboard)
-        cfg = vars(config) if hasattr(config, "__dict__") and not isinstance(config, dict) else dict(config)
-        write_json_atomic(run.config_path, cfg)
+        write_json_atomic(run.config_path, dict(config))
         return run
 
     @classmethod

@@ -17,6 +17,8 @@ from typing import Callable, Optional
 
 import torch
 
+from sam2_train.engine.settings import nonneg_int, setting
+
 __all__ = ["OPTIMIZERS", "OptimConf", "is_image_encoder", "default_no_decay", "build_param_groups", "build_optimizer",
            "SCHEDULES", "build_scheduler", "current_lrs"]
 
@@ -27,6 +29,7 @@ _NO_DECAY_WORDS = ("pos_embed", "pos_enc", "embed", "token", "no_mem", "no_obj",
 
 
 OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("poly", "cosine", "none")
 
 
 @dataclass(frozen=True)
@@ -34,14 +37,23 @@ class OptimConf:
     """The optimiser and its schedule: ``optim`` (adamw | sgd, with ``momentum``), ``lr`` (base),
     ``weight_decay``, ``encoder_lr_mult`` (image-encoder learning rate = lr x mult; 0 = frozen), ``sched``
     (poly | cosine | none) with ``warmup_iters`` linear warm-up, ``clip_grad`` (max gradient norm, 0 = none)."""
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    encoder_lr_mult: float = 1.0
-    sched: str = "poly"
-    warmup_iters: int = 0
-    optim: str = "adamw"
-    momentum: float = 0.9
-    clip_grad: float = 1.0
+    lr: float = setting(1e-4, flag="-lr", type=float, preset=True, group="seed",
+                        help="base learning rate (default 1e-4; demo 1e-3; U-Net students 0.01)")
+    weight_decay: float = setting(1e-4, flag="-weight_decay", type=float, group="method")
+    encoder_lr_mult: float = setting(1.0, flag="-encoder_lr_mult", type=float, preset=True, group="method",
+                                     help="learning-rate multiplier of the image encoder; 0 freezes it (no backward "
+                                          "through it). Default 1; demo 0: a randomly initialised Hiera does not "
+                                          "train from scratch in minutes")
+    sched: str = setting("poly", flag="-sched", choices=SCHEDULES, group="method")
+    warmup_iters: int = setting(0, flag="-warmup_iters", type=nonneg_int, group="method",
+                                help="linear learning-rate warm-up iterations")
+    optim: str = setting("adamw", flag="-optim", choices=OPTIMIZERS, preset=True, group="method",
+                         help="adamw, or sgd (momentum 0.9, SSL4MIS/UniMatch; weight decay on every parameter); "
+                              "default adamw, the U-Net students' preset sgd")
+    momentum: float = setting(0.9)
+    clip_grad: float = setting(1.0, flag="-clip_grad", type=float, preset=True, group="method",
+                               help="clip the gradient norm of the trained network to this (0 = no clipping); default "
+                                    "1, the U-Net students' preset 0 (SSL4MIS does not clip)")
 
 
 def is_image_encoder(name: str) -> bool:
@@ -118,9 +130,6 @@ def build_optimizer(model_or_groups, conf: OptimConf, is_encoder: Callable[[str]
         return torch.optim.AdamW(groups, lr=lr, weight_decay=wd, betas=betas, eps=eps, fused=True)
     except (RuntimeError, ValueError):  # a device without a fused kernel
         return torch.optim.AdamW(groups, lr=lr, weight_decay=wd, betas=betas, eps=eps, foreach=True)
-
-
-SCHEDULES = ("poly", "cosine", "none")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, conf: OptimConf, total_iters: int

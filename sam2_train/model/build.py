@@ -4,7 +4,7 @@ Public API
 ----------
 - :func:`resolve_sam_config` -- ``-sam_config`` value -> what hydra can compose.
 - :func:`build_sam2_base` -- config + checkpoint + image size -> fp32 ``SAM2Base`` in train mode.
-- :func:`load_model_state` -- strict ``load_state_dict`` with a readable :class:`CheckpointMismatchError`.
+- :func:`load_state_strict` -- strict ``load_state_dict`` with a readable :class:`CheckpointMismatchError`.
 - :data:`CKPT_FILES` -- built-in config name -> official checkpoint file name .
 
 All model code comes from the ``sam2`` package (``sam2.build_sam.build_sam2``); nothing is vendored.
@@ -19,6 +19,8 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
+
+from sam2_train.engine.errors import UserError
 
 
 logger = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ HYDRA_CONFIG_NAMES: Mapping[str, str] = {
 DOWNLOAD_CMD = "bash checkpoints/download_ckpts.sh"
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError, RuntimeError):
     """A state dict does not fit the model built from a config (missing/unexpected keys or shapes)."""
 
 
@@ -140,7 +142,7 @@ def _short(keys: Sequence[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def load_model_state(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, what: str, config: str) -> None:
+def load_state_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, what: str, config: str) -> None:
     """Strictly load ``state_dict`` into ``module``; raise :class:`CheckpointMismatchError` if it does not fit.
 
     The message names ``what`` (e.g. the checkpoint path), ``config`` and the first few missing keys,
@@ -244,7 +246,7 @@ def build_sam2_base(config: str, ckpt: str | None, image_size: int, device: str 
         logger.warning(msg)
     else:
         state = load_checkpoint_file(str(ckpt), config)
-        load_model_state(model, state, what=f"checkpoint {str(ckpt)!r}", config=config)
+        load_state_strict(model, state, what=f"checkpoint {str(ckpt)!r}", config=config)
         logger.info("loaded SAM-2 checkpoint %s into config %s", ckpt, config)
     model.train()
     return model.to(device)

@@ -1,6 +1,7 @@
 """Memory and speed levers of the image encoder: activation checkpointing of the Hiera blocks
-(``-grad_ckpt 1``), ``torch.compile`` of the image encoder (``-compile 1``), and whether the teacher's weak-view
-encoder backbone pass can stand in for the student's (:func:`encoder_frozen`).
+(``-grad_ckpt 1``) and ``torch.compile`` of the image encoder (``-compile 1``). (With a frozen encoder the
+teacher's weak-view backbone pass also serves the student: :func:`sam2_train.methods.weak_to_strong.
+student_strong_views`.)
 
 - :func:`enable_grad_checkpointing` turns every Hiera block into a checkpointed one in place (the block's
   class becomes a subclass whose ``forward`` runs under :func:`torch.utils.checkpoint.checkpoint`, so the
@@ -8,9 +9,8 @@ encoder backbone pass can stand in for the student's (:func:`encoder_frozen`).
   its input for backward and recomputes its activations there; it does so only when the module is in
   training mode and autograd is recording, so the EMA teacher, ``no_grad`` passes and evaluation run the
   plain block.
-- :func:`compile_encoder` compiles the image encoder in place (``nn.Module.compile``: the state-dict keys
-  stay the same) with a chosen backend (the benchmarks' ``-compile 1``; ``"eager"`` for a quick CPU dry run).
-  Call it after the EMA copy is made (the teacher keeps the eager encoder).
+- :func:`compile_encoders` compiles the image encoders in place (``nn.Module.compile``: the state-dict keys
+  stay the same) with a chosen backend (``"eager"`` for a quick CPU dry run).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["enable_grad_checkpointing", "is_checkpointed", "compile_encoder", "encoder_frozen", "apply_levers"]
+__all__ = ["enable_grad_checkpointing", "is_checkpointed", "compile_encoders"]
 
 
 class _CheckpointedBlock:
@@ -56,25 +56,16 @@ def is_checkpointed(module: nn.Module) -> bool:
     return isinstance(module, _CheckpointedBlock)
 
 
-def compile_encoder(image_encoder: nn.Module, backend: str = "inductor") -> nn.Module:
-    """``torch.compile`` the image encoder in place (state-dict keys unchanged); returns it."""
-    image_encoder.compile(backend=backend)
-    return image_encoder
-
-
-def encoder_frozen(image_encoder: nn.Module) -> bool:
-    """True when no parameter of the image encoder trains (``-encoder_lr_mult 0``). The EMA teacher then holds
-    the student's Hiera trunk and FPN neck weights exactly (the EMA copies frozen parameters), so one weak-view
-    backbone pass serves both; the mask decoder's conv_s0/conv_s1, which project feature levels 0 and 1 inside
-    ``SAM2Base.forward_image``, are decoder parameters that train, so each network applies its own."""
-    return not any(p.requires_grad for p in image_encoder.parameters())
-
-
-def apply_levers(net: nn.Module, *, grad_ckpt: bool = False, compile: bool = False) -> nn.Module:
-    """Apply ``-grad_ckpt`` / ``-compile`` to an SSSNet's image encoder (``net.sam.sam.image_encoder``)."""
-    enc = net.sam.sam.image_encoder
-    if grad_ckpt:
-        enable_grad_checkpointing(enc)
-    if compile:
-        compile_encoder(enc)
-    return net
+def compile_encoders(*nets: nn.Module, backend: str = "inductor") -> int:
+    """``-compile 1``: ``torch.compile`` the SAM-2 image encoder of each distinct network (an ``SSSNet``, maybe
+    wrapped by DDP) in place with ``nn.Module.compile`` (``backend``; ``"eager"`` for a quick CPU dry run), so
+    parameters and state-dict keys stay as they are (checkpoints and the EMA are unaffected). Call it after the
+    EMA copy is made. Returns the number of encoders compiled."""
+    from sam2_train.engine.distributed import unwrap_model
+    done = set()
+    for net in nets:
+        encoder = unwrap_model(net).sam.sam.image_encoder
+        if id(encoder) not in done:
+            encoder.compile(backend=backend)
+            done.add(id(encoder))
+    return len(done)

@@ -3,7 +3,7 @@
 From the coarse head's class probabilities over the slices of one volume or slab, PCSW finds, per
 foreground class, a structure that is continuous across neighbouring slices and turns it into one box
 and one point prompt per slice. Everything is in *coarse-map pixel units* (the head's ``h x w`` grid);
-``Prompts.scale_to(image_size)`` converts to image pixels.
+:func:`image_prompts` converts to model-input pixels (:meth:`Prompts.scaled`).
 
 Algorithm (per slab ``n`` and class ``k`` = one "group"; all groups are processed together):
 
@@ -52,9 +52,12 @@ Algorithm (per slab ``n`` and class ``k`` = one "group"; all groups are processe
 Calibration: with ``class_conf`` (:meth:`SSSNet.gates`, ``-pcsw_calibrate``), class ``k`` uses
 ``min(thresh, class_conf[k])`` in step 1 and ``min(tau_conf, class_conf[k])`` in step 3.
 
-Conventions of ``Prompts``: boxes are ``x1, y1, x2, y2`` floats with ``x2, y2`` exclusive (a single pixel
-at column 3, row 5 with margin 0 is ``(3, 5, 4, 6)``), so multiplying by ``S / w`` gives image pixels;
-points are pixel centres ``(x + 0.5, y + 0.5)``; invalid entries are 0.
+Conventions of :class:`~sam2_train.model.prompts.Prompts`: boxes are ``x1, y1, x2, y2`` floats with ``x2, y2``
+exclusive (a single pixel at column 3, row 5 with margin 0 is ``(3, 5, 4, 6)``), so multiplying by ``S / w``
+gives image pixels; points ``(..., K, 1, 2)`` are pixel indices ``(x, y)`` (the encoder adds 0.5); invalid
+entries are 0. PCSW fills the optional ``masks`` (the prompted component), ``windows`` (the accepted window
+``[start, end)`` per class, ``(-1, -1)`` if none), ``scores`` (continuity of the best eligible window),
+``fallback`` and ``status`` (per class: 0 not predicted, 1 accepted, 2 fallback, 3 rejected).
 
 Device: the thresholding runs on the input's device; the masked class probabilities (and the body mask)
 are then copied to the host ONCE (one ``.cpu()`` of one packed tensor), the labeling and all statistics run
@@ -73,7 +76,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["PCSWConfig", "Prompts", "pcsw_prompts", "coarse_box_prompts"]
+from sam2_train.engine.settings import nonneg_int, positive_int, setting, str2bool, unit_float
+from sam2_train.model.prompts import Prompts
+
+__all__ = ["PCSWConfig", "pcsw_prompts", "coarse_box_prompts", "image_prompts"]
 
 # 4-D structuring element: 26-connectivity inside a (D, h, w) block, no connection along the group axis.
 _STRUCT4 = np.zeros((3, 3, 3, 3), dtype=bool)
@@ -82,22 +88,41 @@ _STRUCT4[1] = True
 
 @dataclass(frozen=True)
 class PCSWConfig:
-    """PCSW settings (cfg.py flags ``-pcsw_*``); areas are fractions of ``h * w``."""
-    thresh: float = 0.5
-    tau: float = 0.8
-    tau_conf: float = 0.6
-    min_len: int = 2
-    max_len: int = 0
-    min_voxels: int = 4
-    min_area: float = 0.0
-    max_area: float = 0.5
-    margin: int = 2
-    body_frac: float = 0.5
-    select: str = "longest"  # window choice: "longest" passing window, or highest "continuity"
-    fallback: bool = True    # a rejected class the head predicts is prompted by its most confident component
-    calibrate: bool = True   # per-class gates min(thresh|tau_conf, class_conf[k]) from labeled data (SSSNet)
-    fuse: bool = True        # label maps and pseudo-labels fuse coarse head and SAM-2 (sss_net.fuse_probs)
-    multifocal: bool = False # all kept components of a class form its structure (C = 1 on covered windows)
+    """PCSW settings (flags ``-pcsw_*``); areas are fractions of ``h * w``."""
+    thresh: float = setting(0.5, flag="-pcsw_thresh", type=unit_float, group="PCSW",
+                            help="binarisation threshold on class probability")
+    tau: float = setting(0.8, flag="-pcsw_tau", type=unit_float, group="PCSW", help="continuity threshold C >= tau")
+    tau_conf: float = setting(0.6, flag="-pcsw_tau_conf", type=unit_float, group="PCSW",
+                              help="minimum mean confidence of a component")
+    min_len: int = setting(2, flag="-pcsw_min_len", type=positive_int, preset=True, group="PCSW",
+                           help="shortest window N_min (slices); default 2 in 2D, 1 in 3D (single-slice lesions)")
+    max_len: int = setting(0, flag="-pcsw_max_len", type=nonneg_int, group="PCSW",
+                           help="longest window N_max (0 = whole slab)")
+    min_voxels: int = setting(4, flag="-pcsw_min_voxels", type=nonneg_int, group="PCSW",
+                              help="smallest component, in coarse-map voxels")
+    min_area: float = setting(0.0, flag="-pcsw_min_area", type=unit_float, group="PCSW",
+                              help="smallest per-slice area, fraction of the slice")
+    max_area: float = setting(0.5, flag="-pcsw_max_area", type=unit_float, group="PCSW",
+                              help="largest per-slice area, fraction of the slice")
+    margin: int = setting(2, flag="-pcsw_margin", type=nonneg_int, group="PCSW", help="box margin in coarse-map pixels")
+    body_frac: float = setting(0.5)
+    select: str = setting("longest", flag="-pcsw_select", choices=("longest", "continuity"), group="PCSW",
+                          help="accepted window: the longest with C >= tau, or the one with the highest C")
+    fallback: bool = setting(True, flag="-pcsw_fallback", type=str2bool, group="PCSW", metavar="{0,1}",
+                             help="a class PCSW rejects but the coarse head predicts is prompted by its 3-D component "
+                                  "with the largest confidence mass, flagged as fallback (stricter pseudo-labels, "
+                                  "-tau_fallback)")
+    calibrate: bool = setting(True, flag="-pcsw_calibrate", type=str2bool, group="PCSW", metavar="{0,1}",
+                              help="per-class gates min(-pcsw_thresh|-pcsw_tau_conf, c_k), c_k = EMA of the class's "
+                                   "mean coarse probability on its labeled ground-truth pixels")
+    fuse: bool = setting(True, flag="-pcsw_fuse", type=str2bool, group="PCSW", metavar="{0,1}",
+                         help="label maps (inference boxes/pcsw) and the teacher's pseudo-labels are the argmax of the "
+                              "coarse head and SAM-2 averaged on prompted classes (0: SAM-2's masks alone, the "
+                              "paper's rule)")
+    multifocal: bool = setting(False, flag="-pcsw_multifocal", type=str2bool, preset=True, group="PCSW",
+                               metavar="{0,1}",
+                               help="prompt every kept component of a class (merged), not only the largest; default "
+                                    "0 in 2D, 1 in 3D (multifocal, diffuse lesions)")
 
     def window_lengths(self, depth: int) -> tuple[int, int]:
         """``(N_min, N_max)`` actually used for a slab of ``depth`` slices."""
@@ -106,45 +131,8 @@ class PCSWConfig:
         return n_min, max(n_min, n_max)
 
 
-@dataclass
-class Prompts:
-    """Per-slice per-class prompts (leading ``(N,)`` only for a batch of slabs).
-
-    boxes:  ``([N,] D, K, 4)`` float32, ``x1, y1, x2, y2`` in coarse-map pixels, ``x2, y2`` exclusive.
-    points: ``([N,] D, K, 2)`` float32, ``x, y`` pixel centres in coarse-map pixels.
-    valid:  ``([N,] D, K)`` bool, which (slice, class) pairs have a prompt.
-    masks:  ``([N,] D, K, h, w)`` bool, the prompted component on each slice (all False where not valid).
-    windows: ``([N,] K, 2)`` int64, accepted window ``[start, end)`` per class, ``(-1, -1)`` if none.
-    scores: ``([N,] K)`` float32, continuity ``C`` of the best eligible window (accepted or not; 0 if none).
-    coarse_size: ``(h, w)`` of the coarse map.
-    fallback: ``([N,] D, K)`` bool, the prompt is a fallback (the class was rejected; see :func:`pcsw_prompts`).
-    status: ``([N,] K)`` int64, per class: 0 not predicted (no binarised voxel), 1 accepted, 2 fallback,
-        3 rejected (predicted, no prompt).
-    """
-    boxes: torch.Tensor
-    points: torch.Tensor
-    valid: torch.Tensor
-    masks: torch.Tensor
-    windows: torch.Tensor
-    scores: torch.Tensor
-    coarse_size: tuple[int, int]
-    fallback: torch.Tensor | None = None
-    status: torch.Tensor | None = None
-
-    def scale_to(self, image_size: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Boxes and points in the pixels of an image of size ``image_size`` (int, or ``(H, W)``)."""
-        H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        h, w = self.coarse_size
-        sx, sy = W / w, H / h
-        scale_box = self.boxes.new_tensor([sx, sy, sx, sy])
-        return self.boxes * scale_box, self.points * scale_box[:2]
-
-    def to(self, device) -> "Prompts":
-        return Prompts(**{f.name: _map(getattr(self, f.name), lambda t: t.to(device)) for f in fields(self)})
-
-
 def _map(value, fn):
-    """``fn(value)`` for a tensor; other values (``coarse_size``, None) unchanged."""
+    """``fn(value)`` for a tensor; other values (None, flags) unchanged."""
     return fn(value) if isinstance(value, torch.Tensor) else value
 
 
@@ -181,6 +169,10 @@ def _unbatch(p: Prompts, batched: bool) -> Prompts:
     if batched:
         return p
     return Prompts(**{f.name: _map(getattr(p, f.name), lambda t: t[0]) for f in fields(p)})
+
+
+def _single_point(boxes: torch.Tensor, points: torch.Tensor, valid: torch.Tensor, **extra) -> Prompts:
+    return Prompts.single_point(boxes, points, valid, **extra)
 
 
 @torch.no_grad()
@@ -332,11 +324,10 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
     fb_g = torch.from_numpy(fb_np).to(device)
     acc_g = torch.from_numpy(acc_label > 0).to(device)
     status = torch.where(~predicted, 0, torch.where(fb_g, 2, torch.where(acc_g, 1, 3))).view(N, K)
-    out = Prompts(boxes=back(boxes, 4), points=back(points, 2), valid=back(valid),
-                  masks=back(mask, h, w),
-                  windows=torch.from_numpy(np.stack([best_s, best_e], -1).reshape(N, K, 2)).to(device),
-                  scores=torch.from_numpy(score.reshape(N, K)).to(device), coarse_size=(h, w),
-                  fallback=back(valid & fb_np[:, None]), status=status)
+    out = _single_point(back(boxes, 4), back(points, 2), back(valid), masks=back(mask, h, w),
+                        windows=torch.from_numpy(np.stack([best_s, best_e], -1).reshape(N, K, 2)).to(device),
+                        scores=torch.from_numpy(score.reshape(N, K)).to(device),
+                        fallback=back(valid & fb_np[:, None]), status=status)
     return _unbatch(out, batched)
 
 
@@ -396,7 +387,7 @@ def _boxes_points_np(mask: np.ndarray, prob: np.ndarray, margin: int):
     boxes = np.stack([np.clip(x0 - margin, 0, w), np.clip(y0 - margin, 0, h),
                       np.clip(x1 + margin, 0, w), np.clip(y1 + margin, 0, h)], -1).astype(np.float32)
     idx = np.where(mask, prob, np.float32(-1)).reshape(*mask.shape[:2], h * w).argmax(2)
-    points = np.stack([idx % w + 0.5, idx // w + 0.5], -1).astype(np.float32)
+    points = np.stack([idx % w, idx // w], -1).astype(np.float32)
     boxes[~valid] = 0
     points[~valid] = 0
     return boxes, points, valid
@@ -424,14 +415,26 @@ def coarse_box_prompts(probs: torch.Tensor, margin: int = 2) -> Prompts:
     boxes = torch.stack([(x0 - margin).clamp(0, w), (y0 - margin).clamp(0, h),
                          (x1 + margin).clamp(0, w), (y1 + margin).clamp(0, h)], -1).float()
     idx = torch.where(mask, p[:, :, 1:], torch.full((), -1.0, device=p.device)).flatten(-2).argmax(-1)
-    points = torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], -1).float() + 0.5
+    points = torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], -1).float()
     vf = valid.unsqueeze(-1)
     boxes, points = boxes * vf, points * vf
     anyk = valid.any(1)                                            # (N, K)
     windows = torch.stack([torch.zeros_like(anyk, dtype=torch.long),
                            torch.full_like(anyk, D, dtype=torch.long)], -1)
     windows = torch.where(anyk.unsqueeze(-1), windows, torch.full_like(windows, -1))
-    out = Prompts(boxes=boxes, points=points, valid=valid, masks=mask, windows=windows,
-                  scores=anyk.float(), coarse_size=(h, w))
+    out = _single_point(boxes, points, valid, masks=mask, windows=windows, scores=anyk.float())
     return _unbatch(out, batched)
 
+
+
+def image_prompts(probs: torch.Tensor, image_size: int, cfg: PCSWConfig, use_pcsw: bool,
+                  body: torch.Tensor | None = None, class_conf: torch.Tensor | None = None) -> Prompts:
+    """Prompts of slabs of slices in model-input pixels, from coarse class probabilities probs (N,D,K+1,s,s):
+    PCSW when ``use_pcsw``, else the unconstrained per-slice boxes of the coarse argmax (the ``-pcsw 0``
+    ablation). Rows are flattened to N*D (the per-slab ``status`` stays (N,K)); a click is the centre of its
+    coarse cell. ``class_conf`` (K,): calibrated gates (:meth:`SSSNet.gates`)."""
+    from torch.profiler import record_function
+    with record_function("sss.pcsw"):
+        p = pcsw_prompts(probs, body, cfg, class_conf) if use_pcsw else coarse_box_prompts(probs, margin=cfg.margin)
+    fallback = p.fallback if p.fallback is not None else torch.zeros_like(p.valid)
+    return p.replace(fallback=fallback).scaled(probs.shape[-1], image_size).flatten_rows(2)

@@ -13,52 +13,21 @@ image size, P points per class.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from sam2_train.model.resize import resize_image
 from sam2_train.model.build import build_sam2_base
-from sam2_train.model.prompts import masks_to_boxes, scale_boxes
+from sam2_train.model.labels import mask_unprompted, pseudo_labels
+from sam2_train.model.prompts import Prompts, interior_points, masks_to_boxes
+from sam2_train.model.resize import resize_image, upsample
 from sam2_train.model.sam2_model import SAM2Seg
-from sam2_train.model.semi import interior_points
-from sam2_train.model.sss_net import mask_unprompted, pseudo_labels, upsample
-
-
-@dataclass
-class GuidePrompts:
-    """Per-image, per-class prompts in model-input pixels (the frame of :class:`sss_net.SlicePrompts`): boxes
-    (N,K,4) xyxy (max corner exclusive), points (N,K,P,2) xy pixel indices, point_labels (N,K,P) int32 (1
-    positive, -1 padding), valid (N,K) bool (the class has a prompt), use_box: False for point prompts only
-    (SemiSAM; the boxes are then ignored)."""
-    boxes: torch.Tensor
-    points: torch.Tensor
-    point_labels: torch.Tensor
-    valid: torch.Tensor
-    use_box: bool = True
-
-    def __getitem__(self, rows) -> "GuidePrompts":
-        """The prompts of the images ``rows`` (an index or slice of N)."""
-        return GuidePrompts(self.boxes[rows], self.points[rows], self.point_labels[rows], self.valid[rows],
-                            self.use_box)
-
-    def scaled(self, size: int, to_size: int) -> "GuidePrompts":
-        """The same prompts on a ``to_size`` image of the same field of view as the ``size`` image they were made
-        on: boxes scale by ``to_size / size`` (edges stay on the same place of the image), a point (a pixel index
-        whose centre is at index + 0.5) keeps its centre: ``(x + 0.5) * to_size / size - 0.5``."""
-        if to_size == size:
-            return self
-        f = to_size / size
-        points = torch.where(self.point_labels[..., None] >= 0, (self.points + 0.5) * f - 0.5, self.points)
-        return GuidePrompts(scale_boxes(self.boxes, size, to_size), points, self.point_labels, self.valid,
-                            self.use_box)
 
 
 def box_point_prompts(probs: torch.Tensor, *, thresh: float = 0.5, num_points: int = 1,
-                      generator: torch.Generator | None = None) -> GuidePrompts:
+                      generator: torch.Generator | None = None) -> Prompts:
     """Knowledge Mining's prompts from class probabilities probs (N,K+1,S,S) (softmax, at the input size).
 
     Class k's mask is the pixels whose argmax is k and whose probability is >= ``thresh`` (SAM-Match's
@@ -79,10 +48,10 @@ def box_point_prompts(probs: torch.Tensor, *, thresh: float = 0.5, num_points: i
     points = torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], -1).float()
     points = torch.where(inside[..., None], points, torch.zeros_like(points))
     labels = torch.where(inside, 1, -1).to(torch.int32)
-    return GuidePrompts(boxes=boxes, points=points, point_labels=labels, valid=valid)
+    return Prompts(boxes=boxes, points=points, point_labels=labels, valid=valid)
 
 
-def largest_component_boxes(labels: torch.Tensor, k: int, bbox_shift: int) -> GuidePrompts:
+def largest_component_boxes(labels: torch.Tensor, k: int, bbox_shift: int) -> Prompts:
     """SAM-Match's box prompts: for each image and class 1..K of a label map (N,S,S) int64, the bounding box of
     its largest connected piece (8-connected in the slice; largest by box area, as ``get_bbox256_cv``'s largest
     external contour) widened by ``bbox_shift`` pixels on every side and clipped to the image; no point. A class
@@ -108,21 +77,21 @@ def largest_component_boxes(labels: torch.Tensor, k: int, bbox_shift: int) -> Gu
     bounds = boxes.new_tensor([w, h, w, h])
     boxes = torch.where(valid[..., None], torch.minimum((boxes + pad).clamp_min(0), bounds), torch.zeros_like(boxes))
     points = boxes.new_zeros(n, k, 1, 2)
-    return GuidePrompts(boxes=boxes, points=points, point_labels=torch.full((n, k, 1), -1, dtype=torch.int32,
+    return Prompts(boxes=boxes, points=points, point_labels=torch.full((n, k, 1), -1, dtype=torch.int32,
                                                                             device=labels.device), valid=valid)
 
 
-def interior_point_prompts(probs: torch.Tensor) -> GuidePrompts:
+def interior_point_prompts(probs: torch.Tensor) -> Prompts:
     """SemiSAM's point prompts: one positive click per class of the student's argmax map (probs (N,K+1,S,S)), at
     the most interior pixel of the class's mask (the first click SemiSAM's click simulator places, deep inside
-    the target: :func:`sam2_train.model.semi.interior_points`); no box. A class absent from the argmax is not
+    the target: :func:`sam2_train.model.prompts.interior_points`); no box. A class absent from the argmax is not
     prompted."""
     n, c = probs.shape[:2]
     masks = F.one_hot(probs.argmax(1), c)[..., 1:].permute(0, 3, 1, 2).bool()       # (N,K,S,S)
     valid = masks.flatten(2).any(-1)
     points = interior_points(masks)[:, :, None]                                    # (N,K,1,2) pixel indices
     labels = torch.where(valid, 1, -1).to(torch.int32)[..., None]
-    return GuidePrompts(boxes=points.new_zeros(n, c - 1, 4), points=points, point_labels=labels, valid=valid,
+    return Prompts(boxes=points.new_zeros(n, c - 1, 4), points=points, point_labels=labels, valid=valid,
                         use_box=False)
 
 
@@ -139,10 +108,10 @@ class SAMGuide:
     def image_size(self) -> int:
         return self.sam.image_size
 
-    def forward(self, images: torch.Tensor, prompts: GuidePrompts) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, prompts: Prompts) -> torch.Tensor:
         """images (N,1,S,S) in [0,1], prompts in the images' pixels -> SAM-2's mask logits (N,K,S,S) on the
         images' grid: the images are resized to the guide's size (bilinear, as the data pipeline resizes), the
-        prompts scaled with them (:meth:`GuidePrompts.scaled`) and SAM-2's low-res masks resized back (bilinear).
+        prompts scaled with them (:meth:`Prompts.scaled`) and SAM-2's low-res masks resized back (bilinear).
         Every class of every image in one decoder call; unprompted classes get a large negative logit. Autograd
         follows the caller (see :meth:`masks`)."""
         size, g = images.shape[-1], self.image_size
@@ -153,7 +122,7 @@ class SAMGuide:
                                   points=p.points, point_labels=p.point_labels)
         return mask_unprompted(upsample(out.masks.float(), images.shape[-2:]), prompts.valid)
 
-    def masks(self, images: torch.Tensor, prompts: GuidePrompts) -> torch.Tensor:
+    def masks(self, images: torch.Tensor, prompts: Prompts) -> torch.Tensor:
         """:meth:`forward` without autograd (labels and inference); with autograd only for a trainable guide in
         a grad-enabled context (SAM-Match's fine-tuning)."""
         with contextlib.nullcontext() if self.trainable and torch.is_grad_enabled() else torch.no_grad():
@@ -164,7 +133,7 @@ def sam_labels(logits: torch.Tensor, valid: torch.Tensor, student_probs: torch.T
     """SAM-2's masks as a label map: logits (N,K,S,S), valid (N,K), the student's probs (N,K+1,S,S) -> labels
     (N,S,S) int64 (argmax of the prompted classes' logits, background where none is > 0) and confidence
     (N,S,S) in [0,1] (sigmoid of the label's logit; on background, one minus the highest class probability,
-    the student's where SAM-2 was not prompted), :func:`sss_net.pseudo_labels` without fusion."""
+    the student's where SAM-2 was not prompted), :func:`sam2_train.model.labels.pseudo_labels` without fusion."""
     return pseudo_labels(logits, valid, student_probs, fuse=False)
 
 

@@ -1,1 +1,0 @@
-"""2D (slice) training step and volume evaluation."""

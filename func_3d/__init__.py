@@ -1,1 +1,0 @@
-"""3D (slice-sequence) training step and volume evaluation."""
