@@ -19,9 +19,9 @@ from typing import Sequence
 from omegaconf import OmegaConf
 
 from dataset.registry import dataset_names, dataset_spec
-from sam2_train.engine.config import SECTIONS, ConfigFormatError, TrainConfig
-from sam2_train.engine.errors import UserError
-from sam2_train.engine.settings import flag_fields, lower_choice, str2bool
+from sam2_train.engine.config import SECTIONS, TrainConfig
+from sam2_train.engine.errors import RunSetupError, UserError
+from sam2_train.engine.settings import OneLineParser, flag_fields, lower_choice, str2bool
 from sam2_train.methods.registry import method_class, method_names, registered
 from sam2_train.model.build import CKPT_FILES
 
@@ -31,14 +31,6 @@ _GROUP_OF = {"seed": GROUPS[0]}
 # Flags read by one script only: (flag, the script that reads it).
 SCRIPT_ONLY_FLAGS = (("-prompt", "3d"), ("-video_length", "3d"), ("-memory_bank_size", "3d"), ("-slab_len", "2d"),
                      ("-protocol", "2d"), ("-fg_oversample", "3d"))
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (no usage dump), exit status 2."""
-
-    def error(self, message: str):  # noqa: D401 - argparse API
-        message = message.replace("\n", " ")
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _config_classes():
@@ -257,7 +249,7 @@ def with_data(config: TrainConfig, splits) -> TrainConfig:
     """The config with what the data says: its classes and how its images were mapped to [0, 1]."""
     k = splits.num_classes
     if config.semi.ce_weights and len(config.semi.ce_weights) != k + 1:
-        raise ConfigFormatError(f"-ce_weights needs {k + 1} weights (background + {k} classes), got "
+        raise RunSetupError(f"-ce_weights needs {k + 1} weights (background + {k} classes), got "
                                 f"{len(config.semi.ce_weights)}")
     return config.replace(model={"num_classes": k},
                           data={"class_names": tuple(splits.class_names),

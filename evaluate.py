@@ -15,14 +15,13 @@ import datetime as dt
 import os
 import sys
 
-import cfg
 from dataset import DatasetError, build_datasets
 from dataset.check import check_volumes
 from dataset.io import prediction_writer
 from sam2_train.engine.checkpoint import load_checkpoint
 from sam2_train.engine.errors import USER_ERRORS
 from sam2_train.engine.run_dir import console, make_unique_dir, write_json_atomic
-from sam2_train.engine.settings import lower_choice, nonneg_int, str2bool
+from sam2_train.engine.settings import OneLineParser, lower_choice, nonneg_int, str2bool
 from sam2_train.evaluation.checkpoint_model import checkpoint_config, model_from_checkpoint
 from sam2_train.evaluation.evaluate import evaluate_model
 from sam2_train.evaluation.loop import format_summary, write_case_rows
@@ -32,7 +31,7 @@ INFER_MODES = ("coarse", "boxes", "pcsw", "student", "sam_refine")
 
 def parse(argv=None):
     from dataset.registry import dataset_names
-    p = cfg.OneLineParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
     p.add_argument("-ckpt", required=True, help="checkpoint written by train_2d.py / train_3d.py (best.pt, last.pt)")
     p.add_argument("-dataset", type=lower_choice(dataset_names()), default=None, help="default: the checkpoint's")
     p.add_argument("-data_path", default=None, help="default: the checkpoint's")

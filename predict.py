@@ -32,13 +32,12 @@ from typing import Sequence
 
 import numpy as np
 
-import cfg
 from dataset import DatasetError
 from dataset import io as dio
 from dataset.custom import slice_key
 from sam2_train.engine.errors import USER_ERRORS
 from sam2_train.engine.run_dir import console
-from sam2_train.engine.settings import lower_choice, nonneg_int, str2bool
+from sam2_train.engine.settings import OneLineParser, lower_choice, nonneg_int, str2bool
 from sam2_train.evaluation.checkpoint_model import load_model
 
 NIFTI_EXTS = (".nii.gz", ".nii")
@@ -273,7 +272,7 @@ def _spacing(value: str) -> tuple[float, float, float]:
 
 
 def parse(argv=None):
-    p = cfg.OneLineParser(prog="predict.py", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="predict.py", description=__doc__.split("\n\n")[0])
     p.add_argument("-ckpt", required=True, help="checkpoint written by train_2d.py / train_3d.py (best.pt, last.pt)")
     p.add_argument("-input", required=True, help="a NIfTI/h5 file, a folder of PNG slices, or a folder of those")
     p.add_argument("-out", required=True, help="output folder")

@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cfg  # noqa: E402
-from func_3d.step import TASK_3D  # noqa: E402
-from sam2_train.engine.device import autocast, select_device  # noqa: E402
-from sam2_train.model.sss_net import build_sss_net  # noqa: E402
+from sam2_train.engine.device import autocast as autocast_ctx  # noqa: E402
+from sam2_train.engine.device import select_device  # noqa: E402
+from sam2_train.methods.networks import network  # noqa: E402
 
 
 def phantom(h: int, w: int, d: int) -> np.ndarray:
@@ -42,17 +42,19 @@ def bench_volume(flags: list[str], size=(512, 512, 60), classes: int = 5) -> dic
     """Label-free evaluation of one phantom volume of ``size`` (H,W,D) under train_3d.py ``flags``:
     {"seconds", "per_slice", "foreground", "shape" (D,H,W) and "max_label" of the prediction, "peak_gib"
     (CUDA allocator peak, None on CPU), "base_gib", "rss_growth_mib", "peak_rss_gib", "setting", "device"}."""
-    args = cfg.parse_args(["-dataset", "demo", "-distributed", "none", "-pcsw", "0", *flags], script="3d")
-    device = select_device(args.device, args.gpu_device)
-    config = cfg.to_config(args, classes)
-    net = build_sss_net(config.model, device=device)
+    config = cfg.parse_config(["-dataset", "demo", "-distributed", "none", "-pcsw", "0", *flags], script="3d")
+    config = config.replace(model={"num_classes": classes})
+    run, model = config.run, config.model
+    device = select_device(run.device, run.gpu_device)
+    sam2 = network("sam2")
+    net = sam2.build(model, device=device)
     with torch.no_grad():   # class 1 wins everywhere: every slice gets a prompt
         net.head.cls.bias.copy_(torch.tensor([0.0, 8.0] + [0.0] * (classes - 1)))
     h, w, d = size
     image = phantom(h, w, d)
-    autocast = lambda: autocast(device, args.amp)  # noqa: E731
-    predict = lambda img: TASK_3D.predict(net, img, config=config, infer="boxes", device=device,  # noqa: E731
-                                          autocast=autocast)
+    autocast = lambda: autocast_ctx(device, run.amp)  # noqa: E731
+    predict = lambda img: sam2.predict(net, img, config=config, infer="boxes", device=device,  # noqa: E731
+                                       autocast=autocast)
     predict(image[:2])                                                         # warm-up
     base = None
     if device.type == "cuda":
@@ -70,8 +72,8 @@ def bench_volume(flags: list[str], size=(512, 512, 60), classes: int = 5) -> dic
                 shape=tuple(pred.shape), max_label=int(pred.max()),
                 peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
                 rss_growth_mib=(rss1 - rss0) / 2**10, peak_rss_gib=rss1 / 2**20, device=str(device),
-                setting=f"volume {h}x{w}x{d}, {args.sam_config} @ {args.image_size}px, {classes} classes, "
-                        f"prompt_freq {args.prompt_freq}")
+                setting=f"volume {h}x{w}x{d}, {model.sam_config} @ {model.image_size}px, {classes} classes, "
+                        f"prompt_freq {config.infer.prompt_freq}")
 
 
 def main(argv=None) -> int:

@@ -86,10 +86,11 @@ def measure_step(method: str, flags: list[str], script: str) -> dict:
     dt = time.perf_counter() - t0
     params = sum(p.numel() for p in su.net.parameters())
     trained = sum(p.numel() for p in su.net.parameters() if p.requires_grad)
-    return dict(method=method, grad_ckpt=int(su.args.grad_ckpt), seconds=dt, rss_before=rss_before,
+    model, run = su.config.model, su.config.run
+    return dict(method=method, grad_ckpt=int(model.grad_ckpt), seconds=dt, rss_before=rss_before,
                 peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, saved_bytes=saved.bytes,
                 saved_count=saved.count, params=params, trained=trained, ema=su.ema is not None,
-                amp=str(su.args.amp), setting=f"{su.args.sam_config} @ {su.args.image_size}px, b={su.args.b}"
+                amp=str(run.amp), setting=f"{model.sam_config} @ {model.image_size}px, b={run.batch_size}"
                 + (f" + {su.unlabeled_batch} unlabeled item(s)" if su.semi else ""))
 
 

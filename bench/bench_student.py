@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from func_2d.unet_step import heads_loss  # noqa: E402
+from sam2_train.methods.unet.base import heads_loss  # noqa: E402
 from sam2_train.engine.device import autocast, select_device  # noqa: E402
 from sam2_train.model.students import UNetStudent  # noqa: E402
 

@@ -36,15 +36,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cfg  # noqa: E402
 from dataset import build_datasets  # noqa: E402
-from sam2_train.engine.device import amp_dtype, autocast, select_device  # noqa: E402
+from sam2_train.engine.config import TrainConfig  # noqa: E402
+from sam2_train.engine.device import amp_dtype, select_device
+from sam2_train.engine.device import autocast as autocast_ctx  # noqa: E402
 from sam2_train.engine.distributed import DistInfo  # noqa: E402
-from sam2_train.engine.sampling import InfiniteLoader, ResumableSampler  # noqa: E402
-from run_training import task_for  # noqa: E402
 from sam2_train.engine.ema import ModelEMA  # noqa: E402
+from sam2_train.engine.sampling import InfiniteLoader, ResumableSampler, make_loader, _worker_init  # noqa: E402
 from sam2_train.engine.schedule import build_optimizer  # noqa: E402
-from sam2_train.engine.trainer import _to, _worker_init, make_loader  # noqa: E402
-from sam2_train.model.levers import compile_encoder  # noqa: E402
-from sam2_train.model.sss_net import build_sss_net  # noqa: E402
+from sam2_train.engine.trainer import _to  # noqa: E402
+from sam2_train.methods.networks import network  # noqa: E402
+from sam2_train.methods.registry import method_class  # noqa: E402
+from sam2_train.model.levers import compile_encoders  # noqa: E402
 
 PARTS = ("encoder", "dfe", "head", "pcsw", "decoder", "track", "loss")
 
@@ -69,8 +71,7 @@ def scope_times(prof, device) -> dict:
 @dataclass
 class Setup:
     """Everything one training step needs (built as ``sam2_train.trainer`` builds it)."""
-    args: argparse.Namespace
-    config: object              # cfg.to_config(args): the typed settings the trainer uses
+    config: TrainConfig         # the typed settings the trainer uses (cfg.parse_config + cfg.with_data)
     device: torch.device
     net: torch.nn.Module
     student: torch.nn.Module
@@ -91,7 +92,8 @@ class Setup:
 
     @property
     def unlabeled_batch(self) -> int:
-        return task_for(self.args.script).unlabeled_batch(self.config)
+        return method_class(self.config.semi.method, self.config.model.student,
+                            self.config.run.script).unlabeled_items(self.config)
 
     def forward(self, batch_l: dict, batch_u: dict | None, iteration: int) -> dict:
         return self.student(batch_l, batch_u, iteration)
@@ -117,26 +119,27 @@ def setup(method: str, flags: list[str], script: str = "2d", compile_backend: st
     """Model, EMA teacher, optimiser and loaders of ``train_2d.py`` / ``train_3d.py`` ``flags -method method``
     (one process; ``-compile 1`` compiles the student's encoder after the EMA copy, as the trainer does, with
     ``compile_backend``). ``restart_workers``: the per-epoch loader of :func:`per_epoch_loader` instead."""
-    args = cfg.parse_args(flags + ["-method", method, "-distributed", "none"], script=script)
-    task = task_for(script)
-    device = select_device(args.device, args.gpu_device)
-    autocast = lambda: autocast(device, args.amp)  # noqa: E731
-    splits = build_datasets(cfg.data_conf(args), script)
-    config = cfg.to_config(args, splits.num_classes)
+    config = cfg.parse_config(flags + ["-method", method, "-distributed", "none"], script=script)
+    run = config.run
+    klass = method_class(method, config.model.student, script)
+    device = select_device(run.device, run.gpu_device)
+    autocast = lambda: autocast_ctx(device, run.amp)  # noqa: E731
+    splits = build_datasets(config.data, script, image_size=config.model.image_size, seed=run.seed,
+                            unlabeled=klass.needs_unlabeled)
+    config = cfg.with_data(config, splits)
     dist = DistInfo(rank=0, local_rank=0, world_size=1, is_main=True, device=device)
-    net = build_sss_net(config.model, device=device)
-    ema = ModelEMA(net, args.ema) if args.ema > 0 else None
-    teacher = ema.module if ema is not None and method != "supervised" else net
-    student = task.make_student(net, teacher, config, autocast).to(device)
-    if args.compile:
-        compile_encoder(net.sam.sam.image_encoder, backend=compile_backend)
+    net = network(config.model.student).build(config.model, device=device)
+    ema = ModelEMA(net, run.ema) if run.ema > 0 else None
+    teacher = ema.module if ema is not None and klass.needs_unlabeled else net
+    student = klass(net, config, teacher=teacher, autocast=autocast).to(device)
+    if run.compile:
+        compile_encoders(net, backend=compile_backend)
     opt = build_optimizer(net, config.optim)
     make = per_epoch_loader if restart_workers else make_loader
-    loader = lambda ds, b: make(ds, b, seed=args.seed, num_workers=args.num_workers, dist=dist)  # noqa: E731
-    it_l = InfiniteLoader(loader(splits.labeled, args.b))
-    it_u = InfiniteLoader(loader(splits.unlabeled, task.unlabeled_batch(config))) \
-        if method != "supervised" else None
-    return Setup(args, config, device, net, student, teacher, ema, opt, it_l, it_u, autocast)
+    loader = lambda ds, b: make(ds, b, seed=run.seed, num_workers=run.num_workers, dist=dist)  # noqa: E731
+    it_l = InfiniteLoader(loader(splits.labeled, run.batch_size))
+    it_u = InfiniteLoader(loader(splits.unlabeled, klass.unlabeled_items(config))) if klass.needs_unlabeled else None
+    return Setup(config, device, net, student, teacher, ema, opt, it_l, it_u, autocast)
 
 
 def time_in_memory(su: Setup, steps: int) -> float:
@@ -158,7 +161,8 @@ def bench_method(method: str, flags: list[str], steps: int, warmup: int, script:
     """Times ``steps`` steps after ``warmup`` ones (see the module docstring); returns the figures, the last
     loss (``loss``) and whether every parameter is still fp32 on the device (``weights_ok``)."""
     su = setup(method, flags, script, compile_backend, restart_workers)
-    args, device, semi = su.args, su.device, su.semi
+    run, device, semi = su.config.run, su.device, su.semi
+    data, model = su.config.data, su.config.model
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -193,20 +197,20 @@ def bench_method(method: str, flags: list[str], steps: int, warmup: int, script:
     step = per["data"] + per["forward"] + per["backward"] + per["optim"]
     model_fwd = sum(parts[p] for p in PARTS if p != "pcsw")
     glue = max(0.0, per["forward"] - model_fwd - parts["pcsw"])
-    per_item = args.slab_len if script == "2d" else args.video_length     # images per unlabeled item
-    images = (args.b if script == "2d" else args.b * args.video_length) + \
+    per_item = data.slab_len if script == "2d" else data.video_length     # images per unlabeled item
+    images = (run.batch_size if script == "2d" else run.batch_size * data.video_length) + \
         (su.unlabeled_batch * per_item if semi else 0)
     peak = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     loss = float(out["loss"].detach())
     weights_ok = all(p.dtype == torch.float32 and p.device.type == device.type for p in su.net.parameters())
     in_mem = time_in_memory(su, steps) if in_memory else None
-    return dict(method=method, script=script, clips=args.b + (su.unlabeled_batch if semi else 0),
-                step_in_memory=in_mem, loss=loss, weights_ok=weights_ok, amp=str(amp_dtype(device, args.amp)), device=str(device), step=step, data=per["data"], parts=parts, glue=glue,
+    return dict(method=method, script=script, clips=run.batch_size + (su.unlabeled_batch if semi else 0),
+                step_in_memory=in_mem, loss=loss, weights_ok=weights_ok, amp=str(amp_dtype(device, run.amp)), device=str(device), step=step, data=per["data"], parts=parts, glue=glue,
                 backward=per["backward"], optim=per["optim"], images=images, peak_gib=peak,
                 peak_kind="CUDA allocator peak" if device.type == "cuda" else "process peak RSS",
-                outside=(per["data"] + parts["pcsw"] + glue) / step, setting=f"{args.sam_config} @ {args.image_size}px, "
-                + (f"b={args.b}" if script == "2d" else f"b={args.b} clips of {args.video_length} slices")
+                outside=(per["data"] + parts["pcsw"] + glue) / step, setting=f"{model.sam_config} @ {model.image_size}px, "
+                + (f"b={run.batch_size}" if script == "2d" else f"b={run.batch_size} clips of {data.video_length} slices")
                 + (f" + {su.unlabeled_batch} unlabeled {'slabs' if script == '2d' else 'clips'}"
                    if semi else ""))
 

@@ -202,7 +202,8 @@ def resumed_losses(method: str, flags: list[str], script: str, k: int, n: int) -
     su = fresh(0)
     _train_steps(su, 0, k)
     buf = io.BytesIO()
-    torch.save(make_checkpoint(su.net, vars(su.args), optimizer=su.opt, ema=su.ema, rng=gather_rng_states(), iteration=k),
+    torch.save(make_checkpoint(su.net, su.config.to_dict(), optimizer=su.opt, ema=su.ema, rng=gather_rng_states(),
+                               iteration=k),
                buf)
     cuda_saved = torch.cuda.get_rng_state() if su.device.type == "cuda" else None
     first = _train_steps(su, k, n)

@@ -7,16 +7,17 @@ import h5py
 import nibabel as nib
 import numpy as np
 
-from dataset import DataConf
+from dataset import DataConf, build_datasets
 
 
-def args(**kw):
-    """The DataConf of a small test run (keywords override)."""
-    base = dict(dataset="acdc", data_path=None, labeled_num=None, labeled_ratio=None, image_size=64,
-                video_length=4, slab_len=3, hu_window=(0.0, 80.0), class_names=None, seed=0, method="sss",
-                fg_oversample=0.0)
+def build(script, *, image_size=64, seed=0, method="sss", **kw):
+    """build_datasets of a small test run for ``script``: DataConf fields (the defaults below; ``class_spec`` is
+    ``-class_names``) as keywords; unlabeled data is required unless ``method`` is supervised."""
+    base = dict(dataset="acdc", data_path=None, labeled_num=None, labeled_ratio=None, video_length=4, slab_len=3,
+                hu_window=(0.0, 80.0), class_spec=None, fg_oversample=0.0)
     base.update(kw)
-    return DataConf(**base)
+    return build_datasets(DataConf(**base), script, image_size=image_size, seed=seed,
+                          unlabeled=method != "supervised")
 
 
 def write_h5(path, **arrays):

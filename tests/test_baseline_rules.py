@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_students import config_for, demo_batches  # noqa: F401  (the fixture)
+from tests.test_students import build_student, config_for, demo_batches, method_of  # noqa: F401  (the fixture)
 from tests.test_train_2d import TINY, run_dirs, run_train
 
-import func_2d.unet_step as unet_step
-from func_2d.unet_step import StudentUNet2D, build_student
+import sam2_train.methods.unet.weak_to_strong as unet_w2s
 from sam2_train.engine.ema import ModelEMA
+from sam2_train.methods.base import rampup_weight
+from sam2_train.methods.unet.semisam import sam_weight
+from sam2_train.model.prompts import Prompts
 from sam2_train.model.sam2_model import DecoderOutput
-from sam2_train.model.sam_guide import (GuidePrompts, SAMGuide, build_sam_guide, interior_point_prompts,
-                                        largest_component_boxes)
-from sam2_train.model.semi import rampup_weight, sam_weight
+from sam2_train.model.sam_guide import SAMGuide, build_sam_guide, interior_point_prompts, largest_component_boxes
 
 
 class FakeSAM(torch.nn.Module):
@@ -47,7 +47,7 @@ class FakeSAM(torch.nn.Module):
 # ------------------------------------------------------------------ the guide runs at SAM-2's resolution
 def test_guide_scales_a_hand_built_box_and_point_to_its_size_and_brings_masks_back():
     box, point = torch.tensor([[[2.0, 4.0, 6.0, 8.0]]]), torch.tensor([[[[10.0, 20.0]]]])
-    prompts = GuidePrompts(box, point, torch.ones(1, 1, 1, dtype=torch.int32), torch.ones(1, 1, dtype=torch.bool))
+    prompts = Prompts(box, point, torch.ones(1, 1, 1, dtype=torch.int32), torch.ones(1, 1, dtype=torch.bool))
     fake = FakeSAM(256, logit_of=lambda k: 3.0)
     guide = SAMGuide(fake, contextlib.nullcontext)
     logits = guide.masks(torch.rand(1, 1, 64, 64), prompts)
@@ -77,7 +77,7 @@ def test_lambda_u_scales_km_onetime_unlabeled_loss(demo_batches):  # noqa: F811
         config = config_for("km_onetime", root, "unetpp", "-lambda_u", lam)
         net = build_student(config.model)
         net.eval()                                                  # no dropout: the two runs see the same net
-        student = StudentUNet2D(net, ModelEMA(net).module, config)
+        student = method_of(config)(net, config, teacher=ModelEMA(net).module)
         losses[lam] = float(student(batch_l, u, 100)["loss_u"].detach())
     assert losses["1.0"] > 0 and losses["0.1"] == pytest.approx(0.1 * losses["1.0"], rel=1e-5)
 
@@ -90,12 +90,12 @@ class NoGuide:
 def test_km_continuous_trains_on_labeled_data_only_before_km_start(demo_batches):  # noqa: F811
     root, _, batch_l, batch_u = demo_batches
     config = config_for("km_continuous", root, "unetpp", "-km_start", "50")
-    assert config.semi.km_start == 50 and config.semi.km_agree == 0.0          # the -km_agree gate is off
-    net = build_student(config.model)
-    out = StudentUNet2D(net, ModelEMA(net).module, config, guide=NoGuide())(batch_l, batch_u, 49)
+    assert config.method.km_start == 50 and config.method.km_agree == 0.0      # the -km_agree gate is off
+    net, klass = build_student(config.model), method_of(config)
+    out = klass(net, config, teacher=ModelEMA(net).module, guide=NoGuide())(batch_l, batch_u, 49)
     assert set(out) == {"loss", "loss_x"}
     guide = SAMGuide(FakeSAM(64, logit_of=lambda k: 5.0 if k == 0 else -5.0), contextlib.nullcontext)
-    out = StudentUNet2D(net, ModelEMA(net).module, config, guide=guide)(batch_l, batch_u, 50)
+    out = klass(net, config, teacher=ModelEMA(net).module, guide=guide)(batch_l, batch_u, 50)
     assert out["loss_u"] > 0 and "km_agree" not in out                      # no agreement gate by default
 
 
@@ -116,13 +116,13 @@ def test_sammatch_prompts_are_boxes_of_the_largest_piece_of_the_argmax_widened_b
 def _fixed_cutmix(monkeypatch, n):
     """CutMix with a known layout: every strong row pastes the left half of the next row of its view."""
     partner = torch.cat([torch.roll(torch.arange(n), -1), torch.roll(torch.arange(n), -1) + n])
-    monkeypatch.setattr(unet_step, "sample_cutmix_partners", lambda m: torch.roll(torch.arange(m), -1))
+    monkeypatch.setattr(unet_w2s, "sample_cutmix_partners", lambda m: torch.roll(torch.arange(m), -1))
 
     def boxes(m, size, p, device):
         box = torch.zeros(m, size, size, dtype=torch.bool)
         box[..., : size // 2] = True
         return box
-    monkeypatch.setattr(unet_step, "sample_box_masks", boxes)
+    monkeypatch.setattr(unet_w2s, "sample_box_masks", boxes)
     return partner
 
 
@@ -142,10 +142,10 @@ def test_sammatch_confidence_is_the_teachers_and_sam_replaces_only_the_labels_ou
     n = x_w.shape[0]
     partner = _fixed_cutmix(monkeypatch, n)
     seen = {}
-    real = unet_step.heads_loss
-    monkeypatch.setattr(unet_step, "heads_loss", lambda heads, y, valid=None, **k: seen.update(y=y, ok=valid) or
+    real = unet_w2s.heads_loss
+    monkeypatch.setattr(unet_w2s, "heads_loss", lambda heads, y, valid=None, **k: seen.update(y=y, ok=valid) or
                         real(heads, y, valid, **k))
-    out = StudentUNet2D(net, teacher, config, guide=guide)(batch_l, batch_u, 10)
+    out = method_of(config)(net, config, teacher=teacher, guide=guide)(batch_l, batch_u, 10)
     conf2, t2 = torch.cat([conf, conf]), torch.cat([t_labels, t_labels])
     box = torch.zeros_like(seen["ok"])
     box[..., : box.shape[-1] // 2] = True
@@ -167,16 +167,16 @@ def test_sammatch_fine_tunes_its_guide_and_the_run_keeps_it(demo_batches, tmp_pa
     assert r.returncode == 0, r.stderr[-2000:]
     run = run_dirs(tmp_path)[0]
     state = torch.load(os.path.join(run, "checkpoints", "last.pt"), weights_only=True)
-    assert set(state["guide"]) == {"model", "optimizer"}
-    assert len(state["guide"]["optimizer"]["state"]) > 0           # SGD momentum buffers: the guide was stepped
-    assert json.load(open(os.path.join(run, "config.json")))["guide_train"] is True
+    assert set(state["extra"]["guide"]) == {"model", "optimizer"}
+    assert len(state["extra"]["guide"]["optimizer"]["state"]) > 0  # SGD momentum buffers: the guide was stepped
+    assert json.load(open(os.path.join(run, "config.json")))["method"]["guide_train"] is True
     r = run_train(common + ["-max_iters", "3", "-val_every", "3", "-resume_force", "1",
                             "-resume", os.path.join(run, "checkpoints", "last.pt")])
     assert r.returncode == 0, r.stderr[-2000:]
     again = torch.load(os.path.join(run, "checkpoints", "last.pt"), weights_only=True)
     assert again["iteration"] == 3
-    moved = [k for k, v in again["guide"]["model"].items() if v.is_floating_point()
-             and not torch.equal(v, state["guide"]["model"][k])]
+    moved = [k for k, v in again["extra"]["guide"]["model"].items() if v.is_floating_point()
+             and not torch.equal(v, state["extra"]["guide"]["model"][k])]
     assert moved                                                   # the resumed run went on fine-tuning it
 
 
@@ -195,10 +195,10 @@ def test_semisam_prompts_are_points_inside_the_students_mask():
 
 def test_semisam_sam_weight_decreases_while_the_consistency_ramp_rises():
     config = config_for("semisam", "unused", "unet", "-max_iters", "1000")
-    semi = config.semi
-    assert (semi.sam_lambda, semi.sam_decay, semi.rampup) == (0.05, 1000, 1000)
+    semi, total = config.semi, config.run.max_iters
+    assert (config.method.sam_lambda, total, semi.rampup) == (0.05, 1000, 1000)
     ts = [0, 250, 500, 750, 1000]
-    sam = [sam_weight(semi, t) for t in ts]
+    sam = [sam_weight(config.method.sam_lambda, t, total) for t in ts]
     ramp = [rampup_weight(semi, t) for t in ts]
     assert sam[0] == pytest.approx(0.05) and sam[-1] == pytest.approx(0.05 * math.exp(-5))
     assert all(a > b for a, b in zip(sam, sam[1:])) and all(a < b for a, b in zip(ramp, ramp[1:]))
@@ -214,10 +214,10 @@ def test_unet_student_has_ssl4mis_dropout_and_batch_norm():
 
 
 def test_sgd_optimiser_is_ssl4mis_s():
-    from cfg import parse_args, to_config
+    from cfg import parse_config
     from sam2_train.engine.schedule import build_optimizer
-    args = parse_args(["-dataset", "acdc", "-student", "unet", "-method", "supervised"])
-    conf = to_config(args, 3)
+    conf = parse_config(["-dataset", "acdc", "-student", "unet", "-method", "supervised"]).replace(
+        model={"num_classes": 3})
     opt = build_optimizer(build_student(conf.model), conf.optim)
     assert isinstance(opt, torch.optim.SGD) and conf.optim.clip_grad == 0
     assert {(g["lr"], g["momentum"], g["weight_decay"]) for g in opt.param_groups} == {(0.01, 0.9, 1e-4)}

@@ -1,5 +1,6 @@
 """Atomic checkpoint writes, clear load errors, RNG capture/restore, full resume state, config checks."""
 import argparse
+import functools
 import os
 import random
 
@@ -8,10 +9,11 @@ import pytest
 import torch
 
 from sam2_train.engine.checkpoint import (CHECKPOINT_VERSION, CheckpointError, CheckpointNotFoundError,
-                                   ConfigMismatchError, capture_rng_state,
-                                   check_config_compatible, config_differences, gather_rng_states,
-                                   load_checkpoint, make_checkpoint, model_state_dict, restore_rng_state,
-                                   restore_training_state, save_checkpoint, to_plain)
+                                          ConfigMismatchError, capture_rng_state, check_pretrain_config,
+                                          gather_rng_states, load_checkpoint, make_checkpoint, model_state_dict,
+                                          restore_rng_state, restore_training_state, save_checkpoint, saved_config,
+                                          to_plain)
+from sam2_train.engine.config import ConfigFormatError, TrainConfig
 from sam2_train.engine.ema import ModelEMA
 from sam2_train.engine.schedule import OptimConf, build_optimizer, build_scheduler
 
@@ -27,11 +29,17 @@ def tiny():
     return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
 
 
-def args_ns(**kw):
-    base = dict(lr=1e-2, weight_decay=1e-4, encoder_lr_mult=0.1, sched="poly", sam_config="sam2_hiera_t",
-                image_size=128, dataset="demo", dfe=True, dfe_levels=(0, 1, 2), method="sss", seed=0)
-    base.update(kw)
-    return argparse.Namespace(**base)
+@functools.lru_cache(maxsize=1)
+def _base_config() -> TrainConfig:
+    import cfg
+    return cfg.parse_config(["-dataset", "demo", "-sam_config", "sam2_hiera_t", "-image_size", "128", "-dfe", "1",
+                             "-dfe_levels", "0,1,2", "-method", "sss", "-seed", "0", "-lr", "1e-2",
+                             "-weight_decay", "1e-4", "-encoder_lr_mult", "0.1", "-sched", "poly"], script="2d")
+
+
+def config_of(**sections) -> TrainConfig:
+    """The demo run's config with fields of sections replaced: ``config_of(model={"image_size": 256})``."""
+    return _base_config().replace(**sections)
 
 
 def test_atomic_save_failure_keeps_old_checkpoint(tmp_path, monkeypatch):
@@ -142,13 +150,15 @@ def test_full_resume_round_trip_continues_identically(tmp_path):
             ema.update(model)
             if save_at == it + 1:
                 save_checkpoint(tmp_path / "last.pt", make_checkpoint(
-                    model, vars(args_ns()), optimizer=opt, scheduler=sched, ema=ema, rng=gather_rng_states(),
+                    model, config_of().to_dict(), optimizer=opt, scheduler=sched, ema=ema, rng=gather_rng_states(),
                     iteration=it + 1, epoch=0, best={"metric": "dice", "value": np.float32(0.5)}))
         return model, ema, sched
     m_full, e_full, s_full = run(6, save_at=3)
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["iteration"] == 3 and state["version"] == 1 and state["best"]["value"] == 0.5
-    assert state["config"]["dfe_levels"] == (0, 1, 2) and set(state["model"]) == set(tiny().state_dict())
+    saved = TrainConfig.from_dict(state["config"], "last.pt")   # the config round-trips, tuples kept
+    assert saved == config_of() and saved.model.dfe_levels == (0, 1, 2)
+    assert set(state["model"]) == set(tiny().state_dict())
     torch.manual_seed(123)  # a resumed process starts from other RNG states
     m_res, e_res, s_res = run(6, start_state=state)
     for a, b in zip(m_full.state_dict().values(), m_res.state_dict().values()):
@@ -165,40 +175,63 @@ def test_model_state_dict_strips_wrappers():
 
 
 def test_config_compat_lists_all_differences():
-    saved = {"sam_config": "sam2_hiera_t", "image_size": 128, "dataset": "demo", "dfe": True,
-             "dfe_levels": [0, 1, 2], "method": "sss", "lr": 1.0}
-    assert config_differences(saved, args_ns(lr=5.0)) == []  # lr is not architecture; tuple == list
-    bad = args_ns(image_size=256, sam_config="sam2_hiera_s", dfe=False)
+    saved = config_of(model={"dfe_levels": [0, 1, 2]}, optim={"lr": 1.0})
+    assert saved.differences(config_of(optim={"lr": 5.0}), kinds=("arch",)) == []  # lr is not architecture
+    check_pretrain_config(saved, config_of(optim={"lr": 5.0}))                      # tuple == list
+    bad = config_of(model={"image_size": 256, "sam_config": "sam2_hiera_s", "dfe": False})
     with pytest.raises(ConfigMismatchError) as e:
-        check_config_compatible(saved, bad)
+        check_pretrain_config(saved, bad)
     msg = str(e.value)
-    for part in ("-sam_config: the checkpoint has 'sam2_hiera_t', this run has 'sam2_hiera_s'",
-                 "-image_size: the checkpoint has 128, this run has 256", "-dfe: the checkpoint has True"):
+    assert "(the checkpoint -> this run)" in msg
+    for part in ("-sam_config: 'sam2_hiera_t' -> 'sam2_hiera_s'", "-image_size: 128 -> 256", "-dfe: True -> False"):
         assert part in msg
     assert "dataset" not in msg
 
 
 def test_resume_config_lists_changed_flags_and_force_accepts(tmp_path):
     from sam2_train.engine.checkpoint import check_resume_config
-    saved = {"sam_config": "sam2_hiera_t", "image_size": 128, "dataset": "demo", "method": "sss", "seed": 0,
-             "b": 4, "max_iters": 300, "data_path": "./data/demo_acdc", "hu_window": [0.0, 80.0], "lr": 1e-3,
-             "num_workers": 4, "log_dir": "logs"}
-    same = args_ns(image_size=128, b=4, max_iters=300, data_path="data/demo_acdc/", hu_window=(0.0, 80.0),
-                   lr=1e-3, num_workers=0, log_dir="elsewhere")
+    saved = config_of(run={"seed": 0, "batch_size": 4, "max_iters": 300, "num_workers": 4, "log_dir": "logs"},
+                      data={"data_path": "./data/demo_acdc", "hu_window": [0.0, 80.0]}, optim={"lr": 1e-3})
+    same = config_of(run={"seed": 0, "batch_size": 4, "max_iters": 300, "num_workers": 0, "log_dir": "elsewhere"},
+                     data={"data_path": "data/demo_acdc/", "hu_window": (0.0, 80.0)}, optim={"lr": 1e-3})
     assert check_resume_config(saved, same) == {}  # workers, log_dir, path spelling do not change the run
-    changed = args_ns(image_size=128, b=2, max_iters=600, data_path="./data/other", hu_window=(0.0, 80.0),
-                      lr=1e-3, seed=1)
+    changed = config_of(run={"seed": 1, "batch_size": 2, "max_iters": 600},
+                        data={"data_path": "./data/other", "hu_window": (0.0, 80.0)}, optim={"lr": 1e-3})
     with pytest.raises(ConfigMismatchError) as e:
         check_resume_config(saved, changed, source="run/last.pt")
     msg = str(e.value)
     assert "\n" not in msg and "run/last.pt" in msg and "-resume_force 1" in msg
-    for part in ("-b 4 -> 2", "-max_iters 300 -> 600", "-seed 0 -> 1", "-data_path './data/demo_acdc' -> './data/other'"):
+    for part in ("-b: 4 -> 2", "-max_iters: 300 -> 600", "-seed: 0 -> 1",
+                 "-data_path: './data/demo_acdc' -> './data/other'"):
         assert part in msg, msg
     assert check_resume_config(saved, changed, force=True) == {
-        "seed": [0, 1], "b": [4, 2], "max_iters": [300, 600], "data_path": ["./data/demo_acdc", "./data/other"]}
+        "-seed": [0, 1], "-b": [4, 2], "-max_iters": [300, 600], "-data_path": ["./data/demo_acdc", "./data/other"]}
     # an architecture change cannot be forced: the weights would not fit
     with pytest.raises(ConfigMismatchError, match="-image_size"):
-        check_resume_config(saved, args_ns(image_size=256, b=4), force=True)
+        check_resume_config(saved, config_of(model={"image_size": 256}, run={"batch_size": 4}), force=True)
+
+
+def test_checkpoint_before_the_config_format_is_one_clear_line(tmp_path, capsys):
+    """A checkpoint of the old flat flag dict (before TrainConfig.to_dict) is refused in one line naming it."""
+    old = tmp_path / "old.pt"
+    flat = {"sam_config": "sam2_hiera_t", "image_size": 128, "dataset": "demo", "dfe": True, "dfe_levels": (0, 1, 2),
+            "method": "sss", "script": "2d", "b": 4, "lr": 1e-3}
+    save_checkpoint(old, {"model": {"w": torch.ones(1)}, "config": flat, "version": 1})
+    state = load_checkpoint(old)                                    # the file itself is fine
+    for read in (lambda: saved_config(state, str(old)), lambda: TrainConfig.from_dict(state["config"], str(old))):
+        with pytest.raises(ConfigFormatError) as e:
+            read()
+        msg = str(e.value)
+        assert "\n" not in msg and str(old) in msg and "predates the config format" in msg, msg
+        assert "flat flag list" in msg
+    # a stored config of an older format number says which it found
+    with pytest.raises(ConfigFormatError, match="format 2, found 1"):
+        TrainConfig.from_dict(dict(config_of().to_dict(), format=1), "x.pt")
+    # evaluate.py: exit status 2 and that one line, no traceback
+    import evaluate
+    assert evaluate.main(["-ckpt", str(old)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "predates the config format" in err, err
 
 
 def test_world_size_change_is_explained():

@@ -9,23 +9,24 @@ from tests._model_fixtures import TEST_CFG
 
 def test_compile_image_encoder_on_cpu():
     import cfg
-    from sam2_train.engine.None import compile_image_encoders
+    from sam2_train.model.levers import compile_encoders
     from sam2_train.model.sss_net import build_sss_net
 
-    args = cfg.parse_args(["-dataset", "demo", "-sam_config", TEST_CFG, "-image_size", "64", "-compile", "1",
-                           "-num_workers", "0"], script="2d")
-    assert args.compile is True
+    config = cfg.parse_config(["-dataset", "demo", "-sam_config", TEST_CFG, "-image_size", "64", "-compile", "1",
+                               "-num_workers", "0"], script="2d")
+    assert config.run.compile is True
+    model_conf = config.replace(model={"num_classes": 3}).model
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        net = build_sss_net(cfg.to_config(args, 3).model).eval()
-        eager = build_sss_net(cfg.to_config(args, 3).model).eval()
+        net = build_sss_net(model_conf).eval()
+        eager = build_sss_net(model_conf).eval()
     eager.load_state_dict(net.state_dict())
     keys = list(net.state_dict())
     from torch._dynamo.utils import counters
     encoder = net.sam.sam.image_encoder
     graphs = counters["stats"]["unique_graphs"]
-    assert compile_image_encoders(net, net) == 1
+    assert compile_encoders(net, net) == 1
     assert encoder._compiled_call_impl is not None and list(net.state_dict()) == keys
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():

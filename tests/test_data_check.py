@@ -10,9 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
-from dataset import DatasetError, build_datasets
+from dataset import DatasetError
 from dataset.check import check_before_training, check_file, check_splits
-from tests._data_fixtures import LAS, args, canonical_volume, make_bhsd_root, save_nifti, write_h5
+from tests._data_fixtures import build, LAS, canonical_volume, make_bhsd_root, save_nifti, write_h5
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "sam2_train", "configs", "sam2_hiera_test.yaml")
@@ -82,7 +82,7 @@ def test_bad_file_anywhere_stops_the_run_before_training(acdc, tmp_path, capsys,
 
 def test_check_data_0_skips_the_check(acdc, monkeypatch):
     plant_label_value(last_test_volume(acdc), 9)
-    splits = build_datasets(args(dataset="acdc", data_path=acdc, labeled_num=2), "2d")
+    splits = build("2d", dataset="acdc", data_path=acdc, labeled_num=2)
     with pytest.raises(DatasetError, match="outside the class range"):
         check_before_training(splits, unlabeled=True, num_workers=0)
     # the training scripts call the check unless -check_data 0
@@ -99,14 +99,14 @@ def test_check_data_0_skips_the_check(acdc, monkeypatch):
 def test_supervised_runs_do_not_check_the_unlabeled_set(acdc):
     with open(last_unlabeled_slice(acdc), "r+b") as f:
         f.truncate(100)
-    a = args(dataset="acdc", data_path=acdc, labeled_num=2, method="supervised")
-    report = check_before_training(build_datasets(a, "2d"), unlabeled=False, num_workers=0)
+    splits = build("2d", dataset="acdc", data_path=acdc, labeled_num=2, method="supervised")
+    report = check_before_training(splits, unlabeled=False, num_workers=0)
     assert report.errors == [] and "unlabeled" not in report.splits
 
 
 def test_cache_skips_unchanged_files_and_sees_changes(acdc, tmp_path):
     cache = str(tmp_path / "cache.json")
-    splits = build_datasets(args(dataset="acdc", data_path=acdc, labeled_num=2), "2d")
+    splits = build("2d", dataset="acdc", data_path=acdc, labeled_num=2)
     first = check_splits(splits, cache_file=cache, progress=False)
     assert first.files > 100 and first.cached == 0 and os.path.isfile(cache)
     second = check_splits(splits, cache_file=cache, progress=False)
@@ -124,7 +124,7 @@ def test_parallel_check_finds_the_same(acdc, tmp_path):
     with open(last_unlabeled_slice(acdc), "r+b") as f:
         f.truncate(100)
     plant_label_value(last_test_volume(acdc), 9)
-    splits = build_datasets(args(dataset="acdc", data_path=acdc, labeled_num=2), "2d")
+    splits = build("2d", dataset="acdc", data_path=acdc, labeled_num=2)
     serial = check_splits(splits, cache_file="", progress=False, raise_on_error=False)
     parallel = check_splits(splits, num_workers=2, cache_file="", progress=False, raise_on_error=False)
     assert len(serial.errors) == 2 and parallel.errors == serial.errors
@@ -180,7 +180,7 @@ def test_nifti_image_and_label_must_agree(tmp_path, fault, message):
     else:
         affine = np.diag([-2.0, 2.0, 2.5, 1.0])
     save_nifti(label, lab, affine, np.uint16)
-    splits = build_datasets(args(dataset="bhsd", data_path=root), "3d")      # every label is read
+    splits = build("3d", dataset="bhsd", data_path=root)      # every label is read
     report = check_splits(splits, cache_file="", progress=False, raise_on_error=False)
     (err,) = report.errors
     assert err.startswith(f"{label}: {message} of {label.replace('ground truths', 'images')}"), err
@@ -189,7 +189,7 @@ def test_nifti_image_and_label_must_agree(tmp_path, fault, message):
 def test_nifti_summary(tmp_path):
     root = str(tmp_path / "bhsd")
     make_bhsd_root(root, n=6, unlabeled=2)
-    report = check_splits(build_datasets(args(dataset="bhsd", data_path=root), "3d"), cache_file="",
+    report = check_splits(build("3d", dataset="bhsd", data_path=root), cache_file="",
                           progress=False)
     lab = report.splits["labeled"]
     # 6 volumes: 3 test, 1 of the training half held out for validation, 2 labeled; + the 2 unlabeled
@@ -197,7 +197,7 @@ def test_nifti_summary(tmp_path):
     assert report.splits["val"]["volumes"] == 1
     assert lab["spacing_min"] == lab["spacing_max"] == [5.0, 2.0, 2.0]
     expected = np.zeros(6, np.int64)
-    names = [r.name for r in build_datasets(args(dataset="bhsd", data_path=root), "3d").labeled.refs]
+    names = [r.name for r in build("3d", dataset="bhsd", data_path=root).labeled.refs]
     for n in names:
         seed = int(n.split("_ID_")[1], 16)
         expected += np.bincount(canonical_volume(seed=seed)[1].ravel(), minlength=6)
@@ -226,11 +226,11 @@ def test_evaluate_checks_the_split_it_reads(acdc, tmp_path, capsys):
     import cfg
     import evaluate
     import torch
-    config = vars(cfg.parse_args(["-dataset", "acdc", "-data_path", acdc, "-sam_config", "sam2_hiera_t",
-                                  "-num_workers", "0"], script="2d"))
-    config["class_names"] = ["RV", "Myo", "LV"]
+    config = cfg.parse_config(["-dataset", "acdc", "-data_path", acdc, "-sam_config", "sam2_hiera_t",
+                               "-num_workers", "0"], script="2d")
+    config = config.replace(data={"class_names": ("RV", "Myo", "LV")})
     ckpt = str(tmp_path / "model.pt")
-    torch.save({"model": {}, "config": config, "version": 1}, ckpt)
+    torch.save({"model": {}, "config": config.to_dict(), "version": 1}, ckpt)
     bad = last_test_volume(acdc)
     plant_label_value(bad, 9)
     assert evaluate.main(["-ckpt", ckpt, "-split", "test", "-log_dir", str(tmp_path / "ev")]) == 2

@@ -1,14 +1,13 @@
 """ACDC (SSL4MIS layout): standard labeled prefixes on the real sample, items, volumes, variants."""
 import os
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import default_collate
 
-from dataset import DatasetError, build_datasets
+from dataset import DatasetError
 from dataset.acdc import labeled_prefix, read_list
-from tests._data_fixtures import args, make_acdc_root
+from tests._data_fixtures import build, make_acdc_root
 
 
 @pytest.mark.parametrize("n,expected", [(1, 32), (3, 68), (7, 136)])
@@ -18,14 +17,14 @@ def test_real_acdc_standard_prefixes(shared_acdc, n, expected):
     lab, unl = labeled_prefix(names, n)
     assert len(lab) == expected and len(unl) == 1312 - expected
     assert lab == names[:expected]            # a prefix of the list
-    s = build_datasets(args(data_path=shared_acdc, labeled_num=n), "2d")
+    s = build("2d", data_path=shared_acdc, labeled_num=n)
     assert len(s.labeled) == expected
     assert sum(r.num_slices() for r in s.unlabeled.refs) == 1312 - expected
     assert s.class_names == ("RV", "Myo", "LV") and s.num_classes == 3
 
 
 def test_real_acdc_items_and_volumes(shared_acdc):
-    s = build_datasets(args(data_path=shared_acdc, labeled_num=3, image_size=96, slab_len=4), "2d")
+    s = build("2d", data_path=shared_acdc, labeled_num=3, image_size=96, slab_len=4)
     it = s.labeled[0]
     assert it["image"].shape == (1, 96, 96) and it["image"].dtype == torch.float32
     assert it["label"].shape == (96, 96) and it["label"].dtype == torch.int64
@@ -53,7 +52,7 @@ def test_real_acdc_items_and_volumes(shared_acdc):
 
 
 def test_real_acdc_3d_clips(shared_acdc):
-    s = build_datasets(args(data_path=shared_acdc, labeled_num=1, image_size=64, video_length=5), "3d")
+    s = build("3d", data_path=shared_acdc, labeled_num=1, image_size=64, video_length=5)
     assert len(s.labeled) == 2           # patient099 ED and ES, built from its slices
     c = s.labeled[0]
     assert c["image"].shape == (5, 1, 64, 64) and c["label"].shape == (5, 64, 64)
@@ -61,7 +60,7 @@ def test_real_acdc_3d_clips(shared_acdc):
 
 def test_slab_grouping_sorting_and_padding(tmp_path):
     root = make_acdc_root(str(tmp_path / "A"), patients=(5, 3), slices=2)
-    s = build_datasets(args(data_path=root, labeled_num=1, slab_len=3, image_size=32), "2d")
+    s = build("2d", data_path=root, labeled_num=1, slab_len=3, image_size=32)
     assert len(s.labeled) == 4
     refs = s.unlabeled.refs
     assert [r.name for r in refs] == ["patient003_frame01", "patient003_frame02"]
@@ -74,18 +73,18 @@ def test_slab_grouping_sorting_and_padding(tmp_path):
 
 def test_flat_layout_and_test_list(tmp_path):
     root = make_acdc_root(str(tmp_path / "F"), flat=True)
-    s = build_datasets(args(data_path=root, labeled_num=2), "2d")
+    s = build("2d", data_path=root, labeled_num=2)
     assert len(s.labeled) == 16 and s.test is not None and len(s.test) == 2
 
 
 def test_labeled_ratio_and_too_many(tmp_path):
     root = make_acdc_root(str(tmp_path / "R"))
-    s = build_datasets(args(data_path=root, labeled_ratio=0.34), "2d")
+    s = build("2d", data_path=root, labeled_ratio=0.34)
     assert len(s.labeled) == 8
     with pytest.raises(DatasetError, match="larger than the 3 patients"):
-        build_datasets(args(data_path=root, labeled_num=4), "2d")
+        build("2d", data_path=root, labeled_num=4)
     # all patients labeled: no unlabeled data -> error for SSL methods, None for supervised
     with pytest.raises(DatasetError, match="needs unlabeled data"):
-        build_datasets(args(data_path=root, labeled_num=3), "2d")
-    s = build_datasets(args(data_path=root, labeled_num=3, method="supervised"), "2d")
+        build("2d", data_path=root, labeled_num=3)
+    s = build("2d", data_path=root, labeled_num=3, method="supervised")
     assert s.unlabeled is None and s.unlabeled_missing

@@ -7,22 +7,22 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset import DatasetError, build_datasets
+from dataset import DatasetError
 from dataset.io import read_nifti, window
 from dataset.splits import patient_key, split_by_patient
-from tests._data_fixtures import LAS, args, canonical_volume, make_bhsd_root, save_nifti
+from tests._data_fixtures import build, LAS, canonical_volume, make_bhsd_root, save_nifti
 
 
-def _b(root, **kw):
+def _b(script, root, **kw):
     kw.setdefault("dataset", "bhsd")
-    return args(data_path=str(root), **kw)
+    return build(script, data_path=str(root), **kw)
 
 
 @pytest.mark.parametrize("layout,gt", [("label_192", "ground truths"), ("label_192", "ground_truths"),
                                        ("nnunet", None)])
 def test_bhsd_layouts(tmp_path, layout, gt):
     names = make_bhsd_root(str(tmp_path), n=6, layout=layout, gt_dir=gt or "", unlabeled=3)
-    s = build_datasets(_b(tmp_path, labeled_num=2, image_size=32, video_length=4), "3d")
+    s = _b("3d", tmp_path, labeled_num=2, image_size=32, video_length=4)
     assert s.class_names == ("EDH", "IPH", "IVH", "SAH", "SDH") and s.num_classes == 5
     assert len(s.labeled) == 2 and len(s.test) == 3 and len(s.val) == 1   # val: a patient of the training half
     assert len(s.unlabeled) == 0 + 3               # rest of the training half (none left) + the unlabeled pool
@@ -41,7 +41,7 @@ def test_bhsd_layouts(tmp_path, layout, gt):
     assert torch.equal(v["label"], torch.from_numpy(lab.astype(np.int64)))
     assert v["spacing"] == (5.0, 2.0, 2.0) and v["affine"].shape == (4, 4)
     # 2D on the same data: one item per labeled slice, slabs over volumes
-    s2 = build_datasets(_b(tmp_path, labeled_num=2, image_size=32, slab_len=3), "2d")
+    s2 = _b("2d", tmp_path, labeled_num=2, image_size=32, slab_len=3)
     assert len(s2.labeled) == 12 and s2.labeled[0]["image"].shape == (1, 32, 32)
     assert s2.unlabeled[0]["image_w"].shape == (3, 1, 32, 32)
 
@@ -75,14 +75,14 @@ def test_user_split_files(tmp_path):
     os.makedirs(tmp_path / "splits")
     (tmp_path / "splits" / "train.txt").write_text("\n".join(n + ".nii.gz" for n in names[:4]) + "\n")
     (tmp_path / "splits" / "test.txt").write_text("\n".join(names[4:]) + "\n")
-    s = build_datasets(_b(tmp_path, labeled_num=1), "3d")
+    s = _b("3d", tmp_path, labeled_num=1)
     (val,) = s.case_names["val"]                    # one patient of train.txt held out for validation
     rest = [n for n in names[:4] if n != val]
     assert val in names[:4] and s.labeled.volume_names == rest[:1] and s.test.volume_names == names[4:]
     assert s.unlabeled.volume_names == rest[1:] and s.info["split"] == "user"
     (tmp_path / "splits" / "test.txt").write_text("ID_nope_ID_0000000000\n")
     with pytest.raises(DatasetError, match="test.txt names ID_nope"):
-        build_datasets(_b(tmp_path, labeled_num=1), "3d")
+        _b("3d", tmp_path, labeled_num=1)
 
 
 def test_custom_nifti_minmax_and_classes(tmp_path):
@@ -93,16 +93,16 @@ def test_custom_nifti_minmax_and_classes(tmp_path):
         save_nifti(str(root / "labelsTr" / f"case{i}.nii.gz"), np.minimum(lab, 2), LAS, np.uint8)
     save_nifti(str(root / "imagesUnlabeled" / "u0.nii.gz"), hu, LAS, np.int16)
     (root / "classes.txt").write_text("background\nliver\ntumour\n")
-    s = build_datasets(args(dataset="custom", data_path=str(root), labeled_num=2), "3d")
+    s = build("3d", dataset="custom", data_path=str(root), labeled_num=2)
     assert s.class_names == ("liver", "tumour") and s.num_classes == 2
     assert len(s.labeled) == 2 and len(s.test) == 1 and len(s.val) == 1 and len(s.unlabeled) == 2  # 4/1 split, 1 val
     v = s.test[0]
     assert float(v["image"].min()) == 0.0 and float(v["image"].max()) == 1.0      # per-volume min-max
-    s = build_datasets(args(dataset="custom", data_path=str(root), labeled_num=2, class_names="a,b,c"), "3d")
+    s = build("3d", dataset="custom", data_path=str(root), labeled_num=2, class_spec="a,b,c")
     assert s.class_names == ("a", "b", "c")
     (root / "dataset.json").write_text('{"channel_names": {"0": "CT"}, "labels": {"background": 0, "x": 1, "y": 2}}')
     os.remove(root / "classes.txt")
-    s = build_datasets(args(dataset="custom", data_path=str(root), labeled_num=2), "3d")
+    s = build("3d", dataset="custom", data_path=str(root), labeled_num=2)
     assert s.class_names == ("x", "y") and s.info["intensity"][0] == "window"
 
 
@@ -125,8 +125,7 @@ def test_custom_png(tmp_path):
                     m = np.zeros((24, 20), np.uint8)
                     m[4:9, 3:8] = 1 + (k % 2)
                     _png(str(root / split / "masks" / case / f"{k}.png"), m)
-    s = build_datasets(args(dataset="custom", data_path=str(root), labeled_num=1, class_names="a,b",
-                            image_size=32), "2d")
+    s = build("2d", dataset="custom", data_path=str(root), labeled_num=1, class_spec="a,b", image_size=32)
     assert len(s.labeled) == 3 and len(s.unlabeled) == 1 + 2 and len(s.test) == 1 and len(s.val) == 1
     assert not set(s.case_names["val"]) & set(s.case_names["test"])
     v = s.test[0]
@@ -135,10 +134,10 @@ def test_custom_png(tmp_path):
     it = s.labeled[0]
     assert it["image"].shape == (1, 32, 32) and it["name"] == s.case_names["labeled"][0] + "_slice_1"
     with pytest.raises(DatasetError, match="no class names"):
-        build_datasets(args(dataset="custom", data_path=str(root), labeled_num=1), "2d")
+        build("2d", dataset="custom", data_path=str(root), labeled_num=1)
     os.remove(root / "train" / "masks" / "c1" / "10.png")
     with pytest.raises(DatasetError, match=r"c1.10\.png: mask not found"):
-        build_datasets(args(dataset="custom", data_path=str(root), labeled_num=1, class_names="a,b"), "2d")
+        build("2d", dataset="custom", data_path=str(root), labeled_num=1, class_spec="a,b")
 
 
 @pytest.mark.parametrize("affine,to_file", [
@@ -177,7 +176,7 @@ def test_labeled_clips_oversample_foreground(tmp_path):
     (here mostly on slices without a lesion)."""
     from dataset.demo import ensure_demo
     root = ensure_demo(str(tmp_path / "demo_bhsd"), "bhsd", seed=0)
-    s = build_datasets(_b(root, dataset="demo", image_size=32, video_length=4), "3d")
+    s = _b("3d", root, dataset="demo", image_size=32, video_length=4)
     from dataset.base import _cached_load
     with_lesion = [i for i, r in enumerate(s.labeled.refs) if np.asarray(_cached_load(r, True)[1]).any()]
     assert 0 < len(with_lesion) < len(s.labeled)            # the demo has healthy scans too
@@ -187,7 +186,7 @@ def test_labeled_clips_oversample_foreground(tmp_path):
         hits[p] = [bool(np.asarray(s.labeled._clip(i, np.random.default_rng(k), True)[1]).any())
                    for i in with_lesion for k in range(4)]
     assert all(hits[1.0]) and not all(hits[0.0]), hits
-    assert build_datasets(_b(root, dataset="demo", image_size=32, fg_oversample=0.5), "3d").labeled.fg_oversample == 0.5
+    assert _b("3d", root, dataset="demo", image_size=32, fg_oversample=0.5).labeled.fg_oversample == 0.5
 
 
 def test_no_test_patient_among_the_unlabeled_scans(tmp_path):
@@ -195,13 +194,13 @@ def test_no_test_patient_among_the_unlabeled_scans(tmp_path):
     dropped, counted in the split summary and listed in splits.json; the others stay."""
     from dataset.splits import case_name
     make_bhsd_root(str(tmp_path), n=6, unlabeled=2)
-    first = build_datasets(_b(tmp_path, labeled_num=2, image_size=32, video_length=4), "3d")
+    first = _b("3d", tmp_path, labeled_num=2, image_size=32, video_length=4)
     test_case, val_case = first.case_names["test"][0], first.case_names["val"][0]
     hu, _ = canonical_volume(seed=7)
     for i, case in enumerate((test_case, val_case)):      # follow-up scans of a test and a validation patient
         save_nifti(str(tmp_path / "unlabel_1980" / "sub9" / f"{patient_key(case)}_ID_{0xabc0 + i:010x}.nii.gz"),
                    hu, LAS, np.int16)
-    s = build_datasets(_b(tmp_path, labeled_num=2, image_size=32, video_length=4), "3d")
+    s = _b("3d", tmp_path, labeled_num=2, image_size=32, video_length=4)
     held_out = {patient_key(n) for n in s.case_names["test"] + s.case_names["val"]}
     assert not held_out & {patient_key(n) for n in s.case_names["unlabeled"]}
     assert len(s.unlabeled) == len(first.unlabeled) and len(s.case_names["unlabeled_dropped"]) == 2

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dataset import DatasetError, build_datasets
+from dataset import DatasetError
 from dataset.demo import BHSD_DEMO, ensure_demo, make_acdc, make_bhsd
-from tests._data_fixtures import LAS, args, canonical_volume, make_acdc_root, make_bhsd_root, save_nifti, write_h5
+from tests._data_fixtures import build, LAS, canonical_volume, make_acdc_root, make_bhsd_root, save_nifti, write_h5
 
 
 # ------------------------------------------------------------------------------ errors
@@ -27,8 +27,8 @@ def _first_error(fn):
 
 def test_acdc_bad_inputs(tmp_path):
     root = make_acdc_root(str(tmp_path / "A"), patients=(5, 3), slices=2)
-    b = lambda **kw: build_datasets(args(data_path=root, labeled_num=1, **kw), "2d")  # noqa: E731
-    assert "nope" in _first_error(lambda: build_datasets(args(data_path=str(tmp_path / "nope")), "2d"))
+    b = lambda **kw: build("2d", data_path=root, labeled_num=1, **kw)  # noqa: E731
+    assert "nope" in _first_error(lambda: build("2d", data_path=str(tmp_path / "nope")))
     os.rename(os.path.join(root, "val.list"), os.path.join(root, "val.bak"))
     assert "val.list: list file not found" in _first_error(b)
     os.rename(os.path.join(root, "val.bak"), os.path.join(root, "val.list"))
@@ -81,7 +81,7 @@ def test_acdc_bad_inputs(tmp_path):
 
 def test_bhsd_bad_inputs(tmp_path):
     names = make_bhsd_root(str(tmp_path), n=4, unlabeled=1)
-    b = lambda **kw: build_datasets(args(dataset="bhsd", data_path=str(tmp_path), **kw), "3d")  # noqa: E731
+    b = lambda **kw: build("3d", dataset="bhsd", data_path=str(tmp_path), **kw)  # noqa: E731
     assert "larger than the 1 volumes" in _first_error(lambda: b(labeled_num=3))   # 2 training volumes, 1 held out for val
     s = b(labeled_num=1)
     gt = os.path.join(str(tmp_path), "label_192", "ground truths")
@@ -125,7 +125,7 @@ def test_bhsd_bad_inputs(tmp_path):
 
 def test_error_from_dataloader_worker_is_one_line(tmp_path):
     root = make_acdc_root(str(tmp_path / "W"), patients=(5, 3), slices=2)
-    s = build_datasets(args(data_path=root, labeled_num=1), "2d")
+    s = build("2d", data_path=root, labeled_num=1)
     p = os.path.join(root, "data", "slices", "patient005_frame01_slice_2.h5")
     write_h5(p, image=np.zeros((8, 8), np.float32))
     with pytest.raises(DatasetError) as e:
@@ -137,8 +137,8 @@ def test_error_from_dataloader_worker_is_one_line(tmp_path):
 
 def test_items_deterministic_in_seed_epoch_index(tmp_path):
     root = make_acdc_root(str(tmp_path / "D"), patients=(5, 3), slices=5)
-    s = build_datasets(args(data_path=root, labeled_num=1, seed=3), "2d")
-    t = build_datasets(args(data_path=root, labeled_num=1, seed=3), "2d")
+    s = build("2d", data_path=root, labeled_num=1, seed=3)
+    t = build("2d", data_path=root, labeled_num=1, seed=3)
     torch.manual_seed(123)
     np.random.seed(5)
     a = s.unlabeled[2]
@@ -151,13 +151,13 @@ def test_items_deterministic_in_seed_epoch_index(tmp_path):
     diffs = 0
     for i in range(len(s.labeled)):
         x0 = s.labeled[i]["image"]
-        s.set_epoch(1)
+        s.labeled.set_epoch(1)
         x1 = s.labeled[i]["image"]
-        s.set_epoch(0)
+        s.labeled.set_epoch(0)
         assert torch.equal(x0, s.labeled[i]["image"])
         diffs += not torch.equal(x0, x1)
     assert diffs >= len(s.labeled) // 2           # a new epoch draws new augmentations
-    u = build_datasets(args(data_path=root, labeled_num=1, seed=4), "2d")
+    u = build("2d", data_path=root, labeled_num=1, seed=4)
     assert not torch.equal(u.unlabeled[2]["image_s1"], a["image_s1"])
 
 
@@ -245,7 +245,7 @@ def test_bhsd_demo_split_has_every_class_on_every_side(tmp_path):
         for name in split[part]:
             has += np.bincount(np.unique(np.asanyarray(nib.load(os.path.join(gt, name)).dataobj)), minlength=6)[:6] > 0
         assert (has[1:] >= least).all(), (part, has)
-    s = build_datasets(args(dataset="demo", data_path=root, image_size=64), "3d")
+    s = build("3d", dataset="demo", data_path=root, image_size=64)
     assert s.info["split"] == "user" and len(s.val) == 1 and len(s.test) == 4
 
 
@@ -257,7 +257,7 @@ def test_ensure_demo_and_demo_dataset(tmp_path, monkeypatch):
     mtime = os.path.getmtime(os.path.join(root, "DEMO.json"))
     ensure_demo(root, "acdc")                                               # already there: untouched
     assert os.path.getmtime(os.path.join(root, "DEMO.json")) == mtime
-    s = build_datasets(args(dataset="demo", data_path=root, labeled_num=2, image_size=64), "2d")
+    s = build("2d", dataset="demo", data_path=root, labeled_num=2, image_size=64)
     assert s.class_names == ("RV", "Myo", "LV") and s.test is not None and len(s.test) == 8 and len(s.val) == 4
     # an interrupted generation leaves nothing at the target
     import dataset.demo as demo
@@ -306,7 +306,7 @@ def test_convert_acdc_raw(tmp_path):
     assert np.array_equal(lab, np.transpose(src, (2, 1, 0)).astype(np.uint8))       # frame02 = ES (frame 11)
     with h5py.File(os.path.join(out, "data", "slices", "patient044_frame02_slice_5.h5")) as f:
         assert np.array_equal(f["image"][()], img[4])
-    s = build_datasets(args(data_path=out, labeled_num=1), "2d")
+    s = build("2d", data_path=out, labeled_num=1)
     assert len(s.labeled) == 6 and len(s.test) == 2
     assert main([str(tmp_path / "missing"), out]) == 1
 
@@ -317,7 +317,7 @@ def test_no_acdc_training_slice_comes_from_a_validation_or_test_patient(tmp_path
     root = make_acdc_root(str(tmp_path / "acdc"), patients=(5, 3, 9), val=(9,), test=(1,))
     with pytest.raises(DatasetError, match=r"train_slices.list: patient009_frame01_slice_4 is a slice of patient009, "
                                            r"a patient of val.list"):
-        build_datasets(args(data_path=root, labeled_num=1), "2d")
+        build("2d", data_path=root, labeled_num=1)
     ok = make_acdc_root(str(tmp_path / "ok"), patients=(5, 3, 9), val=(2,), test=(1,))
-    s = build_datasets(args(data_path=ok, labeled_num=1), "2d")
+    s = build("2d", data_path=ok, labeled_num=1)
     assert len(s.unlabeled) > 0

@@ -80,7 +80,8 @@ def test_two_process_ddp_ranks_stay_identical(demo_root, tmp_path):
     ranks = [torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in (0, 1)]
     assert len(ranks[0]["losses"]) == len(ranks[1]["losses"]) == iters
     assert ranks[0]["losses"] != ranks[1]["losses"], "both ranks saw the same data"
-    moved = [k for k, v in ranks[0]["model"].items() if v.is_floating_point() and not torch.equal(v, ranks[0]["init"][k])]
+    init = ranks[0]["init"]
+    moved = [k for k, v in ranks[0]["model"].items() if v.is_floating_point() and not torch.equal(v, init[k])]
     assert len(moved) > 50, "the optimiser did not change the weights"
     for part in ("model", "ema"):
         a, b = ranks[0][part], ranks[1][part]
@@ -94,7 +95,7 @@ def test_two_process_ddp_ranks_stay_identical(demo_root, tmp_path):
     assert not torch.equal(ckpt["rng"]["per_rank"][0]["torch"], ckpt["rng"]["per_rank"][1]["torch"])  # per-rank seeds
     for k, v in ranks[1]["model"].items():
         assert torch.equal(ckpt["model"][k], v), k
-    assert ckpt["config"]["b"] == 2  # per-process batch
+    assert ckpt["config"]["run"]["batch_size"] == 2  # per-process batch (-b)
     summary = json.load(open(os.path.join(run, "summary.json")))
     assert summary["split"] == "test"
     with open(os.path.join(run, "metrics.csv")) as f:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from sam2_train.engine.config import TrainConfig
 from tests.test_train_2d import ROOT, TINY, run_dirs, run_train, scalar_series
 
 
@@ -51,7 +52,8 @@ def finished(log_dir, r):
     assert sorted(losses) == [1, 2] and all(np.isfinite(v) for v in losses.values()), losses
     for f in ("checkpoints/last.pt", "checkpoints/best.pt", "summary.json"):
         assert os.path.isfile(os.path.join(run, f)), f
-    return run, json.load(open(os.path.join(run, "config.json"))), json.load(open(os.path.join(run, "summary.json")))
+    config = TrainConfig.from_dict(json.load(open(os.path.join(run, "config.json"))), "config.json")
+    return run, config, json.load(open(os.path.join(run, "summary.json")))
 
 
 def test_seed_command_2d_with_vis(acdc_small, tmp_path):
@@ -60,7 +62,7 @@ def test_seed_command_2d_with_vis(acdc_small, tmp_path):
     assert argv[argv.index("-dataset") + 1] == "ACDC" and argv[argv.index("-vis") + 1] == "1"
     run, config, summary = finished(tmp_path, run_train(argv + tiny_common(tmp_path)))
     assert os.path.basename(run).startswith("ACDC_SSS_")
-    assert config["dataset"] == "acdc" and config["sam_config"] == "sam2_hiera_s" and config["b"] == 4
+    assert config.data.dataset == "acdc" and config.model.sam_config == "sam2_hiera_s" and config.run.batch_size == 4
     assert summary["split"] == "test" and set(summary["dice"]) == {"RV", "Myo", "LV", "mean"}
     # -vis 1: an overlay per slice of the validated volumes, at the validation of iteration 2
     pngs = os.listdir(os.path.join(run, "vis", "iter000002"))
@@ -73,7 +75,7 @@ def test_seed_command_3d(bhsd_small, tmp_path):
     run, config, summary = finished(tmp_path, run_train(argv + tiny_common(tmp_path) + ["-labeled_num", "1"],
                                                         script="train_3d.py"))
     assert os.path.basename(run).startswith("BHSD_SSS_")
-    assert config["dataset"] == "bhsd" and config["prompt"] == "bbox" and config["prompt_freq"] == 2
+    assert config.data.dataset == "bhsd" and config.method.prompt == "bbox" and config.infer.prompt_freq == 2
     assert summary["split"] == "test" and set(summary["dice"]) == {"EDH", "IPH", "IVH", "SAH", "SDH", "mean"}
 
 
@@ -90,7 +92,7 @@ def bf16_unimatch_run(acdc_small, tmp_path_factory):
 
 def test_2d_sss_bf16_autocast_and_unimatch_protocol(bf16_unimatch_run, acdc_small):
     run, config, summary = bf16_unimatch_run
-    assert config["amp"] == "bf16" and config["method"] == "sss"
+    assert config.run.amp == "bf16" and config.semi.method == "sss"
     assert summary["protocol"] == "unimatch" and summary["split"] == "test"
     rows = open(os.path.join(run, "cases_test.csv")).read().splitlines()[1:]
     assert {r.split(",")[0] for r in rows} == set(open(os.path.join(acdc_small, "test.list")).read().split())
@@ -101,7 +103,7 @@ def test_pretrain_initialises_the_training_loop(bf16_unimatch_run, acdc_small, t
     # -pretrain would hold the seed's random init, which the source run trained away from)
     src = os.path.join(bf16_unimatch_run[0], "checkpoints", "last.pt")
     run, config, _ = finished(tmp_path, run_train(tiny_2d(acdc_small, tmp_path, "-pretrain", src, "-lr", "0")))
-    assert config["pretrain"] == src
+    assert config.run.pretrain == src
     pre = torch.load(src, weights_only=True)["model"]
     got = torch.load(os.path.join(run, "checkpoints", "last.pt"), weights_only=True)["model"]
     assert set(got) == set(pre)
@@ -113,6 +115,6 @@ def test_pretrain_initialises_the_training_loop(bf16_unimatch_run, acdc_small, t
 def test_2d_fixmatch(acdc_small, tmp_path):
     r = run_train(tiny_2d(acdc_small, tmp_path, "-method", "fixmatch"))
     run, config, summary = finished(tmp_path, r)
-    assert config["method"] == "fixmatch" and summary["method"] == "fixmatch"
+    assert config.semi.method == "fixmatch" and summary["method"] == "fixmatch"
     loss_u = scalar_series(run, "train/loss_u")  # the weak-to-strong term is computed and logged every step
     assert sorted(loss_u) == [1, 2] and all(np.isfinite(v) for v in loss_u.values())

@@ -1,9 +1,11 @@
-"""The library imports only downward: nothing under sam2_train/ imports the scripts' layer."""
+"""The library imports only downward: nothing under sam2_train/ imports the scripts' layer; scripts import only
+the library (never another script)."""
 import ast
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-UPWARD = {"cfg", "dataset", "func_2d", "func_3d", "run_training", "evaluate", "reproduce", "train_2d", "train_3d"}
+SCRIPTS = {"cfg", "run_training", "evaluate", "predict", "reproduce", "train_2d", "train_3d"}
+UPWARD = SCRIPTS | {"dataset"}
 
 
 def imported_modules(path: str) -> set[str]:
@@ -33,11 +35,26 @@ def test_import_check_catches_an_upward_import(tmp_path):
     assert imported_modules(str(p)) & UPWARD == {"dataset", "cfg"}
 
 
-def test_library_is_split_into_model_engine_evaluation():
-    dirs = {d for d in os.listdir(os.path.join(ROOT, "sam2_train")) if not d.startswith("__")
-            and os.path.isdir(os.path.join(ROOT, "sam2_train", d))}
-    assert {"model", "engine", "evaluation"} <= dirs
-    top = [f for f in os.listdir(os.path.join(ROOT, "sam2_train")) if f.endswith(".py") and f != "__init__.py"]
+def test_scripts_import_only_the_library():
+    """A thin script imports the library and the data layer, never another script (``cfg`` is the flag layer
+    that train_*.py / run_training.py share, so those may import it)."""
+    allowed = {"train_2d": {"run_training"}, "train_3d": {"run_training"}, "run_training": {"cfg"},
+               "reproduce": set(), "evaluate": set(), "predict": set(), "cfg": set()}
+    bad = {s: sorted((imported_modules(os.path.join(ROOT, f"{s}.py")) & SCRIPTS) - allowed[s] - {s})
+           for s in SCRIPTS}
+    assert {s: m for s, m in bad.items() if m} == {}
+
+
+def test_library_is_split_into_model_engine_evaluation_methods():
+    lib = os.path.join(ROOT, "sam2_train")
+    dirs = {d for d in os.listdir(lib) if not d.startswith("__") and os.path.isdir(os.path.join(lib, d))}
+    assert {"model", "engine", "evaluation", "methods"} <= dirs
+    top = [f for f in os.listdir(lib) if f.endswith(".py") and f != "__init__.py"]
     assert top == []
-    for d in ("func_2d", "func_3d"):
-        assert {"step.py", "predict.py"} <= set(os.listdir(os.path.join(ROOT, d)))
+    methods = set(os.listdir(os.path.join(lib, "methods")))
+    assert {"registry.py", "base.py", "weak_to_strong.py", "sss_2d.py", "sss_3d.py", "unet"} <= methods
+    unet = set(os.listdir(os.path.join(lib, "methods", "unet")))
+    assert {"mean_teacher.py", "weak_to_strong.py", "knowledge_mining.py", "semisam.py", "sam_match.py"} <= unet
+    for gone in ("func_2d", "func_3d", os.path.join("sam2_train", "model", "semi.py"),
+                 os.path.join("sam2_train", "engine", "runtime.py")):
+        assert not os.path.exists(os.path.join(ROOT, gone)), gone

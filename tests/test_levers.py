@@ -15,22 +15,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 
-def make_args(script, *extra):
+def make_config(script, *extra, num_classes=3):
     import cfg
     base = ["-dataset", "demo", "-sam_config", TEST_CFG, "-image_size", "64", "-distributed", "none"]
     # 3D: the demo preset's CE weights are for its 5 classes; these tests build 3-class nets
     base += (["-b", "2", "-b_u", "4", "-slab_len", "2"] if script == "2d"
              else ["-video_length", "4", "-b", "1", "-ce_weights", "1,1,1,1"])
-    return cfg.parse_args([*base, *extra], script=script)
+    return cfg.parse_config([*base, *extra], script=script).replace(model={"num_classes": num_classes})
 
 
-def make_net(args, num_classes=3, seed=0):
-    import cfg
+def make_net(config, seed=0):
     from sam2_train.model.sss_net import build_sss_net
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return build_sss_net(cfg.to_config(args, num_classes).model)
+        return build_sss_net(config.model)
+
+
+def make_method(net, teacher, config):
+    """The training step of ``config``'s -method (as the trainer builds it), with ``teacher``."""
+    from sam2_train.methods.registry import method_class
+    klass = method_class(config.semi.method, config.model.student, config.run.script)
+    return klass(net, config, teacher=teacher)
 
 
 def encoder_grads_and_saved(net, x):
@@ -47,10 +53,11 @@ def test_grad_ckpt_keeps_less_for_backward_with_identical_gradients():
     from sam2_train.engine.ema import ModelEMA
     from sam2_train.model.levers import is_checkpointed
     x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
-    plain = make_net(make_args("2d", "-encoder_lr_mult", "1"))
-    ckpt = make_net(make_args("2d", "-encoder_lr_mult", "1", "-grad_ckpt", "1"))
+    plain = make_net(make_config("2d", "-encoder_lr_mult", "1"))
+    ckpt = make_net(make_config("2d", "-encoder_lr_mult", "1", "-grad_ckpt", "1"))
     blocks = ckpt.sam.sam.image_encoder.trunk.blocks
-    assert all(is_checkpointed(b) for b in blocks) and not any(is_checkpointed(b) for b in plain.sam.sam.image_encoder.trunk.blocks)
+    assert all(is_checkpointed(b) for b in blocks)
+    assert not any(is_checkpointed(b) for b in plain.sam.sam.image_encoder.trunk.blocks)
     assert list(ckpt.state_dict()) == list(plain.state_dict())             # checkpoints stay interchangeable
     g0, s0 = encoder_grads_and_saved(plain, x)
     g1, s1 = encoder_grads_and_saved(ckpt, x)
@@ -80,23 +87,21 @@ class EncodeLog:
 def frozen_step_setup(script, *extra):
     """A frozen-encoder student and its EMA teacher whose conv_s0/conv_s1 (decoder parameters) have moved apart:
     three SGD steps of the student's own loss on conv_s0/conv_s1, each followed by an EMA update."""
-    import cfg
-    from func_2d.step import Student2D
-    from func_3d.step import Student3D
     from sam2_train.engine.ema import ModelEMA
-    args = make_args(script, "-encoder_lr_mult", "0", "-tau_u", "0", *extra)
-    net = make_net(args, num_classes=3)
+    config = make_config(script, "-encoder_lr_mult", "0", "-tau_u", "0", *extra)
+    net = make_net(config)
     ema = ModelEMA(net, 0.99)
     ema.update(net)
     g = torch.Generator().manual_seed(3)
     lead = (2, 2) if script == "2d" else (1, 4)                     # (slabs, L) / (clips, T)
     views = {k: torch.rand(*lead, 1, 64, 64, generator=g) for k in ("image_w", "image_s1", "image_s2")}
     if script == "2d":
-        batch_l = {"image": torch.rand(2, 1, 64, 64, generator=g), "label": torch.randint(0, 4, (2, 64, 64), generator=g)}
+        batch_l = {"image": torch.rand(2, 1, 64, 64, generator=g),
+                   "label": torch.randint(0, 4, (2, 64, 64), generator=g)}
     else:
         batch_l = {"image": torch.rand(1, 4, 1, 64, 64, generator=g),
                    "label": torch.randint(0, 4, (1, 4, 64, 64), generator=g)}
-    student = (Student2D if script == "2d" else Student3D)(net, ema.module, cfg.to_config(args, 3))
+    student = make_method(net, ema.module, config)
     assert student.frozen_encoder
     dec = net.sam.sam.sam_mask_decoder
     opt = torch.optim.SGD([*dec.conv_s0.parameters(), *dec.conv_s1.parameters()], lr=5.0)
@@ -166,9 +171,7 @@ def test_frozen_encoder_shares_the_weak_view_pass(script):
 
 
 def test_weak_features_are_not_used_when_the_encoder_trains():
-    import cfg
-    from func_2d.step import Student2D
-    net = make_net(make_args("2d", "-encoder_lr_mult", "1"))
-    assert not Student2D(net, net, cfg.to_config(make_args("2d", "-encoder_lr_mult", "1"), 3)).frozen_encoder
+    net = make_net(make_config("2d", "-encoder_lr_mult", "1"))
+    assert not make_method(net, net, make_config("2d", "-encoder_lr_mult", "1")).frozen_encoder
     frozen = copy.deepcopy(net).requires_grad_(False)
-    assert Student2D(frozen, frozen, cfg.to_config(make_args("2d", "-encoder_lr_mult", "0"), 3)).frozen_encoder
+    assert make_method(frozen, frozen, make_config("2d", "-encoder_lr_mult", "0")).frozen_encoder

@@ -28,8 +28,8 @@ def random_labels(shape, K, seed):
 
 def medpy_row(p, g, spacing=None):
     return dict(dice=medpy_binary.dc(p, g), jaccard=medpy_binary.jc(p, g),
-                hd95=medpy_binary.hd95(p, g, voxelspacing=spacing), asd=medpy_binary.assd(p, g, voxelspacing=spacing),
-                asd_directed=medpy_binary.asd(p, g, voxelspacing=spacing))
+                hd95=medpy_binary.hd95(p, g, voxelspacing=spacing), asd=medpy_binary.asd(p, g, voxelspacing=spacing),
+                assd=medpy_binary.assd(p, g, voxelspacing=spacing))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -37,7 +37,7 @@ def test_random_volumes_match_medpy(seed):
     K, shape, spacing = 3, (6, 28, 32), (5.0, 0.7, 0.9)
     pred, gt = random_labels(shape, K, seed), random_labels(shape, K, seed + 100)
     out = volume_metrics(pred, gt, K, spacing=spacing)
-    assert set(out) == {"dice", "jaccard", "hd95", "asd", "asd_directed", "hd95_mm", "asd_mm", "asd_directed_mm",
+    assert set(out) == {"dice", "jaccard", "hd95", "asd", "assd", "hd95_mm", "asd_mm", "assd_mm",
                         "empty_pred"}
     assert (out["empty_pred"] == 0).all()
     for c in range(1, K + 1):
@@ -46,7 +46,7 @@ def test_random_volumes_match_medpy(seed):
         vox, mm = medpy_row(p, g), medpy_row(p, g, spacing)
         for k in ("dice", "jaccard"):
             np.testing.assert_allclose(out[k][c - 1], vox[k], rtol=RTOL_OVERLAP)
-        for k in ("hd95", "asd", "asd_directed"):
+        for k in ("hd95", "asd", "assd"):
             np.testing.assert_allclose(out[k][c - 1], vox[k], rtol=RTOL_DIST)
             np.testing.assert_allclose(out[f"{k}_mm"][c - 1], mm[k], rtol=RTOL_DIST)
     assert not np.allclose(out["hd95"], out["hd95_mm"])   # the spacing is really used
@@ -63,9 +63,9 @@ def test_torch_input_2d_and_border_objects():
     out = volume_metrics(torch.from_numpy(p), torch.from_numpy(g), 2, spacing=(1.5, 0.5))
     for c in (1, 2):
         ref, ref_mm = medpy_row(p == c, g == c), medpy_row(p == c, g == c, (1.5, 0.5))
-        for k in ("dice", "jaccard", "hd95", "asd", "asd_directed"):
+        for k in ("dice", "jaccard", "hd95", "asd", "assd"):
             np.testing.assert_allclose(out[k][c - 1], ref[k], rtol=RTOL_DIST)
-        for k in ("hd95", "asd", "asd_directed"):
+        for k in ("hd95", "asd", "assd"):
             np.testing.assert_allclose(out[f"{k}_mm"][c - 1], ref_mm[k], rtol=RTOL_DIST)
 
 
@@ -78,7 +78,7 @@ def test_single_voxels():
     assert out["dice"][0] == 1 and out["jaccard"][0] == 1 and out["hd95"][0] == 0 and out["asd"][0] == 0
     assert out["dice"][1] == 0
     d = math.sqrt(4 ** 2 + 8 ** 2 + 5 ** 2)
-    np.testing.assert_allclose([out["hd95"][1], out["asd"][1], out["asd_directed"][1]], [d, d, d], rtol=RTOL_DIST)
+    np.testing.assert_allclose([out["hd95"][1], out["asd"][1], out["assd"][1]], [d, d, d], rtol=RTOL_DIST)
     np.testing.assert_allclose(out["hd95"][1], medpy_binary.hd95(p == 2, g == 2), rtol=RTOL_DIST)
 
 
@@ -90,7 +90,7 @@ def test_empty_conventions():
     out = volume_metrics(p, g, 3, spacing=(2.0, 1.0, 1.0))
     for c in (0, 1):
         assert out["dice"][c] == 0 and out["jaccard"][c] == 0
-        for k in ("hd95", "asd", "asd_directed", "hd95_mm", "asd_mm", "asd_directed_mm"):
+        for k in ("hd95", "asd", "assd", "hd95_mm", "asd_mm", "assd_mm"):
             assert np.isnan(out[k][c]), (k, c)
     for k, v in out.items():
         assert np.isnan(v[2]), k
@@ -139,3 +139,20 @@ def test_summary_names_the_classes_its_mean_averages():
     assert s["classes_not_in_mean"] == {"B": "absent from the ground truth and the prediction of every volume"}
     assert s["dice"]["mean"] == pytest.approx((s["dice"]["A"] + s["dice"]["C"]) / 2) and s["dice"]["C"] == 0.0
     assert "mean leaves out B" in format_summary(s, ("A", "B", "C"))
+
+
+def test_asd_means_directed_and_assd_symmetric_in_every_layer():
+    """One key, one meaning: ``asd`` is medpy's directed asd (prediction -> ground truth) and ``assd`` the
+    symmetric one, in volume_metrics and in what summary.json reports; the pair is chosen so that they differ."""
+    from sam2_train.evaluation.loop import reported_metrics
+    gt = np.zeros((1, 32, 32), np.int64)
+    gt[0, 4:28, 4:28] = 1
+    pred = np.zeros_like(gt)
+    pred[0, 10:14, 10:14] = 1          # small, inside: d(P->G) is small, d(G->P) large
+    want_asd = medpy_binary.asd(pred == 1, gt == 1)
+    want_assd = medpy_binary.assd(pred == 1, gt == 1)
+    assert abs(want_asd - want_assd) > 1.0
+    out = volume_metrics(pred, gt, 1)
+    reported = reported_metrics(out, in_mm=False)
+    for m in (out, reported):
+        np.testing.assert_allclose([m["asd"][0], m["assd"][0]], [want_asd, want_assd], rtol=RTOL_DIST)

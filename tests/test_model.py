@@ -18,11 +18,9 @@ from PIL import Image
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
 from _model_fixtures import S, TEST_CFG, build_tiny, smooth_frames
-from sam2_train.model.build import SAM_CONFIG_NAMES
-from sam2_train.model.build import (CKPT_FILES, CheckpointMismatchError, build_sam2_base, compose_sam_config,
-                              image_size_overrides, load_model_state, resolve_sam_config)
-from sam2_train.model.prompts import (boxes_to_points, jitter_boxes, masks_to_boxes, sample_click, scale_boxes,
-                                scale_points)
+from sam2_train.model.build import (CKPT_FILES, SAM_CONFIG_NAMES, CheckpointMismatchError, build_sam2_base,
+                                    compose_sam_config, image_size_overrides, load_state_strict, resolve_sam_config)
+from sam2_train.model.prompts import jitter_boxes, masks_to_boxes, sample_click
 from sam2_train.model.sam2_model import SAM2Seg, upsample_logits
 
 LOGIT_TOL_2D, IOU_TOL_2D = 1e-4, 1e-5
@@ -365,7 +363,7 @@ def test_checkpoint_mismatch_messages(tmp_path):
     sd["renamed.weight"] = sd.pop("no_mem_embed")
     sd["maskmem_tpos_enc"] = torch.zeros(3, 1, 1, 64)
     with pytest.raises(CheckpointMismatchError) as e:
-        load_model_state(tiny, sd, what="my.pt", config="tiny")
+        load_state_strict(tiny, sd, what="my.pt", config="tiny")
     msg = str(e.value)
     for part in ("my.pt", "'tiny'", "1 missing key(s): no_mem_embed", "1 unexpected key(s): renamed.weight",
                  "1 shape mismatch(es): maskmem_tpos_enc: checkpoint (3, 1, 1, 64) vs model (7, 1, 1, 64)"):
@@ -424,7 +422,7 @@ def test_resolve_yaml_paths_unknown_and_image_size(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ prompts
-def test_masks_to_boxes_and_points():
+def test_masks_to_boxes():
     m = torch.zeros(2, 3, 10, 12, dtype=torch.bool)
     m[0, 0, 2:5, 3:8] = True
     m[0, 1, 9, 11] = True
@@ -435,10 +433,6 @@ def test_masks_to_boxes_and_points():
     assert boxes[1, 2].tolist() == [0, 0, 1, 10]
     assert valid.tolist() == [[True, True, False], [False, False, True]]
     assert boxes[0, 2].tolist() == [0, 0, 0, 0]
-    coords, labels = boxes_to_points(boxes, valid)
-    assert coords.shape == (2, 3, 2, 2) and labels.dtype == torch.int32
-    assert coords[0, 0].tolist() == [[3, 2], [8, 5]]
-    assert labels[0, 0].tolist() == [2, 3] and labels[0, 2].tolist() == [-1, -1]
 
 
 def test_sample_click_is_xy_inside_mask():
@@ -456,7 +450,7 @@ def test_sample_click_is_xy_inside_mask():
     assert m[1, many[:, 1].long(), many[:, 0].long()].all()
 
 
-def test_jitter_and_scale_boxes():
+def test_jitter_boxes():
     g = torch.Generator().manual_seed(0)
     boxes = torch.tensor([[10., 10, 30, 20], [0, 0, 64, 64], [5, 5, 6, 6]]).repeat(50, 1)
     valid = torch.tensor([True, True, False]).repeat(50)
@@ -467,8 +461,6 @@ def test_jitter_and_scale_boxes():
     assert (j[..., 2] >= j[..., 0] + 1).all() and (j[..., 3] >= j[..., 1] + 1).all()
     d = (j[0::3] - boxes[0::3]).abs()
     assert (d[:, [0, 2]] <= 0.2 * 20 + 1e-5).all() and (d[:, [1, 3]] <= 0.2 * 10 + 1e-5).all()
-    assert scale_boxes(torch.tensor([10., 20, 30, 40]), (100, 200), 50).tolist() == [2.5, 10, 7.5, 20]
-    assert scale_points(torch.tensor([[10., 20]]), 64, (128, 32)).tolist() == [[5, 40]]
 
 
 # ------------------------------------------------------------------------------------- download script

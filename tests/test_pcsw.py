@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sam2_train.model.pcsw import (PCSWConfig, Prompts, _argmax_masks, coarse_box_prompts,
-                             pcsw_prompts)
+from sam2_train.model.pcsw import PCSWConfig, _argmax_masks, coarse_box_prompts, image_prompts, pcsw_prompts
+from sam2_train.model.prompts import LABEL_PAD, LABEL_POS, Prompts
 
 H = W = 32
 
@@ -35,14 +35,17 @@ def test_continuous_structure_exact_boxes_and_point():
     conf[1, 12, 25] = 0.97    # most confident pixel of slice 1
     out = pcsw_prompts(probs_from(lab, conf=conf), cfg=cfg())
     assert isinstance(out, Prompts)
-    assert out.boxes.shape == (D, 3, 4) and out.points.shape == (D, 3, 2)
+    assert out.boxes.shape == (D, 3, 4) and out.points.shape == (D, 3, 1, 2)
     assert out.valid.shape == (D, 3) and out.masks.shape == (D, 3, H, W)
     assert out.valid[:, 0].all() and not out.valid[:, 1:].any()
+    # one positive click per prompted class, padding elsewhere
+    assert out.point_labels.shape == (D, 3, 1)
+    assert torch.equal(out.point_labels[..., 0], torch.where(out.valid, LABEL_POS, LABEL_PAD).int())
     exp = torch.tensor([[20, 10, 30, 20]] * 3 + [[22, 12, 28, 18]], dtype=torch.float32)
     torch.testing.assert_close(out.boxes[:, 0], exp)
-    assert out.points[1, 0].tolist() == [25.5, 12.5]
+    assert out.points[1, 0, 0].tolist() == [25, 12]   # pixel index (column, row) of the most confident pixel
     for d in range(D):  # every point lies inside the prompted component
-        x, y = out.points[d, 0].floor().long().tolist()
+        x, y = out.points[d, 0, 0].long().tolist()
         assert out.masks[d, 0, y, x]
         assert torch.equal(out.masks[d, 0], torch.as_tensor(lab[d] == 1))
     assert out.windows[0].tolist() == [0, 4] and out.windows[1].tolist() == [-1, -1]
@@ -174,19 +177,26 @@ def test_batch_equals_per_slab_calls():
             assert torch.equal(getattr(out, name)[n], getattr(one, name)), name
     # boxes are the tight boxes (+margin) of the masks, points inside them
     m = out.masks[out.valid]
-    pts = out.points[out.valid].floor().long()
+    pts = out.points[..., 0, :][out.valid].long()
     assert m[torch.arange(len(m)), pts[:, 1], pts[:, 0]].all()
 
 
-def test_scale_to_and_window_lengths():
+def test_scaled_image_prompts_and_window_lengths():
     lab = np.zeros((2, H, W), int)
     lab[:, 4:8, 8:16] = 1
     out = pcsw_prompts(probs_from(lab), cfg=cfg())
-    boxes, points = out.scale_to(128)
+    big = out.scaled(H, 128)
+    boxes, points = big.boxes, big.points[..., 0, :]
     torch.testing.assert_close(boxes[0, 0], torch.tensor([32.0, 16, 64, 32]))
     assert ((points[0, 0] >= boxes[0, 0, :2]) & (points[0, 0] < boxes[0, 0, 2:])).all()
-    boxes, _ = out.scale_to((64, 128))
-    torch.testing.assert_close(boxes[0, 0], torch.tensor([32.0, 8, 64, 16]))
+    # a point keeps its pixel centre: (x + 0.5) * 128 / 32 - 0.5
+    torch.testing.assert_close(points[0, 0], (out.points[0, 0, 0] + 0.5) * 4 - 0.5)
+    assert out.scaled(H, H) is out
+    # image_prompts: the same PCSW prompts in model-input pixels, slab rows flattened to N*D
+    ip = image_prompts(probs_from(lab)[None], 128, cfg(), use_pcsw=True)
+    assert ip.boxes.shape == (2, 3, 4) and ip.points.shape == (2, 3, 1, 2) and ip.status.shape == (1, 3)
+    assert torch.equal(ip.boxes, boxes) and torch.equal(ip.points, big.points) and torch.equal(ip.valid, out.valid)
+    assert not ip.fallback.any()
     c = PCSWConfig(min_len=3, max_len=5)
     assert c.window_lengths(8) == (3, 5) and c.window_lengths(2) == (2, 2)
 
@@ -204,7 +214,7 @@ def test_coarse_box_prompts_exact():
     assert out.valid.tolist() == [[True, False, False], [False, False, True]]
     torch.testing.assert_close(out.boxes[0, 0], torch.tensor([3.0, 2, 32, 32]))
     torch.testing.assert_close(out.boxes[1, 2], torch.tensor([0.0, 0, 4, 3]))
-    assert out.points[0, 0].tolist() == [6.5, 4.5]
+    assert out.points[0, 0, 0].tolist() == [6, 4]
     assert not out.boxes[0, 1].any() and not out.points[0, 1].any()
     out0 = coarse_box_prompts(p, margin=0)
     torch.testing.assert_close(out0.boxes[0, 0], torch.tensor([4.0, 3, 32, 31]))
@@ -269,5 +279,5 @@ def test_pcsw_edge_cases(case):
     assert [d for d in range(lab.shape[0]) if out.fallback[d, 0]] == flagged
     assert [out.boxes[d, 0].tolist() for d in prompted] == boxes
     for d in prompted:                           # every click lies on the prompted component, inside the box
-        x, y = out.points[d, 0].floor().long().tolist()
+        x, y = out.points[d, 0, 0].long().tolist()
         assert out.masks[d, 0, y, x] and lab[d, y, x] == 1

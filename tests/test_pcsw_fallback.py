@@ -1,11 +1,14 @@
-"""PCSW that degrades gracefully: fallback prompts, coarse fusion, calibrated gates, acceptance rates (hand-built maps)."""
+"""PCSW that degrades gracefully: fallback prompts, coarse fusion, calibrated gates, acceptance rates
+(hand-built maps)."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
+from sam2_train.methods.weak_to_strong import pcsw_rates
+from sam2_train.model.labels import NEG, fuse_probs, pseudo_labels
 from sam2_train.model.pcsw import PCSWConfig, pcsw_prompts
-from sam2_train.model.semi import pcsw_rates
-from sam2_train.model.sss_net import NEG, fuse_probs, pseudo_labels
 from tests.test_pcsw import H, W, probs_from
 
 
@@ -158,7 +161,7 @@ def test_pcsw_rates():
 
 
 def test_object_score_target_ignores_confidence_mask():
-    from func_3d.step import Tracked, track_loss
+    from sam2_train.methods.sss_3d import Tracked, track_loss
     n, k, s = 2, 2, 8
     target = torch.zeros(n, k, s, s)
     target[:, 0, 2:4, 2:4] = 1                                   # class 1 present on both frames
@@ -173,13 +176,12 @@ def test_object_score_target_ignores_confidence_mask():
 
 def test_graceful_flags_and_3d_single_slice_default():
     import cfg as cfgmod
-    a2, a3 = cfgmod.parse_args(["-dataset", "demo"]), cfgmod.parse_args(["-dataset", "demo"], script="3d")
-    assert (a2.pcsw_min_len, a3.pcsw_min_len, a2.pcsw_multifocal, a3.pcsw_multifocal) == (2, 1, False, True)
-    c = cfgmod.to_config(a3, 5)
-    assert (c.pcsw.fallback, c.pcsw.calibrate, c.pcsw.fuse, c.semi.tau_fallback) == (True, True, True, 0.98)
-    off = cfgmod.to_config(cfgmod.parse_args(["-pcsw_fallback", "0", "-pcsw_calibrate", "0", "-pcsw_fuse", "0",
-                                              "-tau_fallback", "0.99", "-pcsw_min_len", "3"], script="3d"), 5)
-    assert (off.pcsw.fallback, off.pcsw.calibrate, off.pcsw.fuse, off.semi.tau_fallback, off.pcsw.min_len) == \
+    c2, c = cfgmod.parse_config(["-dataset", "demo"]), cfgmod.parse_config(["-dataset", "demo"], script="3d")
+    assert (c2.pcsw.min_len, c.pcsw.min_len, c2.pcsw.multifocal, c.pcsw.multifocal) == (2, 1, False, True)
+    assert (c.pcsw.fallback, c.pcsw.calibrate, c.pcsw.fuse, c.method.tau_fallback) == (True, True, True, 0.98)
+    off = cfgmod.parse_config(["-pcsw_fallback", "0", "-pcsw_calibrate", "0", "-pcsw_fuse", "0",
+                               "-tau_fallback", "0.99", "-pcsw_min_len", "3"], script="3d")
+    assert (off.pcsw.fallback, off.pcsw.calibrate, off.pcsw.fuse, off.method.tau_fallback, off.pcsw.min_len) == \
         (False, False, False, 0.99, 3)
 
 
@@ -241,12 +243,13 @@ def test_class_weighted_ce():
     t_ignored = torch.where(valid, target, torch.full_like(target, -100))
     torch.testing.assert_close(ce_dice_loss(logits, target, valid, class_weight=w, **no_dice),
                                torch.nn.functional.cross_entropy(logits, t_ignored, weight=w, ignore_index=-100))
-    c = cfgmod.to_config(cfgmod.parse_args(["-ce_weights", "0.5,1,2,2"]), 3)
+    splits = SimpleNamespace(num_classes=3, class_names=("a", "b", "c"), info={})     # what the data says
+    c = cfgmod.with_data(cfgmod.parse_config(["-ce_weights", "0.5,1,2,2"]), splits)
     assert c.semi.ce_weights == (0.5, 1.0, 2.0, 2.0)
     torch.testing.assert_close(c.semi.ce_class_weight("cpu"), torch.tensor([0.5, 1.0, 2.0, 2.0]))
-    assert cfgmod.to_config(cfgmod.parse_args([]), 3).semi.ce_class_weight("cpu") is None
+    assert cfgmod.with_data(cfgmod.parse_config([]), splits).semi.ce_class_weight("cpu") is None
     with pytest.raises(ValueError, match="-ce_weights needs 4 weights"):
-        cfgmod.to_config(cfgmod.parse_args(["-ce_weights", "1,2"]), 3)
+        cfgmod.with_data(cfgmod.parse_config(["-ce_weights", "1,2"]), splits)
 
 
 def test_foreground_oversampling_of_labeled_clips():

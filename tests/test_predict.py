@@ -16,6 +16,7 @@ import torch
 
 import evaluate
 import predict
+from sam2_train.evaluation.checkpoint_model import load_model
 from tests._model_fixtures import TEST_CFG, make_informative
 from tests.test_train_3d import blob_volume, intensity_coarse_head
 
@@ -29,16 +30,19 @@ def make_ckpt(path, script, root, classes, ema_shift=None):
     """A tiny random checkpoint of ``script`` on the demo data at ``root``; with ``ema_shift`` it also holds an
     EMA teacher whose coarse-head weights differ from the student's by that amount."""
     import cfg
+    from dataset import build_datasets
     from sam2_train.engine.checkpoint import make_checkpoint, save_checkpoint
     from sam2_train.engine.ema import ModelEMA
     from sam2_train.model.sss_net import build_sss_net
-    args = cfg.parse_args(["-dataset", "demo", "-data_path", root, "-sam_config", TEST_CFG, "-image_size", "64",
-                           "-video_length", "4", "-num_workers", "0"], script=script)
-    args.class_names, args.num_classes = list(classes), len(classes)
+    config = cfg.parse_config(["-dataset", "demo", "-data_path", root, "-sam_config", TEST_CFG, "-image_size", "64",
+                               "-video_length", "4", "-num_workers", "0"], script=script)
+    splits = build_datasets(config.data, script, image_size=config.model.image_size, seed=config.run.seed)
+    config = cfg.with_data(config, splits)                     # the classes and intensity rule, as training records
+    assert list(config.data.class_names) == list(classes)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        net = build_sss_net(cfg.to_config(args, len(classes)).model)
+        net = build_sss_net(config.model)
     make_informative(net.sam.sam)
     ema = None
     if ema_shift is not None:
@@ -46,7 +50,7 @@ def make_ckpt(path, script, root, classes, ema_shift=None):
         with torch.no_grad():
             for p in net.head.parameters():
                 p.add_(ema_shift)
-    save_checkpoint(path, make_checkpoint(net, vars(args), ema=ema))
+    save_checkpoint(path, make_checkpoint(net, config.to_dict(), ema=ema))
     return str(path)
 
 
@@ -68,14 +72,16 @@ def bhsd(tmp_path_factory):
 
 @pytest.fixture
 def threshold_head(monkeypatch):
-    """Models built by evaluate.load_model (so by evaluate.py and predict.py alike) get the intensity coarse head."""
-    real = evaluate.task_for
+    """Models built from a checkpoint (checkpoint_model, so by evaluate.py and predict.py alike) get the intensity
+    coarse head."""
+    from sam2_train.evaluation import checkpoint_model
+    real = checkpoint_model.network
 
-    def task_for(script, student="sam2"):
-        task = real(script, student)
-        return dataclasses.replace(task, build_net=lambda *a, **k: intensity_coarse_head(task.build_net(*a, **k), cls=2))
+    def network(name):
+        kind = real(name)
+        return dataclasses.replace(kind, build=lambda *a, **k: intensity_coarse_head(kind.build(*a, **k), cls=2))
 
-    monkeypatch.setattr(evaluate, "task_for", task_for)
+    monkeypatch.setattr(checkpoint_model, "network", network)
 
 
 def run_predict(*argv):
@@ -230,14 +236,17 @@ def test_class_volumes_match_hand_computed_phantom():
     assert rows[0]["volume_ml"] is None and (rows[0]["first_slice"], rows[0]["last_slice"]) == (0, 4)
 
 
-def test_intensity_for_input_follows_the_checkpoint():
-    bhsd = {"dataset": "bhsd", "hu_window": [0.0, 80.0], "script": "3d"}
+def test_intensity_for_input_follows_the_checkpoint(tmp_path):
+    # a checkpoint records its dataset's intensity rule (config.data.intensity); predict.py maps inputs by it
+    from dataset.registry import dataset_spec
+    from sam2_train.engine.config import DataConf
+    bhsd = dataset_spec("bhsd").intensity(DataConf(dataset="bhsd", hu_window=(0.0, 80.0)), str(tmp_path), "3d")
     assert predict.intensity_for_input(bhsd, "nifti") == ("window", 0.0, 80.0)
     assert predict.intensity_for_input(bhsd, "h5") == ("unit",)
     assert predict.intensity_for_input(bhsd, "png") == ("png_unit",)
-    assert predict.intensity_for_input({"dataset": "acdc", "script": "2d"}, "nifti") == ("minmax",)
-    assert predict.intensity_for_input({"dataset": "custom", "intensity": ["window", -100.0, 200.0]},
-                                       "nifti") == ("window", -100.0, 200.0)
+    acdc = dataset_spec("acdc").intensity(DataConf(dataset="acdc"), str(tmp_path), "2d")
+    assert predict.intensity_for_input(acdc, "nifti") == ("minmax",)
+    assert predict.intensity_for_input(["window", -100.0, 200.0], "nifti") == ("window", -100.0, 200.0)
 
 
 # ------------------------------------------------------------------------------- batch behaviour (CLI)
@@ -284,9 +293,9 @@ def test_weights_choice_and_missing_ema(acdc, tmp_path):
     key = next(k for k in state["model"] if k.startswith("head."))
     for weights, source in (("auto", state["ema"]["module"]), ("ema", state["ema"]["module"]),
                             ("model", state["model"])):
-        m = evaluate.load_model(both, weights=weights, device="cpu")
+        m = load_model(both, weights=weights, device="cpu")
         assert m.weights == ("student" if weights == "model" else "ema")
         torch.testing.assert_close(m.net.state_dict()[key], source[key])
     plain = make_ckpt(tmp_path / "plain.pt", "2d", root, ACDC_CLASSES)
     with pytest.raises(Exception, match="no EMA of the weights"):
-        evaluate.load_model(plain, weights="ema", device="cpu")
+        load_model(plain, weights="ema", device="cpu")

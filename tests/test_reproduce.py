@@ -27,10 +27,8 @@ def _flag(cmd: str, name: str) -> str:
 
 
 def _resolved(cmd: str, script: str):
-    """The script's own reading of a printed training command (flags this checkout lacks are left out)."""
-    argv = cmd.split(f"train_{script}.py ")[1].split()
-    args, _ = cfg.build_parser().parse_known_args(argv)
-    return cfg.resolve_defaults(args, script)
+    """The script's own reading of a printed training command: its TrainConfig."""
+    return cfg.parse_config(cmd.split(f"train_{script}.py ")[1].split(), script)
 
 
 def test_dry_run_lists_the_paper_grid_with_one_budget(capsys, tmp_path):
@@ -47,7 +45,8 @@ def test_dry_run_lists_the_paper_grid_with_one_budget(capsys, tmp_path):
     for c in cmds:  # -dataset and what the cell sets; the script fills the paper's settings itself
         assert "-dataset acdc" in c and not re.search(r" -(image_size|sam_config|sam_ckpt|b) ", c), c
         a = _resolved(c, "2d")
-        assert (a.sam_config, a.sam_ckpt, a.image_size, a.out_size, a.b, a.infer) == (
+        assert (a.model.sam_config, a.model.sam_ckpt, a.model.image_size, a.method.out_size, a.run.batch_size,
+                a.infer.infer) == (
             "sam2_hiera_s", os.path.join("checkpoints", "sam2_hiera_small.pt"), 1024, 1024, 4, "pcsw")
     assert {_flag(c, "max_iters") for c in cmds} == {"30000"} and {_flag(c, "val_every") for c in cmds} == {"1000"}
     assert {_flag(c, "infer") for c in cmds} == {"pcsw"}
@@ -70,8 +69,9 @@ def test_dry_run_lists_the_paper_grid_with_one_budget(capsys, tmp_path):
         assert len(light) == rows * 3
         for c in light:  # the preset's unet block: SSL4MIS's recipe; the SAM-2 guide is the paper's, at 1024 px
             a = _resolved(c, "2d")
-            assert (a.student in ("unet", "unetpp"), a.image_size, a.b, a.optim, a.lr, a.sam_config, a.guide_size,
-                    a.infer) == (True, 256, 12, "sgd", 0.01, "sam2_hiera_s", 1024, infer)
+            assert (a.model.student in ("unet", "unetpp"), a.model.image_size, a.run.batch_size, a.optim.optim,
+                    a.optim.lr, a.model.sam_config, a.model.guide_size, a.infer.infer) == (
+                        True, 256, 12, "sgd", 0.01, "sam2_hiera_s", 1024, infer)
         evals = [l for l in out.splitlines() if "evaluate.py" in l]
         assert evals and all(f"-infer {infer}" in l for l in evals)
     assert {_flag(c, "method") for c in light} == {"supervised", "km_onetime", "km_continuous"}
@@ -84,7 +84,8 @@ def test_dry_run_lists_the_paper_grid_with_one_budget(capsys, tmp_path):
     cmds = [l for l in capsys.readouterr().out.splitlines() if "train_3d.py" in l]
     assert [_flag(c, "labeled_ratio") for c in cmds] == ["0.05", "0.1", "0.25", "1"]
     assert all("-dataset bhsd" in c and _flag(c, "max_iters") == "20000" for c in cmds)
-    assert all((a.prompt, a.prompt_freq, a.image_size) == ("bbox", 2, 1024) for a in (_resolved(c, "3d") for c in cmds))
+    assert all((a.method.prompt, a.infer.prompt_freq, a.model.image_size) == ("bbox", 2, 1024)
+               for a in (_resolved(c, "3d") for c in cmds))
 
 
 def test_acdc_cpu_table_same_flags_for_every_method(capsys, tmp_path):
@@ -99,8 +100,9 @@ def test_acdc_cpu_table_same_flags_for_every_method(capsys, tmp_path):
                     "acdc_cpu_sss_no_pcsw_l3"]
     for c in cmds:
         a = _resolved(c, "2d")
-        assert (a.sam_config, a.sam_ckpt, a.image_size, a.encoder_lr_mult, a.labeled_num, a.max_iters, a.rampup,
-                a.val_every) == ("sam2_hiera_t", "none", 128, 0.0, 3, 1500, 300, 250), c
+        assert (a.model.sam_config, a.model.sam_ckpt, a.model.image_size, a.optim.encoder_lr_mult, a.data.labeled_num,
+                a.run.max_iters, a.semi.rampup, a.run.val_every) == ("sam2_hiera_t", "none", 128, 0.0, 3, 1500, 300,
+                                                                      250), c
     evals = [l for l in out.splitlines() if "evaluate.py" in l]
     assert len(evals) == 8 and all("last.pt" in l and "-split val" in l and "-weights ema" in l for l in evals)
     assert reproduce.main(["acdc_cpu", "--dry-run", "--out", str(tmp_path), "--seeds", "1",

@@ -43,7 +43,7 @@ def test_resume_with_changed_flags_is_refused_naming_them(short_run, demo_root, 
     assert r.returncode == 2, r.stderr[-3000:]
     errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    for part in ("-max_iters 1 -> 2", "-seed 0 -> 3", "-b 2 -> 3", "-resume_force 1"):
+    for part in ("-max_iters: 1 -> 2", "-seed: 0 -> 3", "-b: 2 -> 3", "-resume_force 1"):
         assert part in errors[0], errors[0]
     assert "resumed" not in json.load(open(os.path.join(run, "config.json")))
 
@@ -67,9 +67,9 @@ def test_resume_force_records_changes_and_explains_world_size(short_run, demo_ro
     assert "-max_iters 1 -> 2" in out
     assert f"{ckpt} was saved by 2 process(es), this run has 1" in out and "shard" in out
     cfg = json.load(open(os.path.join(run, "config.json")))
-    assert cfg["max_iters"] == 1  # the original run's values stay
+    assert cfg["run"]["max_iters"] == 1  # the original run's values stay
     (entry,) = cfg["resumed"]
-    assert entry["changed"] == {"max_iters": [1, 2]} and entry["iteration"] == 1
+    assert entry["changed"] == {"-max_iters": [1, 2]} and entry["iteration"] == 1
     assert entry["world_size"] == [2, 1] and entry["checkpoint"] == os.path.abspath(ckpt)
     assert torch.load(ckpt, weights_only=True)["iteration"] == 2
     assert not os.path.exists(os.path.join(run, "run.lock"))  # released at the end

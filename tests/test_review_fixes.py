@@ -10,6 +10,7 @@
 - labeled 3D clips thin prompt frames by rank per class, as inference does;
 - classes predicted empty are counted beside the HD95/ASD means.
 """
+import dataclasses
 import types
 
 import numpy as np
@@ -18,8 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from sam2_train.model.cutmix import resize_masks, sample_box_masks
-from sam2_train.model.semi import SemiConf, gt_prompts, mix_prompts
-from sam2_train.model.sss_net import SlicePrompts
+from sam2_train.model.prompts import Prompts, gt_prompts, mix_prompts
 
 S, SC = 64, 16            # image size, coarse size
 
@@ -30,12 +30,13 @@ def _coarse_cell(points: torch.Tensor) -> torch.Tensor:
     return (points * SC / S).floor().long().clamp(0, SC - 1)
 
 
-def _assert_clicks_on_mixed_masks(out: SlicePrompts):
+def _assert_clicks_on_mixed_masks(out: Prompts):
     """Every valid (row, class): click inside the box and on the mixed component."""
     r, k = torch.nonzero(out.valid, as_tuple=True)
-    pts, boxes = out.points[r, k], out.boxes[r, k]
+    pts, boxes = out.points[r, k, 0], out.boxes[r, k]
     inside = (pts >= boxes[:, :2]) & (pts < boxes[:, 2:])
-    assert inside.all(), f"clicks outside their boxes: {pts[~inside.all(1)].tolist()} / {boxes[~inside.all(1)].tolist()}"
+    out_of_box = ~inside.all(1)
+    assert inside.all(), f"clicks outside their boxes: {pts[out_of_box].tolist()} / {boxes[out_of_box].tolist()}"
     cell = _coarse_cell(pts)
     on_mask = out.masks[r, k, cell[:, 1], cell[:, 0]]
     assert on_mask.all(), f"clicks off the mixed mask: {pts[~on_mask].tolist()}"
@@ -50,12 +51,12 @@ def test_mix_prompts_class_made_valid_by_the_partner_gets_the_partners_click():
     points[0, 0] = torch.tensor([9.5, 9.5])            # coarse (2, 2)
     points[1, 1] = torch.tensor([41.5, 37.5])          # coarse (10, 9)
     boxes = torch.zeros(2, 2, 4)
-    p = SlicePrompts(boxes=boxes, points=points, valid=valid, masks=masks)
+    p = Prompts.single_point(boxes, points, valid, masks=masks)
     cut = torch.zeros(2, S, S, dtype=torch.bool)
     cut[0, 28:52, 28:52] = True                        # row 0 takes row 1's centre; row 1 keeps its own
     out = mix_prompts(p, torch.tensor([1, 0]), cut, S, margin=0)
     assert out.valid[0].tolist() == [True, True]
-    assert out.points[0, 1].tolist() == [41.5, 37.5]   # the partner's click, not the corner (0, 0)
+    assert out.points[0, 1, 0].tolist() == [41.5, 37.5]   # the partner's click, not the corner (0, 0)
     _assert_clicks_on_mixed_masks(out)
 
 
@@ -66,7 +67,7 @@ def test_mix_prompts_thinned_frame_gets_a_click_of_the_pasted_component():
     masks[1, 0, 9:13, 9:13] = True
     points = torch.tensor([[[13.5, 13.5]], [[41.5, 41.5]]])
     valid = torch.tensor([[False], [True]])            # ...thinned away: mask cleared, click kept
-    p = SlicePrompts(torch.zeros(2, 1, 4), points, valid, masks & valid[..., None, None])
+    p = Prompts.single_point(torch.zeros(2, 1, 4), points, valid, masks=masks & valid[..., None, None])
     cut = torch.zeros(2, S, S, dtype=torch.bool)
     cut[0, 32:56, 32:56] = True                        # pastes the lower-right part of row 1's component
     out = mix_prompts(p, torch.tensor([1, 0]), cut, S, margin=0)
@@ -94,7 +95,7 @@ def test_mix_prompts_clicks_always_inside_mixed_box_and_mask(seed):
     points = torch.where(valid[..., None], cell * (S / SC) + torch.randint(0, 4, (n, k, 2), generator=g), 0.0)
     thinned = valid & (torch.rand(n, k, generator=g) < 0.3)                 # 3D thinning: click kept
     valid &= ~thinned
-    p = SlicePrompts(torch.zeros(n, k, 4), points, valid, masks & valid[..., None, None])
+    p = Prompts.single_point(torch.zeros(n, k, 4), points, valid, masks=masks & valid[..., None, None])
     torch.manual_seed(seed)
     cut = sample_box_masks(n, S, 1.0, "cpu")
     partner = torch.randperm(n, generator=g)
@@ -108,12 +109,12 @@ def test_mix_prompts_clicks_always_inside_mixed_box_and_mask(seed):
     keep = (p.valid & ~cut[rows, points[..., 1].long(), points[..., 0].long()]
             & ~resize_masks(cut, SC)[rows, cell[..., 1], cell[..., 0]])
     assert keep.sum() > n // 2
-    assert torch.equal(out.points[keep], points[keep])
+    assert torch.equal(out.points[..., 0, :][keep], points[keep])
 
 
 # ---------------------------------------------------------------------------------------- pseudo-labels
 def test_pseudo_label_confidence_is_the_probability_of_the_assigned_label():
-    from sam2_train.model.sss_net import pseudo_labels
+    from sam2_train.model.labels import pseudo_labels
     refined = torch.tensor([0.4055, 5.0]).view(1, 2, 1, 1)                  # sigmoid 0.6, 0.99
     valid = torch.tensor([[True, False]])              # class 2 has no prompt: coarse fallback 0.9
     coarse = torch.tensor([0.05, 0.05, 0.9]).view(1, 3, 1, 1)
@@ -126,16 +127,17 @@ def test_pseudo_label_confidence_is_the_probability_of_the_assigned_label():
 
 
 # --------------------------------------------------------------------------------- 2D unlabeled batches
-def _config_2d(*extra):
+def _config(*extra, script="2d"):
     import cfg
-    return cfg.to_config(cfg.parse_args(["-dataset", "demo", "-image_size", "64", "-num_workers", "0", *extra],
-                                        script="2d"), 3)
+    return cfg.parse_config(["-dataset", "demo", "-image_size", "64", "-num_workers", "0", *extra], script=script)
 
 
 @pytest.mark.parametrize("b_u,slab_len,expected", [(4, 4, 2), (2, 4, 2), (8, 2, 4), (12, 4, 3)])
 def test_2d_step_draws_several_slabs(b_u, slab_len, expected):
-    from func_2d.step import TASK_2D
-    assert TASK_2D.unlabeled_batch(_config_2d("-b_u", str(b_u), "-slab_len", str(slab_len))) == expected
+    from sam2_train.methods.registry import method_class
+    config = _config("-b_u", str(b_u), "-slab_len", str(slab_len))
+    for method in ("sss", "fixmatch"):
+        assert method_class(method, "sam2", "2d").unlabeled_items(config) == expected
 
 
 @pytest.mark.parametrize("world_size", [1, 2])
@@ -169,12 +171,21 @@ def test_unlabeled_slab_dataset_names_its_volumes():
     assert ds.groups == [0, 0, 1, 1, 1, 2, 2, 2, 2]
 
 
+@dataclasses.dataclass
+class _Feats:
+    """ImageFeatures double: the features and ``replace``."""
+    feats: list
+
+    def replace(self, feats):
+        return _Feats(list(feats))
+
+
 class _StubTeacher:
     """Teacher double: the coarse head sees a bright square in every frame, the decoder follows it."""
     num_classes = 2
 
     def encode(self, x):
-        return types.SimpleNamespace(feats=[F.avg_pool2d(x, 4)])
+        return _Feats([F.avg_pool2d(x, 4)])
 
     def backbone(self, x):
         return self.encode(x)
@@ -198,14 +209,17 @@ class _StubTeacher:
 
 
 def test_2d_cutmix_partners_come_from_another_slab():
-    from func_2d.step import teacher_targets
+    from sam2_train.methods.registry import method_class
     from sam2_train.model.pcsw import PCSWConfig
     bu, length = 3, 4
     x = torch.zeros(bu, length, 1, S, S)
     x[..., 16:40, 16:40] = 0.9
     views = {"image_w": x, "image_s1": x.clone(), "image_s2": x.clone()}
+    config = dataclasses.replace(_config("-method", "sss", "-slab_len", str(length), "-cutmix_p", "1"),
+                                 pcsw=PCSWConfig()).replace(model={"freeze_encoder": False})
+    step = method_class("sss", "sam2", "2d")(_StubTeacher(), config, teacher=_StubTeacher())
     for _ in range(5):
-        u = teacher_targets(_StubTeacher(), views, SemiConf(slab_len=length, cutmix_p=1.0), PCSWConfig())
+        u = step.teacher_targets(views)
         rows = torch.arange(2 * bu * length)
         assert ((u.partner // length) != (rows // length)).all()                   # another slab
         assert ((u.partner >= bu * length) == (rows >= bu * length)).all()         # of the same view
@@ -219,7 +233,7 @@ def _checkerboard(d=3, h=100, w=90):
 
 def test_training_and_inference_resize_alike():
     from dataset.transforms import apply_weak
-    from func_3d.predict import _Frames
+    from sam2_train.evaluation.predict_sam2 import _Frames
     img = _checkerboard()
     x = torch.from_numpy(img)[:, None]
     ident = {"k": 0, "flip": -1, "angle": 0.0, "zoom": 1.0, "tx": 0.0, "ty": 0.0}
@@ -232,7 +246,7 @@ def test_training_and_inference_resize_alike():
     torch.testing.assert_close(_Frames(img, 32, torch.device("cpu"))[0:3], train)
 
     # 2D inference: the frames handed to the encoder
-    from func_2d.predict import predict_volume
+    from sam2_train.evaluation.predict_sam2 import predict_slices
     from sam2_train.model.pcsw import PCSWConfig
     seen = []
 
@@ -247,7 +261,7 @@ def test_training_and_inference_resize_alike():
             return super().encode(xx)
 
     import contextlib
-    predict_volume(Net(), img, device=torch.device("cpu"), autocast=contextlib.nullcontext, pcsw=PCSWConfig(),
+    predict_slices(Net(), img, device=torch.device("cpu"), autocast=contextlib.nullcontext, pcsw=PCSWConfig(),
                    infer="pcsw")
     torch.testing.assert_close(torch.cat(seen), train)
 
@@ -257,29 +271,28 @@ def test_gt_click_is_the_pixel_index_sam_adds_the_half_pixel():
     labels = torch.zeros(1, S, S, dtype=torch.long)
     labels[0, 7, 5] = 1                                                 # one pixel: row 7, column 5
     p = gt_prompts(labels, 2, S, jitter=0.0)
-    assert p.points[0, 0].tolist() == [5.0, 7.0]
+    assert p.points[0, 0, 0].tolist() == [5.0, 7.0]
     assert p.boxes[0, 0].tolist() == [5.0, 7.0, 6.0, 8.0]
     # SAM-2's prompt encoder maps index 5 to the pixel centre 5.5 itself
     from sam2.modeling.sam.prompt_encoder import PromptEncoder
     enc = PromptEncoder(embed_dim=32, image_embedding_size=(S // 16, S // 16), input_image_size=(S, S),
                         mask_in_chans=4)
     lab = torch.ones(1, 1, dtype=torch.int32)
-    e = enc._embed_points(p.points[:, :1], lab, pad=False) - enc.point_embeddings[1].weight
+    e = enc._embed_points(p.points[:, 0], lab, pad=False) - enc.point_embeddings[1].weight
     torch.testing.assert_close(e, enc.pe_layer.forward_with_coords(torch.tensor([[[5.5, 7.5]]]), (S, S)))
 
 
 def test_pcsw_click_is_the_coarse_cell_centre_in_pixel_indices():
-    from sam2_train.model.pcsw import PCSWConfig
-    from sam2_train.model.sss_net import prompts_from_probs
+    from sam2_train.model.pcsw import PCSWConfig, image_prompts
     probs = torch.zeros(1, 2, 3, SC, SC)
     probs[:, :, 0] = 1.0
     probs[:, :, 0, 5, 3] = 0.0
     probs[:, :, 1, 5, 3] = 1.0                                         # class 1 at coarse (x 3, y 5)
     cfg = PCSWConfig(min_voxels=1, margin=0, tau_conf=0.5)
-    p = prompts_from_probs(probs, S, cfg, True)
+    p = image_prompts(probs, S, cfg, True)
     assert p.valid[:, 0].all()
     # cell 3 covers pixels 12..15, centre 13.5 in pixel indices (SAM-2 adds 0.5 -> 14.0, the cell's centre)
-    assert p.points[0, 0].tolist() == [13.5, 21.5]
+    assert p.points[0, 0, 0].tolist() == [13.5, 21.5]
     assert p.boxes[0, 0].tolist() == [12.0, 20.0, 16.0, 24.0]
     assert not p.points[:, 1].any()                                     # no prompt: zeros
 
@@ -297,10 +310,10 @@ def test_dfe_layernorm_runs_in_fp32_under_bf16_autocast():
 
 
 # ------------------------------------------------------------------------------------- 3D prompt frames
-def test_labeled_clips_thin_prompt_frames_by_rank_like_inference():
-    from func_3d.step import labeled_prompts
+def test_labeled_clips_thin_prompt_frames_by_rank_like_inference(monkeypatch):
+    import sam2_train.methods.sss_3d as sss_3d
     from sam2_train.model.pcsw import PCSWConfig
-    from sam2_train.model.semi import thin_prompt_frames
+    from sam2_train.model.prompts import thin_prompt_frames
     t = 5
     labels = torch.zeros(t, S, S, dtype=torch.long)
     labels[1:5, 10:20, 10:20] = 1                       # class 1 on frames 1..4
@@ -309,8 +322,16 @@ def test_labeled_clips_thin_prompt_frames_by_rank_like_inference():
     probs[:, 0] = 1.0
     images = torch.rand(t, 1, S, S)
     net = types.SimpleNamespace(num_classes=2, image_size=S, gates=lambda cfg: None)
-    p, use_box, use_point = labeled_prompts(net, probs, images, labels, 1, t, pcsw=PCSWConfig(), use_pcsw=True,
-                                            p_gt=1.0, prompt="bbox", prompt_freq=2)
+    config = dataclasses.replace(_config("-method", "sss", "-p_gt", "1", "-prompt", "bbox", "-prompt_freq", "2",
+                                         script="3d"), pcsw=PCSWConfig())
+    tracked = []                                        # what the labeled clip hands SAM-2's tracker
+    monkeypatch.setattr(sss_3d, "track_clips", lambda net, feats, p, b, use_box, use_point: tracked.append(
+        (p, b, use_box, use_point)))
+    monkeypatch.setattr(sss_3d, "track_loss", lambda tr, target: torch.zeros(()))
+    step = sss_3d.SSS3D(net, config)
+    step.labeled_mask_loss(None, probs, images, labels, labels, 1)
+    (p, clips, use_box, use_point), = tracked
+    assert clips == 1 and use_box.all() and not use_point.any()        # ground-truth boxes (-prompt bbox)
     assert p.valid[:, 0].tolist() == [False, True, False, True, False]
     assert p.valid[:, 1].tolist() == [True, False, True, False, True]
     present = torch.stack([(labels == c).flatten(1).any(1) for c in (1, 2)], 1)
@@ -348,7 +369,7 @@ def test_empty_predictions_are_counted_beside_distance_means():
 
 
 def test_interior_points_centre_of_a_rectangle_and_on_a_ring():
-    from sam2_train.model.semi import interior_points
+    from sam2_train.model.prompts import interior_points
     m = torch.zeros(1, 3, SC, SC, dtype=torch.bool)
     m[0, 0, 2:7, 3:10] = True                                          # rows 2..6, columns 3..9
     yy, xx = torch.meshgrid(torch.arange(SC), torch.arange(SC), indexing="ij")

@@ -1,5 +1,4 @@
 """Run directory: config.json, metrics.csv, summary.json, TensorBoard events, resume, non-main no-op."""
-import argparse
 import csv
 import glob
 import json
@@ -25,7 +24,7 @@ def read_scalars(path):
 
 
 def test_create_writes_everything(tmp_path, capsys):
-    cfg = argparse.Namespace(exp_name="demo", lr=1e-3, hu_window=(0.0, 80.0), seed=0)
+    cfg = {"exp_name": "demo", "lr": 1e-3, "hu_window": (0.0, 80.0), "seed": 0}
     run = RunDir.create(str(tmp_path / "logs"), "demo", cfg)
     assert re.fullmatch(r"demo_\d{8}-\d{6}", os.path.basename(run.path))
     assert os.path.isdir(run.checkpoints_dir) and os.path.isdir(run.vis_dir)
@@ -57,6 +56,17 @@ def test_create_writes_everything(tmp_path, capsys):
     acc = read_scalars(run.path)
     assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(5, 0.25)]
     assert set(acc.Tags()["images"]) == {"vis/overlay", "vis/mask"}
+
+
+def test_config_json_round_trips_the_train_config(tmp_path):
+    import cfg
+    from sam2_train.engine.config import TrainConfig
+    config = cfg.parse_config(["-dataset", "demo", "-b", "3", "-hu_window", "5,90"], script="2d")
+    run = RunDir.create(str(tmp_path), "c", config.to_dict(), tensorboard=False)
+    stored = run.read_config()
+    run.close()
+    assert stored["format"] == 2 and stored["run"]["batch_size"] == 3 and stored["data"]["hu_window"] == [5, 90]
+    assert TrainConfig.from_dict(stored, run.config_path) == config
 
 
 def test_same_second_gets_a_new_directory(tmp_path):

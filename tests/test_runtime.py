@@ -10,15 +10,10 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, Dataset
 
-from sam2_train.engine.device import enable_tf32
-
-from sam2_train.engine.distributed import barrier
-
-from sam2_train.engine.sampling import EpochKeyed
-from sam2_train.engine.device import amp_dtype, autocast, seed_everything, select_device
-from sam2_train.engine.distributed import DistInfo, init_distributed, unwrap_model, wrap_ddp
+from sam2_train.engine.device import amp_dtype, autocast, enable_tf32, seed_everything, select_device
+from sam2_train.engine.distributed import DistInfo, barrier, init_distributed, unwrap_model, wrap_ddp
 from sam2_train.engine.guard import NonFiniteGuard, TrainingDiverged
-from sam2_train.engine.sampling import InfiniteLoader, ResumableSampler
+from sam2_train.engine.sampling import EpochKeyed, InfiniteLoader, ResumableSampler
 
 
 

@@ -13,15 +13,28 @@ import torch
 
 from tests.test_train_2d import ENV, ROOT, TINY, run_dirs, run_train
 
-from cfg import parse_args, to_config
+from cfg import parse_config
 from dataset import DatasetError, build_datasets
 from dataset.pseudo import PseudoLabelRef, pseudo_label_dataset
-from func_2d.unet_step import TASK_UNET_2D, StudentUNet2D, build_student, class_dice, heads_loss, predict
 from sam2_train.engine.ema import ModelEMA
+from sam2_train.evaluation.predict_student import predict_student as predict
+from sam2_train.methods.networks import network
+from sam2_train.methods.registry import method_class
+from sam2_train.methods.unet.base import class_dice, heads_loss
 from sam2_train.model.sam_guide import box_point_prompts, build_sam_guide
 from sam2_train.model.students import UNetStudent
 
 METHODS = ("supervised", "mean_teacher", "fixmatch", "km_onetime", "km_continuous", "semisam", "sammatch")
+
+
+def build_student(model_conf):
+    """The lightweight student of ``model_conf`` (random init), as the trainer builds it."""
+    return network(model_conf.student).build(model_conf)
+
+
+def method_of(config):
+    """The registered method class of ``config`` (-method x -student x script)."""
+    return method_class(config.semi.method, config.model.student, config.run.script)
 
 
 def probs_from(fg: np.ndarray) -> torch.Tensor:
@@ -59,7 +72,9 @@ def test_prompt_ties_are_broken_at_random_with_a_seed():
     fg = np.zeros((1, 1, 16, 16), np.float32)
     fg[0, 0, 4:12, 4:12] = 0.8           # 64 pixels of equal probability
     probs = probs_from(fg)
-    pick = lambda seed: box_point_prompts(probs, num_points=3, generator=torch.Generator().manual_seed(seed)).points  # noqa: E731
+
+    def pick(seed):
+        return box_point_prompts(probs, num_points=3, generator=torch.Generator().manual_seed(seed)).points
     a, b = pick(0), pick(0)
     assert torch.equal(a, b)                                  # reproducible
     assert any(not torch.equal(a, pick(s)) for s in range(1, 6))   # not always the same pixels
@@ -89,10 +104,9 @@ def test_class_dice_per_image_and_class():
 def demo_batches(tmp_path_factory):
     from dataset.demo import ensure_demo
     root = ensure_demo(str(tmp_path_factory.mktemp("data") / "demo_acdc"), "acdc", seed=0)
-    args = parse_args(["-dataset", "demo", "-data_path", root, "-student", "unet", "-method", "fixmatch",
-                       "-image_size", "64", "-b", "2", "-b_u", "4", "-slab_len", "2", "-num_workers", "0"])
-    from cfg import data_conf
-    splits = build_datasets(data_conf(args), "2d")
+    config = parse_config(["-dataset", "demo", "-data_path", root, "-student", "unet", "-method", "fixmatch",
+                           "-image_size", "64", "-b", "2", "-b_u", "4", "-slab_len", "2", "-num_workers", "0"])
+    splits = build_datasets(config.data, "2d", image_size=config.model.image_size, seed=config.run.seed)
     batch_l = {"image": torch.stack([splits.labeled[i]["image"] for i in range(2)]),
                "label": torch.stack([splits.labeled[i]["label"] for i in range(2)])}
     slabs = [splits.unlabeled[i] for i in (0, len(splits.unlabeled) // 2)]
@@ -101,11 +115,11 @@ def demo_batches(tmp_path_factory):
 
 
 def config_for(method, root, student="unet", *extra):
-    args = parse_args(["-dataset", "demo", "-data_path", root, "-student", student, "-method", method,
-                       "-sam_config", TINY, "-image_size", "64", "-b", "2", "-b_u", "4", "-slab_len", "2",
-                       "-max_iters", "4", "-tau_u", "0.0", "-km_thresh", "0.3", "-guide_size", "64", *extra],
-                      script="2d")
-    return to_config(args, 3)
+    config = parse_config(["-dataset", "demo", "-data_path", root, "-student", student, "-method", method,
+                           "-sam_config", TINY, "-image_size", "64", "-b", "2", "-b_u", "4", "-slab_len", "2",
+                           "-max_iters", "4", "-tau_u", "0.0", "-km_thresh", "0.3", "-guide_size", "64", *extra],
+                          script="2d")
+    return config.replace(model={"num_classes": 3})
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -115,11 +129,12 @@ def test_each_method_runs_two_steps_and_no_gradient_reaches_sam(method, demo_bat
     config = config_for(method, root, "unetpp" if method.startswith("km") else "unet")
     net = build_student(config.model)
     teacher = ModelEMA(net, 0.99).module
-    guide = (build_sam_guide(TINY, "none", 64, "cpu", contextlib.nullcontext, trainable=config.semi.guide_train)
-             if TASK_UNET_2D.needs_guide(config) else None)
+    klass = method_of(config)
+    guide = (build_sam_guide(TINY, "none", 64, "cpu", contextlib.nullcontext, trainable=klass.guide_trainable(config))
+             if klass.needs_guide else None)
     if guide is not None:
         sam_before = {k: v.clone() for k, v in guide.sam.state_dict().items()}
-    student = StudentUNet2D(net, teacher, config, guide=guide)
+    student = klass(net, config, teacher=teacher, guide=guide)
     assert not any(n.startswith("_") for n, _ in student.named_modules() if n)   # SAM-2 is not a submodule
     assert all(not k.startswith("sam") for k in student.state_dict())
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
@@ -171,15 +186,20 @@ def test_heads_loss_dice_alone_on_hand_built_maps():
 def test_unimatch_style_strong_views_train_on_dice_alone(demo_batches, monkeypatch):
     """The strong views of fixmatch / sammatch are trained as UniMatch's ACDC code does: Dice on the teacher's
     confident pixels, no CE (with CE, an early teacher sure only of background pulls a U-Net to background)."""
-    import func_2d.unet_step as unet_step
+    import sam2_train.methods.unet.base as unet_base
+    import sam2_train.methods.unet.weak_to_strong as unet_w2s
     root, _, batch_l, batch_u = demo_batches
     torch.manual_seed(0)
     config = config_for("fixmatch", root)
     net = build_student(config.model)
-    student = StudentUNet2D(net, ModelEMA(net, 0.99).module, config)
+    student = method_of(config)(net, config, teacher=ModelEMA(net, 0.99).module)
     calls = []
-    real = unet_step.heads_loss
-    monkeypatch.setattr(unet_step, "heads_loss", lambda *a, **k: calls.append(k.get("ce_weight", 1.0)) or real(*a, **k))
+    real = unet_base.heads_loss
+    def record(*a, **k):
+        calls.append(k.get("ce_weight", 1.0))
+        return real(*a, **k)
+    for module in (unet_base, unet_w2s):        # the labeled loss and the strong views' loss
+        monkeypatch.setattr(module, "heads_loss", record)
     out = student(batch_l, batch_u, 100)
     assert calls == [1.0, 0.0]                         # labeled CE + Dice, then the strong views' Dice alone
     assert torch.isfinite(out["loss_u"]) and out["loss_u"].requires_grad
@@ -201,7 +221,7 @@ def test_students_run_channels_last_with_the_same_outputs():
     net = UNetStudent("unet", 3, 64)
     convs = [p for p in net.parameters() if p.dim() == 4]
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
-    assert sum(not p.is_contiguous() for p in convs) > len(convs) // 2     # not just the layout-ambiguous 1x1/1-channel ones
+    assert sum(not p.is_contiguous() for p in convs) > len(convs) // 2     # not only the ambiguous 1x1/1-channel ones
     copy = UNetStudent("unet", 3, 64)
     copy.load_state_dict(ModelEMA(net).module.state_dict())
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in copy.parameters() if p.dim() == 4)
@@ -301,12 +321,13 @@ def test_km_onetime_labels_once_and_a_resume_reuses_the_labels(demo_batches, tmp
     (["-student", "unet", "-method", "supervised", "-infer", "pcsw"], "does not fit"),
     (["-student", "sam2", "-method", "sss", "-infer", "sam_refine"], "does not fit"),
     (["-student", "unet", "-method", "supervised", "-compile", "1"], "image encoder"),
-    (["-student", "unet", "-method", "km_continuous", "-guide_train", "1"], "keeps its SAM-2 frozen"),
+    (["-student", "unet", "-method", "km_continuous", "-guide_train", "1"],
+     "-guide_train is a setting of -method sammatch"),
     (["-student", "unet", "-method", "sammatch", "-guide_size", "100"], "multiple of 32"),
 ])
 def test_flags_that_do_not_fit_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
-        parse_args(["-dataset", "demo", *argv], script="2d")
+        parse_config(["-dataset", "demo", *argv], script="2d")
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
 
@@ -314,20 +335,24 @@ def test_flags_that_do_not_fit_are_one_line_errors(argv, message, capsys):
 def test_light_student_defaults():
     """The U-Net rows train on SSL4MIS's recipe (256 px, 12 slices, SGD 0.01 poly, no clipping), the SAM-2 guide
     runs at 1024 px, and each SAM-guided method gets its paper's defaults."""
-    a = parse_args(["-dataset", "acdc", "-student", "unetpp", "-method", "semisam"], script="2d")
-    assert (a.image_size, a.b, a.lr, a.optim, a.clip_grad, a.infer, a.lambda_u, a.dfe, a.pcsw) == (
-        256, 12, 1e-2, "sgd", 0.0, "student", 0.1, False, False)
-    assert (a.guide_size, a.rampup, a.guide_train) == (1024, 30000, False)   # consistency ramp over the budget
+    a = parse_config(["-dataset", "acdc", "-student", "unetpp", "-method", "semisam"], script="2d")
+    assert (a.model.image_size, a.run.batch_size, a.optim.lr, a.optim.optim, a.optim.clip_grad, a.infer.infer,
+            a.semi.lambda_u, a.model.dfe) == (256, 12, 1e-2, "sgd", 0.0, "student", 0.1, False)
+    assert not hasattr(a.method, "pcsw")                                      # no PCSW for a lightweight student
+    assert (a.model.guide_size, a.semi.rampup, method_of(a).guide_trainable(a)) == (1024, 30000, False)   # ramp
     for method in ("km_onetime", "km_continuous"):   # labeled only for the first half, then lambda_u 0.5, no gate
-        k = parse_args(["-dataset", "acdc", "-student", "unet", "-method", method])
-        assert (k.km_start, k.lambda_u, k.km_agree, k.guide_train) == (15000, 0.5, 0.0, False)
-    m = parse_args(["-dataset", "acdc", "-student", "unet", "-method", "sammatch"])
-    assert (m.sam_start, m.bbox_shift, m.guide_train, m.guide_lr, m.lambda_u) == (15000, 5, True, 5e-4, 1.0)
-    s = parse_args(["-dataset", "acdc", "-method", "fixmatch"], script="2d")
-    assert (s.image_size, s.lambda_u, s.infer, s.optim, s.clip_grad) == (1024, 1.0, "pcsw", "adamw", 1.0)
-    c = to_config(a, 3)
-    assert c.model.student == "unetpp" and c.semi.sam_lambda == 0.05 and c.semi.km_points == 1
-    assert (c.model.guide_size, c.optim.optim, c.semi.sam_decay) == (1024, "sgd", 30000)
+        k = parse_config(["-dataset", "acdc", "-student", "unet", "-method", method])
+        assert (k.method.km_start, k.semi.lambda_u, getattr(k.method, "km_agree", 0.0),
+                method_of(k).guide_trainable(k)) == (15000, 0.5, 0.0, False)
+    m = parse_config(["-dataset", "acdc", "-student", "unet", "-method", "sammatch"])
+    assert (m.method.sam_start, m.method.bbox_shift, m.method.guide_train, m.method.guide_lr, m.semi.lambda_u,
+            method_of(m).guide_trainable(m)) == (15000, 5, True, 5e-4, 1.0, True)
+    s = parse_config(["-dataset", "acdc", "-method", "fixmatch"], script="2d")
+    assert (s.model.image_size, s.semi.lambda_u, s.infer.infer, s.optim.optim, s.optim.clip_grad) == (
+        1024, 1.0, "pcsw", "adamw", 1.0)
+    c = a.replace(model={"num_classes": 3})
+    assert c.model.student == "unetpp" and c.method.sam_lambda == 0.05 and c.infer.km_points == 1
+    assert (c.model.guide_size, c.optim.optim, c.run.max_iters) == (1024, "sgd", 30000)   # L_sam decays over it
     r = subprocess.run([sys.executable, os.path.join(ROOT, "train_3d.py"), "-student", "unet", "-method", "supervised"],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "train_2d.py" in r.stderr and "Traceback" not in r.stderr

@@ -80,12 +80,13 @@ def test_run_writes_outputs(finished_run):
     assert summary["protocol"] == "ssl4mis" and summary["split"] == "test"
     assert set(summary["dice"]) == {"RV", "Myo", "LV", "mean"}
     config = json.load(open(os.path.join(run, "config.json")))
-    assert config["image_size"] == 64 and config["method"] == "sss"
+    assert config["model"]["image_size"] == 64 and config["semi"]["method"] == "sss"
     ckpt = torch.load(os.path.join(run, "checkpoints", "last.pt"), weights_only=True)
-    assert ckpt["iteration"] == 6 and ckpt["config"]["class_names"] == ["RV", "Myo", "LV"]
+    assert ckpt["iteration"] == 6 and list(ckpt["config"]["data"]["class_names"]) == ["RV", "Myo", "LV"]
     assert all(f"test Dice, infer {m}:" in r.stdout + r.stderr for m in ("coarse", "boxes", "pcsw"))
     # the fair protocol, stated in the summary: budget, weights, inference mode, selection split
-    assert (summary["max_iters"], summary["weights"], summary["infer"], summary["selected_on"]) == (6, "ema", "pcsw", "val")
+    assert (summary["max_iters"], summary["weights"], summary["infer"], summary["selected_on"]) == \
+        (6, "ema", "pcsw", "val")
     assert set(summary["by_infer"]) == {"coarse", "boxes", "pcsw"}
     assert summary["by_infer"]["pcsw"]["dice"] == summary["dice"]
     splits = json.load(open(os.path.join(run, "splits.json")))
@@ -150,25 +151,25 @@ def test_predictions_do_not_depend_on_labels(finished_run, demo_root):
     """The evaluation loop gives the predictor the image only: replacing every label changes nothing."""
     import cfg
     from dataset import build_datasets
-    from func_2d.step import TASK_2D
     from sam2_train.engine.checkpoint import load_checkpoint, load_model_state
     from sam2_train.evaluation.loop import evaluate_volumes
     from sam2_train.engine.device import autocast
+    from sam2_train.methods.networks import network
     from sam2_train.model.sss_net import build_sss_net
 
     run, _ = finished_run
     state = load_checkpoint(os.path.join(run, "checkpoints", "last.pt"))
-    args = cfg.parse_args(base_args(demo_root, "unused") + ["-pcsw", "0"])
-    config = cfg.to_config(args, 3)
+    config = cfg.parse_config(base_args(demo_root, "unused") + ["-pcsw", "0"], "2d").replace(model={"num_classes": 3})
     net = build_sss_net(config.model, sam_ckpt="none")
     load_model_state(net, state["model"])
     with torch.no_grad():  # make the barely trained coarse head prompt every class, so predictions are not empty
         net.head.cls.bias.copy_(torch.tensor([0.0, 3.0, 3.0, 3.0]))
-    splits = build_datasets(cfg.data_conf(args), "2d")
+    splits = build_datasets(config.data, "2d", image_size=config.model.image_size, seed=config.run.seed)
     vols = [splits.val[i] for i in range(2)]
     fake = [dict(v, label=np.random.default_rng(0).integers(0, 4, np.shape(v["label"]))) for v in vols]
-    predict = lambda img, sp: TASK_2D.predict(net, img, config=config, infer="boxes", device=torch.device("cpu"),  # noqa: E731
-                                              autocast=lambda: autocast("cpu", "off"))
+    predict = lambda img, sp: network("sam2").predict(net, img, config=config, infer="boxes",  # noqa: E731
+                                                      device=torch.device("cpu"),
+                                                      autocast=lambda: autocast("cpu", "off"))
     names = ["RV", "Myo", "LV"]
     real = evaluate_volumes(vols, predict, names, protocol="ssl4mis", split="val", keep_predictions=True)
     swapped = evaluate_volumes(fake, predict, names, protocol="ssl4mis", split="val", keep_predictions=True)

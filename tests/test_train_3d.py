@@ -25,23 +25,19 @@ def bhsd_root(tmp_path_factory):
     return ensure_demo(str(tmp_path_factory.mktemp("data") / "demo_bhsd"), "bhsd", seed=0)
 
 
-def make_args(*extra):
+def make_config(*extra):
     import cfg
-    return cfg.parse_args(["-dataset", "demo", "-sam_config", TEST_CFG, "-image_size", "64", "-video_length", "4",
-                           "-num_workers", "0", *extra], script="3d")
+    config = cfg.parse_config(["-dataset", "demo", "-sam_config", TEST_CFG, "-image_size", "64", "-video_length", "4",
+                               "-num_workers", "0", *extra], script="3d")
+    return config.replace(model={"num_classes": len(BHSD_CLASSES)})
 
 
-def make_config(args):
-    import cfg
-    return cfg.to_config(args, len(BHSD_CLASSES))
-
-
-def make_net(args, seed=0, informative=True):
+def make_net(config, seed=0, informative=True):
     from sam2_train.model.sss_net import build_sss_net
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        net = build_sss_net(make_config(args).model)
+        net = build_sss_net(config.model)
     if informative:
         make_informative(net.sam.sam)  # objects "present" at init, so tracked masks carry gradients
     return net
@@ -84,18 +80,23 @@ def intensity_coarse_head(net, cls=2, thresh=0.7):
     return net
 
 
-def predictor(net, args):
-    from func_3d.step import TASK_3D
+def make_step(net, config):
+    """The 3D training step of ``config``'s method (the teacher is ``net`` itself)."""
+    from sam2_train.methods.registry import method_class
+    return method_class(config.semi.method, config.model.student, config.run.script)(net, config, teacher=net)
+
+
+def predictor(net, config):
     from sam2_train.engine.device import autocast
-    config = make_config(args)
-    return lambda img, sp: TASK_3D.predict(net, img, config=config, infer=args.infer,  # noqa: E731
-                                           device=torch.device("cpu"), autocast=lambda: autocast("cpu", "off"))
+    from sam2_train.methods.networks import network
+    return lambda img, sp: network("sam2").predict(net, img, config=config, infer=config.infer.infer,  # noqa: E731
+                                                   device=torch.device("cpu"), autocast=lambda: autocast("cpu", "off"))
 
 
 # ------------------------------------------------------------------------------------------------ training
 def test_thin_prompt_frames_and_clip_partners():
     from sam2_train.model.cutmix import clip_cutmix_partners
-    from sam2_train.model.semi import thin_prompt_frames
+    from sam2_train.model.prompts import thin_prompt_frames
     valid = torch.tensor([[[0, 0], [1, 0], [1, 1], [0, 1], [1, 0], [0, 1]]], dtype=torch.bool)
     assert thin_prompt_frames(valid, 1) is valid
     kept = thin_prompt_frames(valid, 2)[0]      # per class: its prompted frames of rank 0, 2, ...
@@ -113,11 +114,10 @@ def test_thin_prompt_frames_and_clip_partners():
 
 def test_labeled_clip_loss_falls():
     """10 optimiser steps on one fixed labeled clip (ground-truth boxes on frames 0 and 2) lower the loss."""
-    from func_3d.step import Student3D
-    args = make_args("-p_gt", "1", "-prompt", "bbox", "-prompt_freq", "2", "-method", "supervised")
-    net = make_net(args)
-    assert net.sam.sam.max_cond_frames_in_attn == args.memory_bank_size == 16     # -memory_bank_size in 3D
-    student = Student3D(net, net, make_config(args))
+    config = make_config("-p_gt", "1", "-prompt", "bbox", "-prompt_freq", "2", "-method", "supervised")
+    net = make_net(config)
+    assert net.sam.sam.max_cond_frames_in_attn == config.model.memory_bank_size == 16     # -memory_bank_size in 3D
+    student = make_step(net, config)
     vol = torch.from_numpy(blob_volume(4, 64, 64, 0, 3))[:, None][None]            # (1,4,1,64,64)
     label = (vol[:, :, 0] > 0.7).long() * 2                                         # IPH on frames 0..2
     label[:, 1:3, 40:48, 10:20] = 4                                                 # SAH on frames 1, 2
@@ -138,16 +138,15 @@ def test_labeled_clip_loss_falls():
 def test_step_returns_all_terms_and_skips_unprompted_clips():
     """sss step with an unlabeled clip: same keys as 2D; a labeled clip without any prompt (no GT class,
     p_gt=1) keeps only the coarse term (no tracking)."""
-    from func_3d.step import Student3D
-    args = make_args("-p_gt", "1", "-b_u", "1", "-pcsw_fallback", "0")
-    net = make_net(args)
+    config = make_config("-p_gt", "1", "-b_u", "1", "-pcsw_fallback", "0")
+    net = make_net(config)
     vol = torch.from_numpy(blob_volume(4, 64, 64, 1, 2))[:, None][None]
     batch_l = {"image": vol, "label": torch.zeros_like(vol[:, :, 0], dtype=torch.long)}   # no class: no prompt
     batch_u = {key: vol.clone() for key in ("image_w", "image_s1", "image_s2")}
     calls = []
     track = net.sam.track
     net.sam.track = lambda *a, **kw: calls.append(1) or track(*a, **kw)
-    out = Student3D(net, net, make_config(args))(batch_l, batch_u, 0)
+    out = make_step(net, config)(batch_l, batch_u, 0)
     rates = {f"pcsw_{r}_{c}" for r in ("accept", "fallback", "reject") for c in range(1, net.num_classes + 1)}
     assert set(out) == {"loss", "loss_x", "loss_u", "mask_ratio"} | rates
     assert all(torch.is_tensor(v) and torch.isfinite(v) for v in out.values())
@@ -162,8 +161,8 @@ def test_step_returns_all_terms_and_skips_unprompted_clips():
 @pytest.mark.parametrize("depth", [24, 60])
 def test_streamed_inference_any_depth_bounded_memory(depth, monkeypatch):
     from sam2_train.model.sam2_model import SAM2GroupTracker
-    args = make_args("-prompt_freq", "2")
-    net = intensity_coarse_head(make_net(args))
+    config = make_config("-prompt_freq", "2")
+    net = intensity_coarse_head(make_net(config))
     vol = blob_volume(depth, 80, 96, depth // 3, depth // 3 + 8)
     batches = []
     enc = net.encode
@@ -179,7 +178,7 @@ def test_streamed_inference_any_depth_bounded_memory(depth, monkeypatch):
         return out
 
     monkeypatch.setattr(SAM2GroupTracker, "step", recording_step)
-    pred = predictor(net, args)(vol, (5.0, 0.5, 0.5))
+    pred = predictor(net, config)(vol, (5.0, 0.5, 0.5))
     assert pred.shape == (depth, 80, 96) and pred.dtype == np.int64
     assert set(np.unique(pred)) <= {0, 2} and (pred == 2).any()
     # each frame encoded exactly twice: once in pass 1 (chunks <= 8), once in pass 2 (prompt frames in
@@ -197,29 +196,29 @@ def test_streamed_inference_any_depth_bounded_memory(depth, monkeypatch):
 def test_no_prompt_gives_background():
     """A random model (no PCSW prompt accepted) and a volume without hemorrhage give all background, without
     fallback and fusion; with fusion, a volume without any prompt is the coarse head's argmax."""
-    args = make_args("-pcsw_fallback", "0", "-pcsw_fuse", "0")
-    net = make_net(args, informative=False)
+    config = make_config("-pcsw_fallback", "0", "-pcsw_fuse", "0")
+    net = make_net(config, informative=False)
     vol = blob_volume(24, 64, 64, 0, 0)
-    assert (predictor(net, args)(vol, None) == 0).all()
-    fused = predictor(net, make_args("-pcsw_fallback", "0"))(vol, None)
-    coarse = predictor(net, make_args("-infer", "coarse"))(vol, None)
+    assert (predictor(net, config)(vol, None) == 0).all()
+    fused = predictor(net, make_config("-pcsw_fallback", "0"))(vol, None)
+    coarse = predictor(net, make_config("-infer", "coarse"))(vol, None)
     assert (coarse > 0).any() and np.array_equal(fused, coarse)
-    net = intensity_coarse_head(make_net(args))
+    net = intensity_coarse_head(make_net(config))
     empty = blob_volume(30, 64, 64, 0, 0)
-    assert (predictor(net, args)(empty, (5.0, 0.5, 0.5)) == 0).all()
+    assert (predictor(net, config)(empty, (5.0, 0.5, 0.5)) == 0).all()
 
 
 def test_predictions_do_not_depend_on_labels(bhsd_root):
     """The evaluation loop gives the predictor the image only: replacing every label changes nothing."""
-    import cfg
     from dataset import build_datasets
     from sam2_train.evaluation.loop import evaluate_volumes
-    args = make_args("-data_path", bhsd_root)
-    args.class_names = BHSD_CLASSES
-    net = intensity_coarse_head(make_net(args), thresh=0.8)
-    vols = [build_datasets(cfg.data_conf(args), "3d").val[0]]
+    config = make_config("-data_path", bhsd_root)
+    net = intensity_coarse_head(make_net(config), thresh=0.8)
+    splits = build_datasets(config.data, "3d", image_size=config.model.image_size, seed=config.run.seed)
+    assert list(splits.class_names) == BHSD_CLASSES
+    vols = [splits.val[0]]
     fake = [dict(v, label=np.random.default_rng(0).integers(0, 6, np.shape(v["label"]))) for v in vols]
-    predict = predictor(net, args)
+    predict = predictor(net, config)
     real = evaluate_volumes(vols, predict, BHSD_CLASSES, protocol="volume", split="val", keep_predictions=True,
                             progress=False)
     swapped = evaluate_volumes(fake, predict, BHSD_CLASSES, protocol="volume", split="val", keep_predictions=True,
@@ -235,9 +234,9 @@ def test_orientation_end_to_end(tmp_path):
     prediction; the saved prediction NIfTI lies on the same world grid as the image."""
     import nibabel as nib
     from dataset.io import read_nifti
-    from evaluate import prediction_writer
-    args = make_args()
-    net = intensity_coarse_head(make_net(args))
+    from dataset.io import prediction_writer
+    config = make_config()
+    net = intensity_coarse_head(make_net(config))
     vol = blob_volume(20, 48, 56, 5, 13)                                           # (z,y,x) canonical RAS
     xyz = vol.transpose(2, 1, 0)
     ras = np.diag([0.5, 0.5, 5.0, 1.0])
@@ -250,7 +249,7 @@ def test_orientation_end_to_end(tmp_path):
     for name in ("ras", "lpi"):
         img, spacing, affine = read_nifti(str(tmp_path / f"{name}.nii.gz"))
         np.testing.assert_allclose(img, vol)
-        preds.append(predictor(net, args)(img, spacing))
+        preds.append(predictor(net, config)(img, spacing))
         src = str(tmp_path / f"{name}.nii.gz")
         prediction_writer(str(tmp_path / "pred"))({"name": name, "affine": affine, "source": src}, preds[-1])
         prediction_writer(str(tmp_path / "canon"))({"name": name, "affine": affine}, preds[-1])
@@ -283,7 +282,7 @@ def test_train_3d_and_evaluate_cli(bhsd_root, tmp_path):
     assert "test Dice, infer pcsw:" in r.stdout + r.stderr
     assert os.path.isfile(os.path.join(run, "vis", "summary.png"))
     config = json.load(open(os.path.join(run, "config.json")))
-    assert config["script"] == "3d" and config["video_length"] == 4
+    assert config["run"]["script"] == "3d" and config["data"]["video_length"] == 4
     # the demo's own split (splits/*.txt: 7 train / 1 val / 4 test); val never overlaps test
     splits = json.load(open(os.path.join(run, "splits.json")))
     assert len(splits["labeled"]) == 7 and len(splits["val"]) == 1 and len(splits["test"]) == 4
@@ -313,9 +312,11 @@ def test_train_3d_and_evaluate_cli(bhsd_root, tmp_path):
 def test_encoder_lr_mult_zero_freezes_the_image_encoder():
     from sam2_train.engine.schedule import build_optimizer
     for mult, frozen in (("0", True), ("0.5", False)):
-        net = make_net(make_args("-encoder_lr_mult", mult), informative=False)
+        config = make_config("-encoder_lr_mult", mult)
+        net = make_net(config, informative=False)
         enc = list(net.sam.sam.image_encoder.parameters())
         assert all(p.requires_grad != frozen for p in enc)
-        assert all(p.requires_grad for p in net.head.parameters()) and all(p.requires_grad for p in net.dfe.parameters())
-        in_opt = {id(p) for g in build_optimizer(net, make_config(make_args("-encoder_lr_mult", mult)).optim).param_groups for p in g["params"]}
+        assert all(p.requires_grad for p in net.head.parameters())
+        assert all(p.requires_grad for p in net.dfe.parameters())
+        in_opt = {id(p) for g in build_optimizer(net, config.optim).param_groups for p in g["params"]}
         assert all((id(p) in in_opt) != frozen for p in enc)

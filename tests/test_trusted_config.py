@@ -7,6 +7,7 @@ import torch
 
 from sam2_train.engine.checkpoint import CheckpointError
 from sam2_train.engine.trusted_config import SHIPPED_DIR, trusted_sam_config
+from sam2_train.model.build import SAM_CONFIG_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "sam2_train", "configs", "sam2_hiera_test.yaml")
@@ -29,10 +30,13 @@ def evil_checkpoint(tmp_path):
     marker = tmp_path / "pwned"
     yaml = tmp_path / "evil.yaml"
     yaml.write_text(f"model:\n  _target_: pathlib.Path.touch\n  self: {marker}\n")
-    config = {"sam_config": str(yaml), "script": "2d", "dataset": "demo", "data_path": str(tmp_path / "none"),
-              "class_names": ["RV", "Myo", "LV"], "image_size": 64}
+    import cfg
+    config = cfg.parse_config(["-dataset", "demo", "-data_path", str(tmp_path / "none"), "-sam_config", str(yaml),
+                               "-image_size", "64"], "2d")
+    config = config.replace(model={"num_classes": 3}, data={"class_names": ("RV", "Myo", "LV")})
+    assert config.model.sam_config == str(yaml)
     ckpt = tmp_path / "evil.pt"
-    torch.save({"model": {}, "config": config, "version": 1}, ckpt)
+    torch.save({"model": {}, "config": config.to_dict(), "version": 1}, ckpt)
     return str(ckpt), str(yaml), marker
 
 
@@ -42,7 +46,7 @@ def test_evaluate_refuses_a_checkpoint_naming_a_yaml_path(tmp_path, capsys):
     assert evaluate.main(["-ckpt", ckpt, "-log_dir", str(tmp_path / "ev")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {ckpt} names SAM-2 config {yaml!r}, which is not a built-in config: a checkpoint may "
-                   f"only name one of {', '.join(__import__('cfg').SAM_CONFIG_NAMES)} or a config shipped in "
+                   f"only name one of {', '.join(SAM_CONFIG_NAMES)} or a config shipped in "
                    f"sam2_train/configs (sam2_hiera_test.yaml); to use your own yaml, pass it on the command line"]
     assert not marker.exists() and not (tmp_path / "ev").exists()
 
@@ -52,9 +56,9 @@ def test_pretrain_refuses_a_checkpoint_naming_a_yaml_path(tmp_path, capsys):
     from dataset.demo import ensure_demo
     ckpt, yaml, marker = evil_checkpoint(tmp_path)
     root = ensure_demo(str(tmp_path / "demo_acdc"), "acdc")
-    status = run_training.main(["-dataset", "demo", "-data_path", root, "-sam_config", TINY, "-image_size", "64", "-b", "2",
-                  "-num_workers", "0", "-device", "cpu", "-max_iters", "1", "-log_dir", str(tmp_path / "logs"),
-                  "-pretrain", ckpt], "2d")
+    status = run_training.main(["-dataset", "demo", "-data_path", root, "-sam_config", TINY, "-image_size", "64",
+                                "-b", "2", "-num_workers", "0", "-device", "cpu", "-max_iters", "1",
+                                "-log_dir", str(tmp_path / "logs"), "-pretrain", ckpt], "2d")
     err = [ln for ln in capsys.readouterr().err.replace("\r", "\n").splitlines() if ln.startswith("error")]
     assert status == 2 and len(err) == 1 and err[0].startswith(f"error: {ckpt} names SAM-2 config {yaml!r}")
     assert not marker.exists() and not (tmp_path / "logs").exists()

@@ -295,7 +295,7 @@ def load_model_state(model: torch.nn.Module, state_dict: dict, strict: bool = Tr
 def make_checkpoint(model: torch.nn.Module, config: Any, *, optimizer=None, scheduler=None, ema=None,
                     rng: Optional[dict] = None, iteration: int = 0, epoch: int = 0,
                     best: Optional[dict] = None, **extra) -> dict:
-    """Assemble the checkpoint dict (see the module docstring). ``config``: args or dict. ``rng``: the
+    """Assemble the checkpoint dict (see the module docstring). ``config``: ``TrainConfig.to_dict()``. ``rng``: the
     result of :func:`gather_rng_states` (collective, so the caller gathers on every rank first); defaults
     to this process's state. ``extra`` keys are stored as well (they must be plain)."""
     state = {

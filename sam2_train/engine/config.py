@@ -11,6 +11,7 @@ checkpoint written before this format gets one line saying so (:class:`ConfigFor
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +42,10 @@ class ModelConf:
                            help="the trained network: sam2 (SSS's SAM-2) or a lightweight MONAI unet / unetpp "
                                 "(U-Net++), trained from scratch; the SAM-guided methods prompt a SAM-2 guide "
                                 "(-sam_config/-sam_ckpt)")
-    sam_config: str = setting("sam2_hiera_s", flag="-sam_config", kind=ARCH, preset=True, group="seed",
+    sam_config: str = setting("sam2_hiera_s", flag="-sam_config", kind=ARCH, preset=True, group="seed", path=True,
                               help="sam2_hiera_{t,s,b+,l}, sam2.1_hiera_{t,s,b+,l} or a yaml path (default "
                                    "sam2_hiera_s; demo sam2_hiera_t)")
-    sam_ckpt: str = setting("none", flag="-sam_ckpt", preset=True, group="seed",
+    sam_ckpt: str = setting("none", flag="-sam_ckpt", preset=True, group="seed", path=True,
                             help="SAM-2 checkpoint path, or 'none' for random init (default: none on demo, "
                                  "./checkpoints/<file matching -sam_config> otherwise)")
     image_size: int = setting(1024, flag="-image_size", kind=ARCH, type=size_multiple_of_32, preset=True, group="seed",
@@ -74,7 +75,7 @@ class ModelConf:
 class DataConf:
     """What the datasets of a run are built from, and (``class_names``, ``intensity``) what was found there."""
     dataset: str = setting("demo", flag="-dataset", kind=ARCH, group="seed", help="the dataset (see dataset/registry.py)")
-    data_path: str | None = setting(None, flag="-data_path", preset=True, group="seed",
+    data_path: str | None = setting(None, flag="-data_path", preset=True, group="seed", path=True,
                                     help="dataset root (default ./data/<dataset>)")
     labeled_num: int | None = setting(None, flag="-labeled_num", type=positive_int, preset=True, group="data",
                                       help="ACDC: labeled cases (1, 3, 7, ...; default 3); BHSD/custom: labeled "
@@ -243,8 +244,11 @@ class TrainConfig:
     def from_dict(cls, data: dict, source: str = "the config") -> "TrainConfig":
         """The config of :meth:`to_dict` output (a checkpoint's ``config``, ``config.json``)."""
         from sam2_train.methods.registry import method_class
-        if not isinstance(data, dict) or data.get("format") != CONFIG_FORMAT:
-            got = data.get("format") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise ConfigFormatError(f"{source}: holds no config (expected the settings of a run of this code, "
+                                    f"config format {CONFIG_FORMAT})")
+        if data.get("format") != CONFIG_FORMAT:
+            got = data.get("format")
             raise ConfigFormatError(
                 f"{source}: its config predates the config format of this code (format {CONFIG_FORMAT}, found "
                 f"{got if got is not None else 'a flat flag list'}); retrain with this version, or read it with the "
@@ -268,12 +272,14 @@ class TrainConfig:
                 continue                                      # another method: semi.method already differs
             for f in dataclasses.fields(a):
                 va, vb = getattr(a, f.name), getattr(b, f.name)
-                if kind_of(f) in kinds and _norm(va) != _norm(vb):
+                if kind_of(f) in kinds and _norm(va, f.metadata.get("path")) != _norm(vb, f.metadata.get("path")):
                     out.append((f"{name}.{f.name}", f.metadata.get("flag"), va, vb))
         return out
 
 
-def _norm(v):
+def _norm(v, path: bool = False):
+    if path and isinstance(v, str):   # one file, however spelled (an existing one by its real path)
+        return os.path.realpath(v) if os.path.exists(v) else os.path.normpath(v)
     if isinstance(v, (list, tuple)):
         return [_norm(x) for x in v]
     if isinstance(v, float) and v.is_integer():

@@ -3,6 +3,8 @@ it first: it selects the device), the DDP wrapper, collectives, and the wrappers
 from __future__ import annotations
 
 import datetime
+import os
+import warnings
 from dataclasses import dataclass
 
 import torch

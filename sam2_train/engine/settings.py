@@ -19,22 +19,31 @@ import argparse
 import dataclasses
 from typing import Any, Callable, Iterator, Sequence
 
-__all__ = ["ARCH", "RUN", "FREE", "setting", "flag_fields", "to_plain", "from_plain", "str2bool", "lower_choice",
+__all__ = ["ARCH", "RUN", "FREE", "OneLineParser", "setting", "flag_fields", "to_plain", "from_plain", "str2bool", "lower_choice",
            "positive_int", "nonneg_int", "unit_float", "image_size", "float_pair", "weight_list", "int_list"]
 
 ARCH, RUN, FREE = "arch", "run", "free"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage dump), exit status 2 (every script's parser)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        message = message.replace("\n", " ")
+        self.exit(2, f"{self.prog}: error: {message}\n")
 _MISSING = dataclasses.MISSING
 
 
 def setting(default: Any = _MISSING, *, flag: str | None = None, help: str = "", kind: str = RUN,
             type: Callable[[str], Any] | None = None, choices: Sequence[str] | None = None, preset: bool = False,
-            group: str | None = None, metavar: str | None = None):
+            group: str | None = None, metavar: str | None = None, path: bool = False):
     """A dataclass field with its flag metadata (see the module docstring); ``choices`` makes the flag a
-    case-insensitive choice (:func:`lower_choice`); ``group``: the help section of the flag."""
+    case-insensitive choice (:func:`lower_choice`); ``group``: the help section of the flag; ``path``: a file
+    system path (two spellings of one path, ``./data/x`` and ``data/x/``, are the same setting)."""
     if kind not in (ARCH, RUN, FREE):
         raise ValueError(f"setting kind must be {ARCH}, {RUN} or {FREE}, got {kind!r}")
     meta = {"flag": flag, "help": help, "kind": kind, "type": lower_choice(choices) if choices else type,
-            "choices": tuple(choices) if choices else None, "preset": preset, "group": group, "metavar": metavar}
+            "choices": tuple(choices) if choices else None, "preset": preset, "group": group, "metavar": metavar, "path": path}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use an immutable default (a tuple) for a setting")
     return dataclasses.field(default=default, metadata=meta)

@@ -32,7 +32,7 @@ def reported_metrics(m: dict, in_mm: bool) -> dict:
     """Pick the reported metrics from :func:`volume_metrics` output, distances in mm when spacing is known."""
     mm = "_mm" if in_mm else ""
     return {"dice": m["dice"], "jaccard": m["jaccard"], "hd95": m[f"hd95{mm}"],
-            "asd": m[f"asd_directed{mm}"], "assd": m[f"asd{mm}"], "empty_pred": m["empty_pred"]}
+            "asd": m[f"asd{mm}"], "assd": m[f"assd{mm}"], "empty_pred": m["empty_pred"]}
 
 
 @dataclass

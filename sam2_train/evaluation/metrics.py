@@ -11,11 +11,11 @@ key                definition
 ``jaccard``        ``|P & G| / |P | G|``      -- ``monai.metrics.compute_iou``            (= medpy ``jc``)
 ``hd95``           95th percentile (linear interpolation) of the pooled symmetric surface distances,
                    i.e. of ``d(P->G)`` concatenated with ``d(G->P)``                  (= medpy ``hd95``)
-``asd``            mean of the pooled symmetric surface distances -- MONAI
+``asd``            mean of ``d(P->G)`` only, the *directed* average surface distance -- MONAI
+                   ``symmetric=False``   (= medpy ``asd``, the number SSL4MIS / BCP / ABD report as "ASD")
+``assd``           mean of the pooled symmetric surface distances -- MONAI
                    ``compute_average_surface_distance(symmetric=True)``           (= medpy 0.5 ``assd``)
-``asd_directed``   mean of ``d(P->G)`` only -- MONAI ``symmetric=False``                (= medpy ``asd``,
-                   the number SSL4MIS / BCP / ABD report as "ASD")
-``*_mm``           ``hd95``/``asd``/``asd_directed`` in mm, only when ``spacing`` is given
+``*_mm``           ``hd95``/``asd``/``assd`` in mm, only when ``spacing`` is given
 ``empty_pred``     1 where the class is in the ground truth and the prediction is empty (a missed class:
                    its distances are left out of the means), 0 where both hold it, NaN where the ground
                    truth does not; :func:`summarize` counts it (a sum over volumes)
@@ -50,9 +50,9 @@ from monai.metrics.utils import get_edge_surface_distance
 
 __all__ = ["volume_metrics", "summarize", "METRIC_KEYS", "COUNT_KEYS"]
 
-METRIC_KEYS = ("dice", "jaccard", "hd95", "asd")
+METRIC_KEYS = ("dice", "jaccard", "hd95", "asd", "assd")
 COUNT_KEYS = ("empty_pred",)        # per-volume 0/1 indicators that summarize() counts
-_DIST_KEYS = ("hd95", "asd", "asd_directed")
+_DIST_KEYS = ("hd95", "asd", "assd")
 
 
 def _as_long_tensor(x) -> torch.Tensor:
@@ -62,14 +62,14 @@ def _as_long_tensor(x) -> torch.Tensor:
 
 
 def _surface_metrics(p: torch.Tensor, g: torch.Tensor, spacing) -> tuple[float, float, float]:
-    """(hd95, asd, asd_directed) of two non-empty boolean masks, in units of ``spacing`` (None = voxels)."""
+    """(hd95, asd (directed), assd (symmetric)) of two non-empty boolean masks, in units of ``spacing`` (None = voxels)."""
     with warnings.catch_warnings():  # MONAI 1.5/1.6 warns about its own internal use of a deprecated argument
         warnings.simplefilter("ignore", FutureWarning)
         _, (d_pg, d_gp), _ = get_edge_surface_distance(p, g, distance_metric="euclidean", spacing=spacing,
                                                        symmetric=True, warn_empty=False)
     d_pg = d_pg.double().cpu().numpy()
     pooled = np.concatenate([d_pg, d_gp.double().cpu().numpy()])
-    return float(np.percentile(pooled, 95)), float(pooled.mean()), float(d_pg.mean())
+    return float(np.percentile(pooled, 95)), float(d_pg.mean()), float(pooled.mean())
 
 
 def volume_metrics(pred, gt, num_classes: int, spacing: Sequence[float] | None = None, *,
@@ -82,8 +82,8 @@ def volume_metrics(pred, gt, num_classes: int, spacing: Sequence[float] | None =
         spacing: voxel size along each axis of ``pred`` (``(s_D, s_H, s_W)`` in mm), or None.
         empty_distance: HD95/ASD value when exactly one of prediction / ground truth is empty.
     Returns:
-        dict of ``(K,)`` float64 arrays: ``dice``, ``jaccard``, ``hd95``, ``asd``, ``asd_directed`` (distances in
-        voxels), plus ``hd95_mm``, ``asd_mm``, ``asd_directed_mm`` when ``spacing`` is given; ``empty_pred``
+        dict of ``(K,)`` float64 arrays: ``dice``, ``jaccard``, ``hd95``, ``asd`` (directed), ``assd`` (symmetric;
+        distances in voxels), plus ``hd95_mm``, ``asd_mm``, ``assd_mm`` when ``spacing`` is given; ``empty_pred``
         (1 = class in the ground truth but not predicted, 0 = predicted, NaN = not in the ground truth). NaN
         marks a class left out of the means (see the module docstring).
     """

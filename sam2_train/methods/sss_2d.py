@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from sam2_train.methods.registry import register
-from sam2_train.methods.weak_to_strong import SAM2Step
+from sam2_train.methods.weak_to_strong import FixMatchVariant, SAM2Step, SSSVariant, SupervisedVariant
 from sam2_train.model.cutmix import sample_box_masks
 from sam2_train.model.labels import pseudo_labels
 from sam2_train.model.losses import bce_dice_loss
@@ -54,17 +54,15 @@ class SAM2Slices(SAM2Step):
 
 
 @register
-class Supervised2D(SAM2Slices):
-    name, summary = "supervised", "labeled data only"
-    needs_unlabeled = False
+class Supervised2D(SupervisedVariant, SAM2Slices):
+    """``-method supervised``: slices."""
 
 
 @register
-class FixMatch2D(SAM2Slices):
-    name, summary = "fixmatch", "weak-to-strong (UniMatch-style) without DFE and PCSW"
+class FixMatch2D(FixMatchVariant, SAM2Slices):
+    """``-method fixmatch``: slices."""
 
 
 @register
-class SSS2D(SAM2Slices):
-    name, summary = "sss", "SSS: weak-to-strong with DFE and PCSW prompts"
-    requires = {}
+class SSS2D(SSSVariant, SAM2Slices):
+    """``-method sss``: slices."""

@@ -26,7 +26,7 @@ from torch.profiler import record_function
 
 from sam2_train.engine.settings import setting
 from sam2_train.methods.registry import register
-from sam2_train.methods.weak_to_strong import SAM2Conf, SAM2Step
+from sam2_train.methods.weak_to_strong import FixMatchVariant, SAM2Conf, SAM2Step, SSSVariant, SupervisedVariant
 from sam2_train.model.cutmix import sample_box_masks
 from sam2_train.model.labels import NEG, body_mask, pseudo_labels
 from sam2_train.model.losses import bce_dice_loss
@@ -95,20 +95,18 @@ class SAM2Clips(SAM2Step):
 
 
 @register
-class Supervised3D(SAM2Clips):
-    name, summary = "supervised", "labeled data only"
-    needs_unlabeled = False
+class Supervised3D(SupervisedVariant, SAM2Clips):
+    """``-method supervised``: clips, SAM-2 memory across slices."""
 
 
 @register
-class FixMatch3D(SAM2Clips):
-    name, summary = "fixmatch", "weak-to-strong (UniMatch-style) without DFE and PCSW"
+class FixMatch3D(FixMatchVariant, SAM2Clips):
+    """``-method fixmatch``: clips, SAM-2 memory across slices."""
 
 
 @register
-class SSS3D(SAM2Clips):
-    name, summary = "sss", "SSS: weak-to-strong with DFE and PCSW prompts, SAM-2 memory across slices"
-    requires = {}
+class SSS3D(SSSVariant, SAM2Clips):
+    """``-method sss``: clips, SAM-2 memory across slices."""
 
 
 @dataclass

@@ -25,10 +25,11 @@ from sam2_train.model.cutmix import clip_cutmix_partners, mix
 from sam2_train.model.labels import body_mask
 from sam2_train.model.losses import ce_dice_loss
 from sam2_train.model.pcsw import image_prompts
-from sam2_train.model.prompts import Prompts, mix_prompts, one_hot_fg
+from sam2_train.model.prompts import Prompts, mix_prompts
 from sam2_train.model.resize import resize_label, upsample
 
-__all__ = ["SAM2Conf", "SAM2Step", "UnlabeledTargets", "student_strong_views", "pcsw_rates"]
+__all__ = ["SAM2Conf", "SAM2Step", "UnlabeledTargets", "SupervisedVariant", "FixMatchVariant", "SSSVariant",
+           "student_strong_views", "pcsw_rates"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,23 @@ class SAM2Step(Method):
 
     def unlabeled_mask_loss(self, feats, u: UnlabeledTargets, conf_ok: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+class SupervisedVariant:
+    """``-method supervised`` of a SAM-2 step (mixed in before the 2D / 3D step class)."""
+    name, summary = "supervised", "labeled data only"
+    needs_unlabeled = False
+
+
+class FixMatchVariant:
+    """``-method fixmatch`` of a SAM-2 step."""
+    name, summary = "fixmatch", "weak-to-strong (UniMatch-style) without DFE and PCSW"
+
+
+class SSSVariant:
+    """``-method sss`` of a SAM-2 step: DFE and PCSW are its own (it refuses neither)."""
+    name, summary = "sss", "SSS: weak-to-strong with DFE and PCSW prompts"
+    requires: dict = {}
 
 
 def student_strong_views(net, u: UnlabeledTargets, encoder_grad: bool, tau_u: float):
