@@ -232,14 +232,6 @@ def phantom_grid(row: tuple, scale: int):
     return affine, (ras_shape[2], ras_shape[1], ras_shape[0]), (ras_zoom[2], ras_zoom[1], ras_zoom[0])
 
 
-def file_shape_for(affine: np.ndarray, dhw: tuple) -> tuple:
-    import nibabel as nib
-
-    ornt = nib.orientations.io_orientation(affine)
-    ras = (dhw[2], dhw[1], dhw[0])
-    return tuple(ras[int(ornt[i, 0])] for i in range(3))
-
-
 def _bhsd_volume(rng: np.random.Generator, D: int, H: int, W: int, spacing: tuple, bleeds: list[str],
                  lesion_scale: float = 1.0):
     """Head CT phantom in canonical (D=z inferior->superior, H=y posterior->anterior, W=x) HU.

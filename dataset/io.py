@@ -71,11 +71,6 @@ def check_label(label: np.ndarray, num_classes: int, path: str) -> np.ndarray:
     return label.astype(np.int64)
 
 
-def require_file(path: str, what: str) -> None:
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path}: {what} not found")
-
-
 # ---------------------------------------------------------------------------------------------
 # HDF5 (ACDC, SSL4MIS layout)
 

@@ -424,10 +424,6 @@ class SAM2GroupTracker:
         self.mem_window = int(self.sam.num_maskmem) * stride  # farthest frame whose spatial memory is read
         self.ptr_window = (int(self.sam.max_obj_ptrs_in_encoder) if self.sam.use_obj_ptrs_in_encoder else 0)
 
-    @property
-    def cond_frames(self) -> list[int]:
-        return sorted(self.output_dict["cond_frame_outputs"])
-
     # ---------------------------------------------------------------- helpers
     def _frame_inputs(self, feats: ImageFeatures, reps: int):
         """Features of n frames (batch n) -> SAM-2 sequence layout for a batch of n*reps (frame-major)."""

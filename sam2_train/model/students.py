@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 from monai.networks.nets import BasicUNet, BasicUNetPlusPlus
 
-STUDENTS = ("sam2", "unet", "unetpp")
 UNET_FEATURES = (16, 32, 64, 128, 256, 16)   # SSL4MIS's U-Net widths (encoder 16..256, last decoder level 16)
 SSL4MIS_DROPOUT = (0.05, 0.1, 0.2, 0.3, 0.5)  # SSL4MIS's U-Net: dropout of encoder levels 0..4, none in the decoder
 NORM = "batch"                               # SSL4MIS's ConvBlock (BatchNorm2d); U-Net++'s encoders use it too
