@@ -179,7 +179,8 @@ def parse_config(argv: Sequence[str] | None = None, script: str = "2d") -> Train
     for flag in sorted(given):
         section, _ = table[flag]
         if section == "method" and flag not in own:
-            readers = sorted({k.name for k in registered() if flag in {f.metadata["flag"] for f in flag_fields(k.Conf)}})
+            readers = sorted({k.name for k in registered()
+                              if flag in {f.metadata["flag"] for f in flag_fields(k.Conf)}})
             parser.error(f"{flag} is a setting of -method {' / '.join(readers)}, not of -method {method} "
                          f"(-student {student}, train_{script}.py)")
     preset = load_preset(ns.dataset or "demo", script, student)

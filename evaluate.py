@@ -1,7 +1,8 @@
 """Evaluate a checkpoint of this project on whole volumes, without ground-truth prompts.
 
     python evaluate.py -ckpt logs/ACDC_SSS_.../checkpoints/best.pt -dataset acdc -data_path ./data/ACDC -split test
-    python evaluate.py -ckpt logs/BHSD_SSS_.../checkpoints/best.pt -dataset bhsd -data_path ./data/bhsd -split test -save_pred
+    python evaluate.py -ckpt logs/BHSD_SSS_.../checkpoints/best.pt -dataset bhsd -data_path ./data/bhsd -split test \
+        -save_pred
 
 The model architecture comes from the checkpoint's config. Writes ``summary.json`` (same keys as training),
 ``cases.csv`` (one row per volume and class) and, with ``-save_pred``, the predicted label volumes

@@ -4,7 +4,8 @@
     python train_2d.py -net sam2 -exp_name ACDC_SSS -vis 1 -sam_ckpt ./checkpoints/sam2_hiera_small.pt \
         -sam_config sam2_hiera_s -image_size 1024 -out_size 1024 -b 4 -val_freq 1 -dataset ACDC -data_path ./data/ACDC
 
-Flags: ``python train_2d.py -h`` (all of them live in cfg.py). Multi-GPU: ``torchrun --nproc_per_node N train_2d.py ...``.
+Flags: ``python train_2d.py -h`` (all of them live in cfg.py).
+Multi-GPU: ``torchrun --nproc_per_node N train_2d.py ...``.
 """
 import sys
 

@@ -2,9 +2,11 @@
 
     python train_3d.py -dataset demo
     python train_3d.py -net sam2 -exp_name BHSD_SSS -sam_ckpt ./checkpoints/sam2_hiera_small.pt \
-        -sam_config sam2_hiera_s -image_size 1024 -val_freq 1 -prompt bbox -prompt_freq 2 -dataset bhsd -data_path ./data/bhsd
+        -sam_config sam2_hiera_s -image_size 1024 -val_freq 1 -prompt bbox -prompt_freq 2 -dataset bhsd \
+        -data_path ./data/bhsd
 
-Flags: ``python train_3d.py -h`` (all of them live in cfg.py). Multi-GPU: ``torchrun --nproc_per_node N train_3d.py ...``.
+Flags: ``python train_3d.py -h`` (all of them live in cfg.py).
+Multi-GPU: ``torchrun --nproc_per_node N train_3d.py ...``.
 """
 import sys
 

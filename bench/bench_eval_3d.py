@@ -88,8 +88,10 @@ def main(argv=None) -> int:
     print(f"{r['setting']}, {r['device']}: {r['seconds']:.1f} s per volume, {r['per_slice']:.2f} s per slice, "
           f"foreground {100 * r['foreground']:.1f}%")
     if r["peak_gib"] is not None:
-        print(f"peak CUDA memory {r['peak_gib']:.2f} GiB (weights and buffers before the volume: {r['base_gib']:.2f} GiB)")
-    print(f"process peak RSS grew by {r['rss_growth_mib']:.0f} MiB during the volume (peak RSS {r['peak_rss_gib']:.2f} GiB)")
+        print(f"peak CUDA memory {r['peak_gib']:.2f} GiB "
+              f"(weights and buffers before the volume: {r['base_gib']:.2f} GiB)")
+    print(f"process peak RSS grew by {r['rss_growth_mib']:.0f} MiB during the volume "
+          f"(peak RSS {r['peak_rss_gib']:.2f} GiB)")
     return 0
 
 

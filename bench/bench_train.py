@@ -206,11 +206,14 @@ def bench_method(method: str, flags: list[str], steps: int, warmup: int, script:
     weights_ok = all(p.dtype == torch.float32 and p.device.type == device.type for p in su.net.parameters())
     in_mem = time_in_memory(su, steps) if in_memory else None
     return dict(method=method, script=script, clips=run.batch_size + (su.unlabeled_batch if semi else 0),
-                step_in_memory=in_mem, loss=loss, weights_ok=weights_ok, amp=str(amp_dtype(device, run.amp)), device=str(device), step=step, data=per["data"], parts=parts, glue=glue,
+                step_in_memory=in_mem, loss=loss, weights_ok=weights_ok, amp=str(amp_dtype(device, run.amp)),
+                device=str(device), step=step, data=per["data"], parts=parts, glue=glue,
                 backward=per["backward"], optim=per["optim"], images=images, peak_gib=peak,
                 peak_kind="CUDA allocator peak" if device.type == "cuda" else "process peak RSS",
-                outside=(per["data"] + parts["pcsw"] + glue) / step, setting=f"{model.sam_config} @ {model.image_size}px, "
-                + (f"b={run.batch_size}" if script == "2d" else f"b={run.batch_size} clips of {data.video_length} slices")
+                outside=(per["data"] + parts["pcsw"] + glue) / step,
+                setting=f"{model.sam_config} @ {model.image_size}px, "
+                + (f"b={run.batch_size}" if script == "2d"
+                   else f"b={run.batch_size} clips of {data.video_length} slices")
                 + (f" + {su.unlabeled_batch} unlabeled {'slabs' if script == '2d' else 'clips'}"
                    if semi else ""))
 

@@ -58,7 +58,8 @@ TINY_CFG = os.path.join(ROOT, "sam2_train", "configs", "sam2_hiera_test.yaml")
 def settings(dry_run: bool, data_2d: str, data_3d: str, steps: int | None, warmup: int | None) -> dict:
     """Flags and sizes of the sequence: the seed settings on CUDA, a tiny model on CPU for ``--dry-run``."""
     if dry_run:
-        model = ["-sam_config", TINY_CFG, "-sam_ckpt", "none", "-image_size", "64", "-device", "cpu", "-num_workers", "0"]
+        model = ["-sam_config", TINY_CFG, "-sam_ckpt", "none", "-image_size", "64", "-device", "cpu",
+                 "-num_workers", "0"]
         return dict(model=model, flags_2d=model + ["-b", "2", "-b_u", "4", "-slab_len", "2"],
                     flags_3d=model + ["-b", "1", "-b_u", "1", "-video_length", "4"], eval_size=(64, 64, 4),
                     steps=steps or 1, warmup=0 if warmup is None else warmup, compile_backend="eager",
@@ -233,7 +234,8 @@ def resume_row(report: Report, s: dict, tol: float) -> None:
 def ddp_row(report: Report, s: dict) -> None:
     check = "DDP, 2 processes (NCCL)"
     if report.device != "cuda" or torch.cuda.device_count() < 2:
-        report.add(check, True, f"skipped: {torch.cuda.device_count() if report.device == 'cuda' else 0} GPU(s) visible",
+        report.add(check, True,
+                   f"skipped: {torch.cuda.device_count() if report.device == 'cuda' else 0} GPU(s) visible",
                    setting="torchrun --nproc_per_node 2 train_2d.py")
         return
     log_dir = tempfile.mkdtemp(prefix="gpu_check_ddp_")

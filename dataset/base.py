@@ -179,7 +179,7 @@ class NiftiVolumeRef(VolumeRef):
         img, spacing, affine = dio.read_nifti(self.image_path)
         lab = None
         if with_label and self.has_label:
-            lab, lspacing, laffine = dio.read_nifti(self.label_path, is_label=True)
+            lab, _, _ = dio.read_nifti(self.label_path, is_label=True)
             if lab.shape != img.shape:
                 raise DatasetError(f"{self.label_path}: label shape {lab.shape} (D,H,W) != image shape "
                                    f"{img.shape} of {self.image_path}")
@@ -205,7 +205,8 @@ class PngVolumeRef(VolumeRef):
         imgs = [dio.read_png(p) for p in self.paths]
         shapes = {a.shape for a in imgs}
         if len(shapes) > 1:
-            raise DatasetError(f"{os.path.dirname(self.paths[0])}: slices of case {self.name} differ in size {sorted(shapes)}")
+            raise DatasetError(f"{os.path.dirname(self.paths[0])}: slices of case {self.name} differ in size "
+                               f"{sorted(shapes)}")
         img = dio.normalise(np.stack(imgs).astype(np.float32), self.intensity, os.path.dirname(self.paths[0]))
         lab = None
         if with_label and self.has_label:
@@ -302,10 +303,6 @@ class UnlabeledSlabDataset(_TrainBase):
         return len(self.items)
 
     @property
-    def volume_names(self):
-        return [r.name for r in self.refs]
-
-    @property
     def groups(self) -> list[int]:
         """The volume (index into ``refs``) of every item: the training loader puts slabs of distinct
         volumes into one step (``ResumableSampler(groups=...)``)."""
@@ -356,10 +353,6 @@ class _ClipBase(_TrainBase):
 
     def __len__(self):
         return len(self.refs)
-
-    @property
-    def volume_names(self):
-        return [r.name for r in self.refs]
 
     def _clip(self, index, rng, with_label):
         ref = self.refs[index]
@@ -421,10 +414,6 @@ class VolumeDataset(Dataset):
 
     def __len__(self):
         return len(self.refs)
-
-    @property
-    def volume_names(self):
-        return [r.name for r in self.refs]
 
     def __getitem__(self, index: int):
         ref = self.refs[index]

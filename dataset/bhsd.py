@@ -9,8 +9,8 @@
     <root>/imagesTr/*.nii.gz + labelsTr/       (optional imagesTs + labelsTs = the test half)
     <root>/imagesUnlabeled/**/*.nii.gz         (or unlabel_*) unlabeled CT
 
-Labels 0 bg, 1 EDH, 2 IPH, 3 IVH, 4 SAH, 5 SDH. Default split 96 train / 96 test by patient key, a patient-grouped tenth of the training half held out for
-validation
+Labels 0 bg, 1 EDH, 2 IPH, 3 IVH, 4 SAH, 5 SDH. Default split 96 train / 96 test by patient key, a patient-grouped
+tenth of the training half held out for validation
 (:func:`dataset.splits.split_by_patient`), or the user's split (``splits/*.txt`` or ``dataset.json``).
 """
 from __future__ import annotations
@@ -103,7 +103,8 @@ def nifti_sources(root, labeled_num, labeled_ratio, intensity, class_names, test
     unl_refs += [NiftiVolumeRef(p, None, case_name(p), K, intensity) for p in kept]
     missing = None
     if not unl_refs:
-        missing = f"{root}: no unlabeled data (all {len(r['labeled'])} training volumes are labeled and no unlabel_* folder)"
+        missing = (f"{root}: no unlabeled data (all {len(r['labeled'])} training volumes are labeled and no "
+                   f"unlabel_* folder)")
     test_refs = [ref(n) for n in r["test"]] if r["test"] else None
     return Sources(labeled_refs=[ref(n) for n in r["labeled"]], unlabeled_refs=unl_refs,
                    val_refs=[ref(n) for n in r["val"]] if r["val"] else [], test_refs=test_refs,

@@ -115,7 +115,8 @@ def _check_nifti(image_path: str, label_path: str | None, num_classes: int) -> d
     lab = _nib_load(label_path)
     of = f"of {image_path}"
     if tuple(lab.shape[:3]) != tuple(img.shape[:3]):
-        raise DatasetError(f"{label_path}: label shape {tuple(lab.shape[:3])} != image shape {tuple(img.shape[:3])} {of}")
+        raise DatasetError(f"{label_path}: label shape {tuple(lab.shape[:3])} != image shape "
+                           f"{tuple(img.shape[:3])} {of}")
     a, b = "".join(nib.aff2axcodes(img.affine)), "".join(nib.aff2axcodes(lab.affine))
     if a != b:
         raise DatasetError(f"{label_path}: label orientation {b} != image orientation {a} {of}")

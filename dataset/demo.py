@@ -299,7 +299,8 @@ def _bhsd_volume(rng: np.random.Generator, D: int, H: int, W: int, spacing: tupl
             ang = np.arctan2(yr, xr)
             dang = np.angle(np.exp(1j * (ang - phi)))
             thick = g * rng.uniform(4, 9) * np.sqrt(zwin(z0, rng.uniform(15, 30)))
-            m = brain & (np.abs(dang) < width / 2) & (bdepth < thick * np.sqrt(np.clip(np.cos(dang / width * np.pi), 0.0, 1.0)))
+            m = brain & (np.abs(dang) < width / 2) & (
+                bdepth < thick * np.sqrt(np.clip(np.cos(dang / width * np.pi), 0.0, 1.0)))
             code = 5
         elif kind == "IPH":   # irregular blob in the parenchyma
             r0 = g * rng.uniform(10, 18)
@@ -382,7 +383,8 @@ def make_bhsd(out: str, seed: int = 0, labeled: int = BHSD_DEMO["labeled"], unla
         if i < labeled:
             bleeds = list(plan[i][1])
         else:
-            bleeds = [] if vrng.random() < 0.4 else list(vrng.choice(_KINDS, size=int(vrng.integers(1, 3)), replace=False))
+            bleeds = ([] if vrng.random() < 0.4
+                      else list(vrng.choice(_KINDS, size=int(vrng.integers(1, 3)), replace=False)))
         hu, lab = _bhsd_volume(vrng, D, H, W, spacing, bleeds, lesion_scale)
         key = keys[i] if i < labeled else f"ID_{_hex(vrng, 8)}"
         name = f"{key}_ID_{_hex(vrng, 10)}.nii.gz"

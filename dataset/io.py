@@ -86,7 +86,8 @@ def read_h5(path: str, keys: Sequence[str] = ("image", "label")) -> list[np.ndar
             missing = [k for k in keys if k not in f]
             if missing:
                 raise DatasetError(f"{path}: missing key(s) {', '.join(missing)} "
-                                   f"(expected datasets {', '.join(keys)}; found {', '.join(sorted(f.keys())) or 'none'})")
+                                   f"(expected datasets {', '.join(keys)}; "
+                                   f"found {', '.join(sorted(f.keys())) or 'none'})")
             return [np.asarray(f[k][()]) for k in keys]
     except DatasetError:
         raise

@@ -20,6 +20,11 @@ def build(script, *, image_size=64, seed=0, method="sss", **kw):
                           unlabeled=method != "supervised")
 
 
+def names_of(ds):
+    """The volume names a built dataset holds, in its order."""
+    return [r.name for r in ds.refs]
+
+
 def write_h5(path, **arrays):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with h5py.File(path, "w") as f:

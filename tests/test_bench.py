@@ -18,7 +18,8 @@ def test_bench_train_splits_a_step_into_its_parts(script, tmp_path, capsys):
     root = ensure_demo(str(tmp_path / f"demo_{script}"), "acdc" if script == "2d" else "bhsd", seed=0)
     flags = ["-dataset", "demo", "-data_path", root, "-sam_config", TEST_CFG, "-image_size", "64",
              "-video_length", "4", "-num_workers", "0", "-p_gt", "1", "-b", "2" if script == "2d" else "1"]
-    assert bench_train.main(["--script", script, "--steps", "1", "--warmup", "0", "--methods", "sss", "--", *flags]) == 0
+    assert bench_train.main(["--script", script, "--steps", "1", "--warmup", "0", "--methods", "sss", "--",
+                             *flags]) == 0
     out = capsys.readouterr().out
     # 3D: clips over a lesion (one of the seven demo training volumes is healthy), so SAM-2 tracks
     r = bench_train.bench_method("supervised", flags + (["-fg_oversample", "1"] if script == "3d" else []), steps=3,

@@ -55,8 +55,9 @@ def plant_label_value(path, value=9):
 def train(root, log_dir, capsys, *extra):
     """train_2d.py in-process (the check runs before the model is built); returns (status, stdout, stderr)."""
     import run_training
-    status = run_training.main(["-dataset", "acdc", "-data_path", root, "-sam_config", TINY, "-image_size", "64", "-b", "2",
-                  "-max_iters", "1", "-num_workers", "0", "-device", "cpu", "-log_dir", str(log_dir), *extra], "2d")
+    status = run_training.main(["-dataset", "acdc", "-data_path", root, "-sam_config", TINY, "-image_size", "64",
+                                "-b", "2", "-max_iters", "1", "-num_workers", "0", "-device", "cpu",
+                                "-log_dir", str(log_dir), *extra], "2d")
     out = capsys.readouterr()
     return status, out.out, out.err
 

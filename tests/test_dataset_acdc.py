@@ -7,7 +7,7 @@ from torch.utils.data import default_collate
 
 from dataset import DatasetError
 from dataset.acdc import labeled_prefix, read_list
-from tests._data_fixtures import build, make_acdc_root
+from tests._data_fixtures import build, names_of, make_acdc_root
 
 
 @pytest.mark.parametrize("n,expected", [(1, 32), (3, 68), (7, 136)])
@@ -48,7 +48,7 @@ def test_real_acdc_items_and_volumes(shared_acdc):
         assert set(torch.unique(v["label"]).tolist()) <= {0, 1, 2, 3}
         assert v["spacing"] is None and v["affine"] is None
         assert abs(float(v["image"].max()) - 1.0) < 1e-6 and float(v["image"].min()) == 0.0
-    assert s.val.volume_names == read_list(os.path.join(shared_acdc, "val.list"))
+    assert names_of(s.val) == read_list(os.path.join(shared_acdc, "val.list"))
 
 
 def test_real_acdc_3d_clips(shared_acdc):

@@ -10,7 +10,7 @@ from PIL import Image
 from dataset import DatasetError
 from dataset.io import read_nifti, window
 from dataset.splits import patient_key, split_by_patient
-from tests._data_fixtures import build, LAS, canonical_volume, make_bhsd_root, save_nifti
+from tests._data_fixtures import build, LAS, canonical_volume, make_bhsd_root, names_of, save_nifti
 
 
 def _b(script, root, **kw):
@@ -28,7 +28,7 @@ def test_bhsd_layouts(tmp_path, layout, gt):
     assert len(s.unlabeled) == 0 + 3               # rest of the training half (none left) + the unlabeled pool
     assert not set(s.case_names["val"]) & set(s.case_names["test"])
     assert not set(s.case_names["val"]) & set(s.case_names["labeled"] + s.case_names["unlabeled"])
-    assert set(s.labeled.volume_names + s.test.volume_names) <= set(names)
+    assert set(names_of(s.labeled) + names_of(s.test)) <= set(names)
     c = s.labeled[0]
     assert c["image"].shape == (4, 1, 32, 32) and c["label"].shape == (4, 32, 32)
     assert c["label"].dtype == torch.int64 and int(c["label"].max()) <= 5
@@ -78,8 +78,8 @@ def test_user_split_files(tmp_path):
     s = _b("3d", tmp_path, labeled_num=1)
     (val,) = s.case_names["val"]                    # one patient of train.txt held out for validation
     rest = [n for n in names[:4] if n != val]
-    assert val in names[:4] and s.labeled.volume_names == rest[:1] and s.test.volume_names == names[4:]
-    assert s.unlabeled.volume_names == rest[1:] and s.info["split"] == "user"
+    assert val in names[:4] and names_of(s.labeled) == rest[:1] and names_of(s.test) == names[4:]
+    assert names_of(s.unlabeled) == rest[1:] and s.info["split"] == "user"
     (tmp_path / "splits" / "test.txt").write_text("ID_nope_ID_0000000000\n")
     with pytest.raises(DatasetError, match="test.txt names ID_nope"):
         _b("3d", tmp_path, labeled_num=1)

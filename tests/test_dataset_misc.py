@@ -80,14 +80,15 @@ def test_acdc_bad_inputs(tmp_path):
 
 
 def test_bhsd_bad_inputs(tmp_path):
-    names = make_bhsd_root(str(tmp_path), n=4, unlabeled=1)
+    make_bhsd_root(str(tmp_path), n=4, unlabeled=1)
     b = lambda **kw: build("3d", dataset="bhsd", data_path=str(tmp_path), **kw)  # noqa: E731
-    assert "larger than the 1 volumes" in _first_error(lambda: b(labeled_num=3))   # 2 training volumes, 1 held out for val
+    # 2 training volumes, 1 held out for val
+    assert "larger than the 1 volumes" in _first_error(lambda: b(labeled_num=3))
     s = b(labeled_num=1)
     gt = os.path.join(str(tmp_path), "label_192", "ground truths")
     img_dir = os.path.join(str(tmp_path), "label_192", "images")
     # corrupt NIfTI
-    bad = os.path.join(img_dir, names[s.test.volume_names and names.index(s.test.volume_names[0])] + ".nii.gz")
+    bad = os.path.join(img_dir, s.test.refs[0].name + ".nii.gz")
     with open(bad, "wb") as f:
         f.write(b"\x1f\x8b garbage")
     msg = _first_error(lambda: s.test[0])
@@ -287,8 +288,9 @@ def test_convert_acdc_raw(tmp_path):
             img = rng.normal(100, 30, (12, 10, 3 + pid % 3)).astype(np.float32)    # (x, y, z)
             lab = np.zeros(img.shape, np.uint8)
             lab[2:5, 3:6, :] = 1 + fr % 3
-            nib.save(nib.Nifti1Image(img, np.diag([1.5, 1.5, 10, 1])), str(d / f"patient{pid:03d}_frame{fr:02d}.nii.gz"))
-            nib.save(nib.Nifti1Image(lab, np.diag([1.5, 1.5, 10, 1])), str(d / f"patient{pid:03d}_frame{fr:02d}_gt.nii.gz"))
+            stem, affine = str(d / f"patient{pid:03d}_frame{fr:02d}"), np.diag([1.5, 1.5, 10, 1])
+            nib.save(nib.Nifti1Image(img, affine), stem + ".nii.gz")
+            nib.save(nib.Nifti1Image(lab, affine), stem + "_gt.nii.gz")
     out = str(tmp_path / "out")
     assert main([str(tmp_path / "raw"), out]) == 0
     rd = lambda n: open(os.path.join(out, n)).read().split()  # noqa: E731

@@ -18,6 +18,7 @@ from dataset import registry as dataset_registry
 from dataset.base import H5VolumeRef
 from dataset.registry import DatasetSpec, register_dataset
 from dataset.sources import Sources
+from sam2_train.engine.config import TrainConfig
 from sam2_train.engine.settings import setting, unit_float
 from sam2_train.methods import registry as method_registry
 from sam2_train.methods.registry import register
@@ -56,8 +57,9 @@ def define_toy_method():
 
 
 def test_toy_method_registers_and_trains_through_train_2d(clean_registries, tmp_path, capsys):
-    define_toy_method()
-    assert "-toy_weight" in cfg.build_parser().format_help()
+    toy = define_toy_method()
+    help_text = " ".join(cfg.build_parser().format_help().split())
+    assert "-toy_weight" in help_text and "toy: weight of the view-consistency loss" in help_text
     with pytest.raises(SystemExit):     # its flag is its own: another method refuses it
         cfg.parse_config(["-student", "unet", "-method", "fixmatch", "-toy_weight", "0.3"])
     assert "-toy_weight is a setting of -method toy" in capsys.readouterr().err
@@ -70,6 +72,7 @@ def test_toy_method_registers_and_trains_through_train_2d(clean_registries, tmp_
     (run,) = glob.glob(str(tmp_path / "logs" / "toy_*"))
     config = json.load(open(os.path.join(run, "config.json")))
     assert config["semi"]["method"] == "toy" and config["method"] == {"toy_weight": 0.25}
+    assert TrainConfig.from_dict(config).method == toy.Conf(toy_weight=0.25)     # read back as the toy's Conf
     state = torch.load(os.path.join(run, "checkpoints", "last.pt"), weights_only=False)
     assert state["iteration"] == 2 and state["config"]["method"] == {"toy_weight": 0.25}
 

@@ -19,7 +19,7 @@ from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
 from _model_fixtures import S, TEST_CFG, build_tiny, smooth_frames
 from sam2_train.model.build import (CKPT_FILES, SAM_CONFIG_NAMES, CheckpointMismatchError, build_sam2_base,
-                                    compose_sam_config, image_size_overrides, load_state_strict, resolve_sam_config)
+                                    _hydra_search_path, image_size_overrides, load_state_strict, resolve_sam_config)
 from sam2_train.model.prompts import jitter_boxes, masks_to_boxes, sample_click
 from sam2_train.model.sam2_model import SAM2Seg, upsample_logits
 
@@ -43,13 +43,9 @@ def frames_dir(tmp_path_factory):
 
 
 def _video_predictor_like(sam):
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    cfg = compose_sam_config(TEST_CFG, image_size_overrides(S)
-                             + ["++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor"])
-    OmegaConf.resolve(cfg)
-    vp = instantiate(cfg.model, _recursive_=True)
+    with pytest.warns(UserWarning, match="RANDOMLY INITIALISED"):
+        vp = build_sam2_base(TEST_CFG, None, S,
+                             hydra_overrides_extra=["++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor"])
     vp.load_state_dict(sam.state_dict())  # strict: the same random weights
     return vp.eval()
 
@@ -387,6 +383,7 @@ def test_random_init_warns_loudly(caplog):
 
 # ------------------------------------------------------------------------------------------------ configs
 def test_resolve_all_config_names_and_compose():
+    from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
 
     assert set(SAM_CONFIG_NAMES) == set(CKPT_FILES)
@@ -394,7 +391,8 @@ def test_resolve_all_config_names_and_compose():
         resolved = resolve_sam_config(name)
         sub = "sam2.1" if name.startswith("sam2.1_") else "sam2"
         assert resolved == f"configs/{sub}/{name}.yaml"
-        cfg = compose_sam_config(name, image_size_overrides(512))
+        with _hydra_search_path(None):                       # what build_sam2_base composes, without building it
+            cfg = compose(config_name=resolved, overrides=image_size_overrides(512))
         assert cfg.model._target_ == "sam2.modeling.sam2_base.SAM2Base" and cfg.model.image_size == 512
         assert list(cfg.model.memory_attention.layer.cross_attention.feat_sizes) == [32, 32]
         assert ("no_obj_embed_spatial" in cfg.model) == name.startswith("sam2.1_")

@@ -35,8 +35,6 @@ def test_create_writes_everything(tmp_path, capsys):
     assert out == pytest.approx({"loss": 0.25, "dice": 0.5, "lr": 1e-3})
     with pytest.raises(ValueError, match="scalar"):
         run.log_scalars(5, {"bad": torch.ones(2)})
-    run.log_images(5, "vis/overlay", np.zeros((16, 16, 3), np.uint8))
-    run.log_images(5, "vis/mask", torch.rand(16, 16))
     run.append_metrics_row({"iteration": 100, "epoch": 1, "dice": torch.tensor(0.5)})
     run.append_metrics_row({"iteration": 200, "epoch": 2, "dice": 0.6, "hd95": 3.5})  # new column
     run.append_metrics_row({"iteration": 300, "dice": 0.7})  # missing column
@@ -55,7 +53,6 @@ def test_create_writes_everything(tmp_path, capsys):
     assert len(events(run.path)) == 1
     acc = read_scalars(run.path)
     assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(5, 0.25)]
-    assert set(acc.Tags()["images"]) == {"vis/overlay", "vis/mask"}
 
 
 def test_config_json_round_trips_the_train_config(tmp_path):
@@ -102,7 +99,6 @@ def test_non_main_rank_is_a_noop(tmp_path):
     run = RunDir.create(str(tmp_path / "logs"), "demo", {"a": 1}, is_main=False)
     assert run.path is None and run.checkpoint_path() is None
     assert run.log_scalars(1, {"x": torch.tensor(1.0)}) is None
-    run.log_images(1, "t", np.zeros((4, 4)))
     run.append_metrics_row({"iteration": 1})
     run.write_summary({"a": 1})
     run.log("nothing")

@@ -52,7 +52,8 @@ def test_a_full_header_dump_still_loads(tmp_path):
 
 
 def _tracked_files():
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, text=True)
     if out.returncode != 0:
         pytest.skip("not a git checkout")
     return [f for f in out.stdout.split("\0") if f]
@@ -94,8 +95,8 @@ def test_readme_demo_runs_from_a_bare_copy(bare_copy, script):
     kind = "acdc" if script == "train_2d.py" else "bhsd"
     r = subprocess.run([sys.executable, script, "-dataset", "demo", "-image_size", "64", "-max_iters", "2",
                         "-num_workers", "0", "-val_volumes", "1", "-log_dir", f"logs_{kind}",
-                        "-sam_config", os.path.join("sam2_train", "configs", "sam2_hiera_test.yaml")], cwd=bare_copy, env=ENV, capture_output=True,
-                       text=True, timeout=900)
+                        "-sam_config", os.path.join("sam2_train", "configs", "sam2_hiera_test.yaml")],
+                       cwd=bare_copy, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert os.path.isfile(os.path.join(bare_copy, "data", f"demo_{kind}", "DEMO.json"))
     (run,) = os.listdir(os.path.join(bare_copy, f"logs_{kind}"))

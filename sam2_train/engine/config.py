@@ -17,8 +17,8 @@ from typing import Any
 
 from sam2_train.engine.errors import UserError
 from sam2_train.engine.schedule import OptimConf
-from sam2_train.engine.settings import (ARCH, FREE, RUN, float_pair, from_plain, int_list, kind_of, nonneg_int, positive_int,
-                                        setting, str2bool, to_plain, unit_float, weight_list)
+from sam2_train.engine.settings import (ARCH, FREE, RUN, float_pair, from_plain, int_list, kind_of, nonneg_int,
+                                        positive_int, setting, str2bool, to_plain, unit_float, weight_list)
 from sam2_train.engine.settings import image_size as size_multiple_of_32
 from sam2_train.model.pcsw import PCSWConfig
 
@@ -74,7 +74,8 @@ class ModelConf:
 @dataclass(frozen=True)
 class DataConf:
     """What the datasets of a run are built from, and (``class_names``, ``intensity``) what was found there."""
-    dataset: str = setting("demo", flag="-dataset", kind=ARCH, group="seed", help="the dataset (see dataset/registry.py)")
+    dataset: str = setting("demo", flag="-dataset", kind=ARCH, group="seed",
+                           help="the dataset (see dataset/registry.py)")
     data_path: str | None = setting(None, flag="-data_path", preset=True, group="seed", path=True,
                                     help="dataset root (default ./data/<dataset>)")
     labeled_num: int | None = setting(None, flag="-labeled_num", type=positive_int, preset=True, group="data",

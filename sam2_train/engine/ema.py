@@ -36,9 +36,7 @@ class ModelEMA:
         self.module = copy.deepcopy(unwrap_model(model))
         self.module.eval()
         self.module.requires_grad_(False)
-        self._param_names = [n for n, p in self.module.named_parameters() if p.is_floating_point()]
         self._ema_params = [p for n, p in self.module.named_parameters() if p.is_floating_point()]
-        self._buffer_names = [n for n, _ in self.module.named_buffers()]
         self._ema_buffers = [b for _, b in self.module.named_buffers()]
 
     def current_decay(self) -> float:

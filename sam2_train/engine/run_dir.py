@@ -313,29 +313,6 @@ class RunDir:
                 self._writer.add_scalar(f"{prefix}{k}", v, global_step=int(step))
         return values
 
-    def log_images(self, step: int, tag: str, array) -> None:
-        """Write an image to TensorBoard: HW, HWC (C in 1/3/4) or CHW; uint8, or float in [0, 1]; numpy
-        or tensor. A 4-D array is a batch (NCHW, or NHWC when the last dim is 1/3/4)."""
-        if not self.is_main or self._writer is None:
-            return
-        if isinstance(array, torch.Tensor):
-            array = array.detach().cpu()
-            if array.dtype == torch.bfloat16 or array.dtype == torch.float16:
-                array = array.float()
-            array = array.numpy()
-        array = np.asarray(array)
-        if array.ndim == 2:
-            fmt = "HW"
-        elif array.ndim == 3:
-            fmt = "HWC" if array.shape[-1] in (1, 3, 4) and array.shape[0] not in (1, 3, 4) else "CHW"
-        elif array.ndim == 4:
-            fmt = "NHWC" if array.shape[-1] in (1, 3, 4) and array.shape[1] not in (1, 3, 4) else "NCHW"
-            self._writer.add_images(tag, array, global_step=int(step), dataformats=fmt)
-            return
-        else:
-            raise ValueError(f"log_images: expected a 2-D, 3-D or 4-D array, got shape {array.shape}")
-        self._writer.add_image(tag, array, global_step=int(step), dataformats=fmt)
-
     def append_metrics_row(self, row: dict) -> None:
         """Append one row to ``metrics.csv``. The header comes from the first row; a row with new keys
         rewrites the file with those columns added at the end (older rows get empty cells); missing keys

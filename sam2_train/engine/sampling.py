@@ -219,9 +219,9 @@ class InfiniteLoader:
     persistent and keep prefetching across epoch boundaries (no stall at each epoch start).
 
     Notes: ``persistent_workers=True`` is refused with a dataset that has ``set_epoch`` and a per-epoch
-    sampler (the workers would keep the first epoch's copy of the dataset). Each new DataLoader iterator draws one number from the
-    global torch RNG unless the DataLoader was built with ``generator=torch.Generator()``; pass one to keep the
-    global RNG stream identical between resumed and uninterrupted runs.
+    sampler (the workers would keep the first epoch's copy of the dataset). Each new DataLoader iterator draws one
+    number from the global torch RNG unless the DataLoader was built with ``generator=torch.Generator()``; pass one
+    to keep the global RNG stream identical between resumed and uninterrupted runs.
     """
 
     def __init__(self, loader, start_iter: int = 0):

@@ -19,8 +19,9 @@ import argparse
 import dataclasses
 from typing import Any, Callable, Iterator, Sequence
 
-__all__ = ["ARCH", "RUN", "FREE", "OneLineParser", "setting", "flag_fields", "to_plain", "from_plain", "str2bool", "lower_choice",
-           "positive_int", "nonneg_int", "unit_float", "image_size", "float_pair", "weight_list", "int_list"]
+__all__ = ["ARCH", "RUN", "FREE", "OneLineParser", "setting", "flag_fields", "to_plain", "from_plain", "str2bool",
+           "lower_choice", "positive_int", "nonneg_int", "unit_float", "image_size", "float_pair", "weight_list",
+           "int_list"]
 
 ARCH, RUN, FREE = "arch", "run", "free"
 
@@ -43,7 +44,8 @@ def setting(default: Any = _MISSING, *, flag: str | None = None, help: str = "",
     if kind not in (ARCH, RUN, FREE):
         raise ValueError(f"setting kind must be {ARCH}, {RUN} or {FREE}, got {kind!r}")
     meta = {"flag": flag, "help": help, "kind": kind, "type": lower_choice(choices) if choices else type,
-            "choices": tuple(choices) if choices else None, "preset": preset, "group": group, "metavar": metavar, "path": path}
+            "choices": tuple(choices) if choices else None, "preset": preset, "group": group, "metavar": metavar,
+            "path": path}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use an immutable default (a tuple) for a setting")
     return dataclasses.field(default=default, metadata=meta)

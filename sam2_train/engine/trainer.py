@@ -258,8 +258,9 @@ class Trainer:
 
     def record_validation(self, done: int, res: EvalResult) -> None:
         s, names = res.summary, (*self.class_names, "mean")
-        self.run_dir.append_metrics_row({"iteration": done, **{f"{m}_{c}": s[m][c] for m in ("dice", "jaccard", "hd95", "asd")
-                                                               for c in names}, **self.pcsw_interval_rates()})
+        self.run_dir.append_metrics_row({"iteration": done,
+                                         **{f"{m}_{c}": s[m][c] for m in ("dice", "jaccard", "hd95", "asd")
+                                            for c in names}, **self.pcsw_interval_rates()})
         self.run_dir.log_scalars(done, {f"{m}/{c}": s[m][c] for m in ("dice", "hd95") for c in names}, prefix="val/")
         self.run_dir.log(f"[iter {done}] val mean Dice {s['dice']['mean'] * 100:.2f} "
                          + " ".join(f"{c} {s['dice'][c] * 100:.1f}" for c in self.class_names))

@@ -62,7 +62,8 @@ def _as_long_tensor(x) -> torch.Tensor:
 
 
 def _surface_metrics(p: torch.Tensor, g: torch.Tensor, spacing) -> tuple[float, float, float]:
-    """(hd95, asd (directed), assd (symmetric)) of two non-empty boolean masks, in units of ``spacing`` (None = voxels)."""
+    """(hd95, asd (directed), assd (symmetric)) of two non-empty boolean masks, in units of ``spacing``
+    (None = voxels)."""
     with warnings.catch_warnings():  # MONAI 1.5/1.6 warns about its own internal use of a deprecated argument
         warnings.simplefilter("ignore", FutureWarning)
         _, (d_pg, d_gp), _ = get_edge_surface_distance(p, g, distance_metric="euclidean", spacing=spacing,

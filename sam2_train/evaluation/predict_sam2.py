@@ -93,7 +93,7 @@ class _Frames:
         if x.dim() == 2:
             x = x[None]
         x = x[:, None]
-        return resize_image(x, self.size).clamp(0, 1)                            # as in training                                                     # (n,1,S,S)
+        return resize_image(x, self.size).clamp(0, 1)                            # as in training; (n,1,S,S)
 
 
 def memory_dtype_for(device: torch.device, autocast) -> torch.dtype | None:

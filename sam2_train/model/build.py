@@ -112,18 +112,6 @@ def _hydra_search_path(config_dir: str | None) -> Iterator[None]:
         restore_gh_from_backup(backup)
 
 
-def compose_sam_config(config: str, overrides: Sequence[str] = ()):
-    """Compose (not instantiate) the resolved config with hydra overrides; returns an OmegaConf ``DictConfig``."""
-    from hydra import compose
-
-    resolved = resolve_sam_config(config)
-    if _is_yaml_path(resolved):
-        with _hydra_search_path(os.path.dirname(resolved)):
-            return compose(config_name=os.path.splitext(os.path.basename(resolved))[0], overrides=list(overrides))
-    with _hydra_search_path(None):
-        return compose(config_name=resolved, overrides=list(overrides))
-
-
 def image_size_overrides(image_size: int) -> list[str]:
     """Hydra overrides setting the model input size and the RoPE tables of memory attention to match."""
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size <= 0 or image_size % 32:

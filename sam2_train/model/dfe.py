@@ -77,7 +77,8 @@ class DFELevel(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1, channels if gamma_per_channel else 1, 1, 1))
 
     def similarity(self, pw: torch.Tensor, ps: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of projected features ``(N, C, H, W)`` -> ``(N, 1, H, W)`` (pixel) or ``(N, 1, 1, 1)`` (global).
+        """Cosine similarity of projected features ``(N, C, H, W)`` -> ``(N, 1, H, W)`` (pixel) or ``(N, 1, 1, 1)``
+        (global).
 
         Computed in fp32 (safe under bf16 autocast) and returned in ``pw``'s dtype.
         """

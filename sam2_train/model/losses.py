@@ -30,7 +30,8 @@ def _valid(valid_mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     if valid_mask is None:
         return torch.ones(like.shape[0], 1, *like.shape[2:], device=like.device, dtype=torch.float32)
     if valid_mask.shape != (like.shape[0],) + tuple(like.shape[2:]):
-        raise ValueError(f"valid_mask must be {(like.shape[0],) + tuple(like.shape[2:])}, got {tuple(valid_mask.shape)}")
+        raise ValueError(f"valid_mask must be {(like.shape[0],) + tuple(like.shape[2:])}, "
+                         f"got {tuple(valid_mask.shape)}")
     return valid_mask.to(device=like.device, dtype=torch.float32).unsqueeze(1)
 
 
@@ -84,7 +85,8 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, object_weight: tor
         result is 0 and still attached to the graph (gradients are zero).
     """
     if logits.dim() != 4 or target.shape != logits.shape:
-        raise ValueError(f"logits and target must both be (B, K, H, W), got {tuple(logits.shape)} and {tuple(target.shape)}")
+        raise ValueError(f"logits and target must both be (B, K, H, W), got {tuple(logits.shape)} and "
+                         f"{tuple(target.shape)}")
     with torch.autocast(device_type=logits.device.type, enabled=False):
         x = logits.float()
         t = target.to(device=x.device, dtype=torch.float32)

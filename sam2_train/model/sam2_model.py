@@ -453,7 +453,8 @@ class SAM2GroupTracker:
         return {"maskmem_features": maskmem, "maskmem_pos_enc": self._shared_pos(pos), "obj_ptr": obj_ptr}
 
     def _view(self, frame_idx: int) -> dict:
-        """Output dict for SAM-2 at ``frame_idx``: stripped entries are only shown where SAM-2 reads no spatial memory."""
+        """Output dict for SAM-2 at ``frame_idx``: stripped entries are only shown where SAM-2 reads no spatial
+        memory."""
         non_cond = {t: e for t, e in self.output_dict["non_cond_frame_outputs"].items()
                     if "maskmem_features" in e or abs(t - frame_idx) > self.mem_window}
         return {"cond_frame_outputs": self.output_dict["cond_frame_outputs"], "non_cond_frame_outputs": non_cond}

@@ -110,8 +110,9 @@ def build_sss_net(conf, device="cpu", sam_ckpt: str | None = None) -> SSSNet:
 
     ``conf``: :class:`sam2_train.engine.config.ModelConf`. ``sam_ckpt`` overrides ``conf.sam_ckpt`` (``"none"``
     when the weights come from our own checkpoint). SAM-2 attends to at most ``memory_bank_size`` conditioning
-    frames (``max_cond_frames_in_attn``; 0: the config's; no weights depend on it). ``freeze_encoder``: ``requires_grad=False`` on the image encoder. ``grad_ckpt``:
-    activation checkpointing of its Hiera blocks (:mod:`sam2_train.model.levers`)."""
+    frames (``max_cond_frames_in_attn``; 0: the config's; no weights depend on it). ``freeze_encoder``:
+    ``requires_grad=False`` on the image encoder. ``grad_ckpt``: activation checkpointing of its Hiera blocks
+    (:mod:`sam2_train.model.levers`)."""
     overrides = []
     if conf.memory_bank_size:
         overrides.append(f"++model.max_cond_frames_in_attn={int(conf.memory_bank_size)}")

@@ -40,8 +40,8 @@ class SAMMatch(UNetWeakToStrong):
                                     help="sammatch: fine-tune SAM-2 alongside (loss_x_sam + 0.25 loss_u_w_sam, its "
                                          "own SGD), as SAM-Match does; 0 keeps it frozen")
         guide_lr: float = setting(5e-4, flag="-guide_lr", type=float, group="SAM-2 guide",
-                                  help="sammatch -guide_train 1: SGD learning rate of SAM-2 (momentum 0.9, weight decay "
-                                       "1e-4, constant)")
+                                  help="sammatch -guide_train 1: SGD learning rate of SAM-2 (momentum 0.9, "
+                                       "weight decay 1e-4, constant)")
 
     def __init__(self, net, config, **kw):
         super().__init__(net, config, **kw)
