@@ -25,7 +25,7 @@ def main(argv, script: str) -> int:
         dist = init_distributed(device=run.device, gpu_device=run.gpu_device, distributed=run.distributed)
         needs_unlabeled = method_class(config.semi.method, config.model.student, script).needs_unlabeled
         splits = build_datasets(config.data, script, image_size=config.model.image_size, seed=run.seed,
-                                unlabeled=needs_unlabeled)
+                                unlabeled=needs_unlabeled, needed_by=f"-method {config.semi.method}")
         if run.check_data:   # every file the run reads, before training
             check_before_training(splits, unlabeled=needs_unlabeled, num_workers=run.num_workers,
                                   is_main=dist.is_main)

@@ -52,8 +52,9 @@ class Splits:
 
 
 def assemble(src: Sources, conf: DataConf, script: str, root: str, *, image_size: int, seed: int,
-             unlabeled: bool, intensity: tuple) -> Splits:
-    """Turn volume references into the datasets the script needs (``unlabeled``: the method needs unlabeled data)."""
+             unlabeled: bool, intensity: tuple, needed_by: str = "the method") -> Splits:
+    """Turn volume references into the datasets the script needs (``unlabeled``: ``needed_by``, the method, needs
+    unlabeled data)."""
     if script not in ("2d", "3d"):
         raise ValueError(f"script must be '2d' or '3d', got {script!r}")
     size = image_size
@@ -76,7 +77,7 @@ def assemble(src: Sources, conf: DataConf, script: str, root: str, *, image_size
     else:
         unl_missing = src.unlabeled_missing or f"{root}: no unlabeled data (all training volumes are labeled)"
         if unlabeled:
-            raise DatasetError(f"{unl_missing}; the method needs unlabeled data "
+            raise DatasetError(f"{unl_missing}; {needed_by} needs unlabeled data "
                                f"(lower -labeled_num, add unlabeled volumes, or use -method supervised)")
     val = VolumeDataset(src.val_refs, "validation")
     test = None if src.test_refs is None else VolumeDataset(src.test_refs, "test")
@@ -93,12 +94,13 @@ def assemble(src: Sources, conf: DataConf, script: str, root: str, *, image_size
                   info={**src.info, "intensity": list(intensity)}, case_names=case_names)
 
 
-def build_datasets(conf: DataConf, script: str, *, image_size: int, seed: int = 0, unlabeled: bool = True) -> Splits:
+def build_datasets(conf: DataConf, script: str, *, image_size: int, seed: int = 0, unlabeled: bool = True,
+                   needed_by: str = "the method") -> Splits:
     """Build the datasets of ``conf.dataset`` (any registered dataset, :mod:`dataset.registry`) for ``script``
-    ("2d"/"3d") at the model size ``image_size``; ``unlabeled``: the method needs unlabeled data. Raises
-    :class:`DatasetError` with a one-line message on bad input."""
+    ("2d"/"3d") at the model size ``image_size``; ``unlabeled``: the method (``needed_by``, as the error names it,
+    e.g. "-method sss") needs unlabeled data. Raises :class:`DatasetError` with a one-line message on bad input."""
     spec = dataset_spec(conf.dataset)
     root = conf.data_path or spec.default_path(script)
     src = spec.sources(conf, root, script)
     return assemble(src, conf, script, root, image_size=image_size, seed=seed, unlabeled=unlabeled,
-                    intensity=tuple(spec.intensity(conf, root, script)))
+                    intensity=tuple(spec.intensity(conf, root, script)), needed_by=needed_by)

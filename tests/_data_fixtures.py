@@ -17,7 +17,7 @@ def build(script, *, image_size=64, seed=0, method="sss", **kw):
                 hu_window=(0.0, 80.0), class_spec=None, fg_oversample=0.0)
     base.update(kw)
     return build_datasets(DataConf(**base), script, image_size=image_size, seed=seed,
-                          unlabeled=method != "supervised")
+                          unlabeled=method != "supervised", needed_by=f"-method {method}")
 
 
 def names_of(ds):

@@ -81,6 +81,14 @@ def test_bad_file_anywhere_stops_the_run_before_training(acdc, tmp_path, capsys,
     assert not os.path.exists(tmp_path / "logs")            # no run directory: training never started
 
 
+def test_a_method_without_unlabeled_data_is_named(acdc, tmp_path, capsys):
+    """All 10 training patients labeled: the one line says which -method needs the unlabeled data."""
+    status, _, err = train(acdc, tmp_path / "logs", capsys, "-labeled_num", "10", "-method", "fixmatch")
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.startswith("error")]
+    assert status == 2 and len(lines) == 1, err
+    assert "(all training volumes are labeled); -method fixmatch needs unlabeled data" in lines[0]
+
+
 def test_check_data_0_skips_the_check(acdc, monkeypatch):
     plant_label_value(last_test_volume(acdc), 9)
     splits = build("2d", dataset="acdc", data_path=acdc, labeled_num=2)

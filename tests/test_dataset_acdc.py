@@ -84,7 +84,7 @@ def test_labeled_ratio_and_too_many(tmp_path):
     with pytest.raises(DatasetError, match="larger than the 3 patients"):
         build("2d", data_path=root, labeled_num=4)
     # all patients labeled: no unlabeled data -> error for SSL methods, None for supervised
-    with pytest.raises(DatasetError, match="needs unlabeled data"):
+    with pytest.raises(DatasetError, match=r"\(all training volumes are labeled\); -method sss needs unlabeled data"):
         build("2d", data_path=root, labeled_num=3)
     s = build("2d", data_path=root, labeled_num=3, method="supervised")
     assert s.unlabeled is None and s.unlabeled_missing
