@@ -64,7 +64,7 @@ def test_resume_force_records_changes_and_explains_world_size(short_run, demo_ro
     r = run_train(args)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
-    assert "-max_iters 1 -> 2" in out
+    assert "continuing with changed settings: -max_iters: 1 -> 2" in out   # as the refusal lists it
     assert f"{ckpt} was saved by 2 process(es), this run has 1" in out and "shard" in out
     cfg = json.load(open(os.path.join(run, "config.json")))
     assert cfg["run"]["max_iters"] == 1  # the original run's values stay

@@ -138,8 +138,8 @@ class Trainer:
         if resume is not None:
             log(f"resumed from {run.resume} at iteration {start}/{run.max_iters}")
             if resume_changes:
-                log("warning: -resume_force 1: continuing with changed settings " + ", ".join(
-                    f"{k} {old!r} -> {new!r}" for k, (old, new) in resume_changes.items()))
+                log("warning: -resume_force 1: continuing with changed settings: " + "; ".join(
+                    f"{k}: {old!r} -> {new!r}" for k, (old, new) in resume_changes.items()))
             ws_change = world_size_change_message(saved_world_size(resume), dist.world_size, batch=run.batch_size,
                                                   source=run.resume)
             if ws_change:
