@@ -70,11 +70,11 @@ that on a loaded machine. The 3-D labeling is about half of the time at 256.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
+from torch.profiler import record_function
 
 from sam2_train.engine.settings import nonneg_int, positive_int, setting, str2bool, unit_float
 from sam2_train.model.prompts import Prompts
@@ -169,10 +169,6 @@ def _unbatch(p: Prompts, batched: bool) -> Prompts:
     if batched:
         return p
     return Prompts(**{f.name: _map(getattr(p, f.name), lambda t: t[0]) for f in fields(p)})
-
-
-def _single_point(boxes: torch.Tensor, points: torch.Tensor, valid: torch.Tensor, **extra) -> Prompts:
-    return Prompts.single_point(boxes, points, valid, **extra)
 
 
 @torch.no_grad()
@@ -324,10 +320,10 @@ def pcsw_prompts(probs: torch.Tensor, body_mask: torch.Tensor | None = None,
     fb_g = torch.from_numpy(fb_np).to(device)
     acc_g = torch.from_numpy(acc_label > 0).to(device)
     status = torch.where(~predicted, 0, torch.where(fb_g, 2, torch.where(acc_g, 1, 3))).view(N, K)
-    out = _single_point(back(boxes, 4), back(points, 2), back(valid), masks=back(mask, h, w),
-                        windows=torch.from_numpy(np.stack([best_s, best_e], -1).reshape(N, K, 2)).to(device),
-                        scores=torch.from_numpy(score.reshape(N, K)).to(device),
-                        fallback=back(valid & fb_np[:, None]), status=status)
+    out = Prompts.single_point(back(boxes, 4), back(points, 2), back(valid), masks=back(mask, h, w),
+                               windows=torch.from_numpy(np.stack([best_s, best_e], -1).reshape(N, K, 2)).to(device),
+                               scores=torch.from_numpy(score.reshape(N, K)).to(device),
+                               fallback=back(valid & fb_np[:, None]), status=status)
     return _unbatch(out, batched)
 
 
@@ -402,8 +398,7 @@ def coarse_box_prompts(probs: torch.Tensor, margin: int = 2) -> Prompts:
     Runs entirely in torch on the input's device.
     """
     probs, _, batched = _as_batch(probs, None)
-    N, D, C, h, w = probs.shape
-    K = C - 1
+    N, D, _, h, w = probs.shape
     p = probs.detach().float()
     mask = _argmax_masks(p.transpose(1, 2).contiguous()).transpose(1, 2)   # (N, D, K, h, w)
     rows, cols = mask.any(4), mask.any(3)                          # (N, D, K, h), (N, D, K, w)
@@ -422,9 +417,8 @@ def coarse_box_prompts(probs: torch.Tensor, margin: int = 2) -> Prompts:
     windows = torch.stack([torch.zeros_like(anyk, dtype=torch.long),
                            torch.full_like(anyk, D, dtype=torch.long)], -1)
     windows = torch.where(anyk.unsqueeze(-1), windows, torch.full_like(windows, -1))
-    out = _single_point(boxes, points, valid, masks=mask, windows=windows, scores=anyk.float())
+    out = Prompts.single_point(boxes, points, valid, masks=mask, windows=windows, scores=anyk.float())
     return _unbatch(out, batched)
-
 
 
 def image_prompts(probs: torch.Tensor, image_size: int, cfg: PCSWConfig, use_pcsw: bool,
@@ -433,7 +427,6 @@ def image_prompts(probs: torch.Tensor, image_size: int, cfg: PCSWConfig, use_pcs
     PCSW when ``use_pcsw``, else the unconstrained per-slice boxes of the coarse argmax (the ``-pcsw 0``
     ablation). Rows are flattened to N*D (the per-slab ``status`` stays (N,K)); a click is the centre of its
     coarse cell. ``class_conf`` (K,): calibrated gates (:meth:`SSSNet.gates`)."""
-    from torch.profiler import record_function
     with record_function("sss.pcsw"):
         p = pcsw_prompts(probs, body, cfg, class_conf) if use_pcsw else coarse_box_prompts(probs, margin=cfg.margin)
     fallback = p.fallback if p.fallback is not None else torch.zeros_like(p.valid)
