@@ -29,7 +29,7 @@ import secrets
 import shutil
 import warnings
 import zipfile
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
