@@ -18,6 +18,8 @@ from sam2_train.model.cutmix import mix
 
 #: SAM point labels
 LABEL_POS, LABEL_PAD = 1, -1
+#: the fields of :class:`Prompts` that are per slab (n,K,...), not per row: PCSW's diagnostics
+PER_SLAB = ("status", "windows", "scores")
 
 
 @dataclass
@@ -50,19 +52,24 @@ class Prompts:
     def replace(self, **changes) -> "Prompts":
         return dataclasses.replace(self, **changes)
 
-    def _map(self, fn, keep_status: bool = True) -> "Prompts":
+    def _map(self, fn, per_slab: str = "map") -> "Prompts":
+        """``fn`` applied to every tensor field; PCSW's per-slab diagnostics (:data:`PER_SLAB`) are mapped too
+        (``"map"``), kept as they are (``"keep"``) or dropped (``"drop"``)."""
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            per_slab = f.name in ("status", "windows", "scores")
-            out[f.name] = fn(v) if isinstance(v, torch.Tensor) and not (per_slab and not keep_status) else (
-                None if per_slab and not keep_status else v)
+            if not isinstance(v, torch.Tensor):
+                out[f.name] = v
+            elif f.name in PER_SLAB and per_slab != "map":
+                out[f.name] = v if per_slab == "keep" else None
+            else:
+                out[f.name] = fn(v)
         return Prompts(**out)
 
     def select(self, rows) -> "Prompts":
         """The prompts of the leading-dim ``rows`` (an index, slice or index tensor); the per-slab PCSW
         diagnostics are dropped."""
-        return self._map(lambda t: t[rows], keep_status=False)
+        return self._map(lambda t: t[rows], per_slab="drop")
 
     def to(self, device) -> "Prompts":
         return self._map(lambda t: t.to(device))
@@ -70,12 +77,7 @@ class Prompts:
     def flatten_rows(self, dims: int = 2) -> "Prompts":
         """Merge the first ``dims`` leading dims of the per-row fields ((N,D,...) -> (N*D,...)); the per-slab
         diagnostics keep their shape."""
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            per_slab = f.name in ("status", "windows", "scores")
-            out[f.name] = v.flatten(0, dims - 1) if isinstance(v, torch.Tensor) and not per_slab else v
-        return Prompts(**out)
+        return self._map(lambda t: t.flatten(0, dims - 1), per_slab="keep")
 
     def scaled(self, size: int, to_size: int) -> "Prompts":
         """The same prompts on a ``to_size`` image of the same field of view as the ``size`` image (or map) they
