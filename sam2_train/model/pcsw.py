@@ -69,7 +69,7 @@ that on a loaded machine. The 3-D labeling is about half of the time at 256.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -131,11 +131,6 @@ class PCSWConfig:
         return n_min, max(n_min, n_max)
 
 
-def _map(value, fn):
-    """``fn(value)`` for a tensor; other values (None, flags) unchanged."""
-    return fn(value) if isinstance(value, torch.Tensor) else value
-
-
 def _argmax_masks(pc: torch.Tensor) -> torch.Tensor:
     """``pc (N, C, ...)`` class-major probabilities -> ``(N, C-1, ...)`` bool: class ``k >= 1`` is the
     argmax over the ``C`` classes (first index on ties, as ``torch.argmax``). Uses running maxima over the
@@ -168,7 +163,7 @@ def _as_batch(probs: torch.Tensor, body_mask: torch.Tensor | None):
 def _unbatch(p: Prompts, batched: bool) -> Prompts:
     if batched:
         return p
-    return Prompts(**{f.name: _map(getattr(p, f.name), lambda t: t[0]) for f in fields(p)})
+    return p.map_tensors(lambda t: t[0])
 
 
 @torch.no_grad()

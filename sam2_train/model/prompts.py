@@ -52,7 +52,7 @@ class Prompts:
     def replace(self, **changes) -> "Prompts":
         return dataclasses.replace(self, **changes)
 
-    def _map(self, fn, per_slab: str = "map") -> "Prompts":
+    def map_tensors(self, fn, per_slab: str = "map") -> "Prompts":
         """``fn`` applied to every tensor field; PCSW's per-slab diagnostics (:data:`PER_SLAB`) are mapped too
         (``"map"``), kept as they are (``"keep"``) or dropped (``"drop"``)."""
         out = {}
@@ -69,15 +69,15 @@ class Prompts:
     def select(self, rows) -> "Prompts":
         """The prompts of the leading-dim ``rows`` (an index, slice or index tensor); the per-slab PCSW
         diagnostics are dropped."""
-        return self._map(lambda t: t[rows], per_slab="drop")
+        return self.map_tensors(lambda t: t[rows], per_slab="drop")
 
     def to(self, device) -> "Prompts":
-        return self._map(lambda t: t.to(device))
+        return self.map_tensors(lambda t: t.to(device))
 
     def flatten_rows(self, dims: int = 2) -> "Prompts":
         """Merge the first ``dims`` leading dims of the per-row fields ((N,D,...) -> (N*D,...)); the per-slab
         diagnostics keep their shape."""
-        return self._map(lambda t: t.flatten(0, dims - 1), per_slab="keep")
+        return self.map_tensors(lambda t: t.flatten(0, dims - 1), per_slab="keep")
 
     def scaled(self, size: int, to_size: int) -> "Prompts":
         """The same prompts on a ``to_size`` image of the same field of view as the ``size`` image (or map) they
