@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 
 from sam2_train.methods.registry import register
-from sam2_train.methods.weak_to_strong import FixMatchVariant, SAM2Step, SSSVariant, SupervisedVariant
+from sam2_train.methods.weak_to_strong import (FixMatchVariant, SAM2Step, SSSLabeledOnlyVariant, SSSVariant,
+                                              SupervisedVariant)
 from sam2_train.model.cutmix import sample_box_masks
 from sam2_train.model.labels import pseudo_labels
 from sam2_train.model.losses import bce_dice_loss
@@ -66,3 +67,8 @@ class FixMatch2D(FixMatchVariant, SAM2Slices):
 @register
 class SSS2D(SSSVariant, SAM2Slices):
     """``-method sss``: slices."""
+
+
+@register
+class SSSLabeledOnly2D(SSSLabeledOnlyVariant, SAM2Slices):
+    """``-method sss_labeled_only``: slices."""

@@ -26,7 +26,8 @@ from torch.profiler import record_function
 
 from sam2_train.engine.settings import setting
 from sam2_train.methods.registry import register
-from sam2_train.methods.weak_to_strong import FixMatchVariant, SAM2Conf, SAM2Step, SSSVariant, SupervisedVariant
+from sam2_train.methods.weak_to_strong import (FixMatchVariant, SAM2Conf, SAM2Step, SSSLabeledOnlyVariant,
+                                              SSSVariant, SupervisedVariant)
 from sam2_train.model.cutmix import sample_box_masks
 from sam2_train.model.labels import NEG, body_mask, pseudo_labels
 from sam2_train.model.losses import bce_dice_loss
@@ -107,6 +108,11 @@ class FixMatch3D(FixMatchVariant, SAM2Clips):
 @register
 class SSS3D(SSSVariant, SAM2Clips):
     """``-method sss``: clips, SAM-2 memory across slices."""
+
+
+@register
+class SSSLabeledOnly3D(SSSLabeledOnlyVariant, SAM2Clips):
+    """``-method sss_labeled_only``: clips."""
 
 
 @dataclass

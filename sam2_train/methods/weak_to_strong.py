@@ -29,7 +29,7 @@ from sam2_train.model.prompts import Prompts, mix_prompts
 from sam2_train.model.resize import resize_label, upsample
 
 __all__ = ["SAM2Conf", "SAM2Step", "UnlabeledTargets", "SupervisedVariant", "FixMatchVariant", "SSSVariant",
-           "student_strong_views", "pcsw_rates"]
+           "SSSLabeledOnlyVariant", "student_strong_views", "pcsw_rates"]
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,15 @@ class FixMatchVariant:
 class SSSVariant:
     """``-method sss`` of a SAM-2 step: DFE and PCSW are its own (it refuses neither)."""
     name, summary = "sss", "SSS: weak-to-strong with DFE and PCSW prompts"
+    requires: dict = {}
+
+
+class SSSLabeledOnlyVariant:
+    """``-method sss_labeled_only``: the SSS network (DFE in its single-view form, PCSW prompts for the labeled
+    images' own prompts) trained on labeled data only, no unlabeled loss. SSS minus this row is what the unlabeled
+    scans add; supervised minus it is what the DFE adapter's capacity adds."""
+    name, summary = "sss_labeled_only", "the SSS network (DFE + PCSW) on labeled data only"
+    needs_unlabeled = False
     requires: dict = {}
 
 
