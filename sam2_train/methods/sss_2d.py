@@ -42,9 +42,11 @@ class SAM2Slices(SAM2Step):
     def teacher_masks(self, teacher, feats, prompts, probs, bu):
         """The decoder's masks fused with the coarse head (``-pcsw_fuse``); a class prompted by a PCSW fallback
         keeps pseudo-label confidence only where it is >= ``-tau_fallback``."""
-        labels, conf = pseudo_labels(teacher.refine(feats.feats, prompts), prompts.valid, probs, prompts.fallback,
-                                     self.conf.tau_fallback, fuse=self.pcsw.fuse)
-        return labels, conf, prompts
+        return (*self.prompted_labels(teacher, feats, prompts, probs, 0), prompts)
+
+    def prompted_labels(self, net, feats, prompts, probs, num_clips):
+        return pseudo_labels(net.refine(feats.feats, prompts), prompts.valid, probs, prompts.fallback,
+                             self.conf.tau_fallback, fuse=self.pcsw.fuse)
 
     def box_masks(self, bu, length, size, device):
         return sample_box_masks(2 * bu * length, size, self.semi.cutmix_p, device)       # one box per strong row

@@ -77,12 +77,15 @@ class SAM2Clips(SAM2Step):
         n, k = prompts.valid.shape
         t = n // bu
         valid = thin_prompt_frames(prompts.valid.view(bu, t, k), self.config.infer.prompt_freq).flatten(0, 1)
-        thinned = prompts.replace(valid=valid, masks=prompts.masks & valid[..., None, None])
-        tr = track_clips(teacher, feats, thinned, bu)
         fallback = prompts.fallback.view(bu, t, k).any(1, keepdim=True).expand(bu, t, k).flatten(0, 1)   # per clip
-        labels, conf = pseudo_labels(tr.masks, tr.prompted & (tr.scores > 0), probs, fallback,
-                                     self.conf.tau_fallback, fuse=self.pcsw.fuse)
-        return labels, conf, thinned
+        thinned = prompts.replace(valid=valid, masks=prompts.masks & valid[..., None, None], fallback=fallback)
+        return (*self.prompted_labels(teacher, feats, thinned, probs, bu), thinned)
+
+    def prompted_labels(self, net, feats, prompts, probs, num_clips):
+        """Each prompted class tracked through its clip; labels where SAM-2's object score is > 0."""
+        tr = track_clips(net, feats, prompts, num_clips)
+        return pseudo_labels(tr.masks, tr.prompted & (tr.scores > 0), probs, prompts.fallback,
+                             self.conf.tau_fallback, fuse=self.pcsw.fuse)
 
     def box_masks(self, bu, length, size, device):
         return sample_box_masks(2 * bu, size, self.semi.cutmix_p, device).repeat_interleave(length, dim=0)

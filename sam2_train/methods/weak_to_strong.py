@@ -14,6 +14,7 @@ coarse/low-res size. Prompts are in model-input pixels.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,14 @@ class SAM2Conf:
     unsup_encoder_grad: bool = setting(False, flag="-unsup_encoder_grad", type=str2bool, group="method",
                                        metavar="{0,1}",
                                        help="let the unlabeled loss back-propagate into the image encoder")
+    dfe_views: str = setting("cross", flag="-dfe_views", choices=("cross", "own", "joint"), group="method",
+                             help="unlabeled views through DFE: cross = DFE(W, S) for the strong branch, pseudo-labels "
+                                  "from the teacher's single-view pass; own = each strong view enhanced alone (the "
+                                  "test-time operator); joint = DFE(W, S) gives W' and S' in one forward and the "
+                                  "pseudo-labels come from that W' (detached, UniMatch-style), the teacher giving "
+                                  "the prompts only")
+    unsup_ce: float = setting(1.0, flag="-unsup_ce", type=float, group="method",
+                              help="weight of the CE term in the coarse head's unlabeled loss (0: Dice only)")
 
 
 @dataclass
@@ -115,10 +124,14 @@ class SAM2Step(Method):
             # the student: weak + strong views through the encoder (no autograd by default), DFE(W, S1), DFE(W, S2);
             # conf_ok (2N,s,s): the confident pseudo-label pixels
             u = self.teacher_targets(batch_u)
-            feats_u_s, conf_ok = student_strong_views(net, u, self.conf.unsup_encoder_grad, semi.tau_u)
+            feats_u_s, feats_u_w = student_strong_views(net, u, self.conf.unsup_encoder_grad, self.conf.dfe_views)
+            if self.conf.dfe_views == "joint":
+                u = self.own_weak_targets(feats_u_w, u)                           # labels from this forward's W'
+            conf_ok = u.conf >= semi.tau_u
             loss_mask_u = self.unlabeled_mask_loss(feats_u_s, u, conf_ok)
             with record_function("sss.loss"):
-                loss_u = ce_dice_loss(net.coarse(feats_u_s.feats), u.labels, conf_ok, class_weight=cw) + loss_mask_u
+                loss_u = ce_dice_loss(net.coarse(feats_u_s.feats), u.labels, conf_ok, class_weight=cw,
+                                      ce_weight=self.conf.unsup_ce) + loss_mask_u
             loss = loss_x + lambda_u(semi, iteration) * loss_u
         return {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, "mask_ratio": conf_ok.float().mean().detach(),
                 **pcsw_rates(u.pcsw_status, k)}
@@ -144,15 +157,26 @@ class SAM2Step(Method):
         partner = torch.cat([clip_cutmix_partners(bu, length, img_w.device),
                              clip_cutmix_partners(bu, length, img_w.device) + n])                    # (2N,)
         box_masks = self.box_masks(bu, length, size, img_w.device)                                     # (2N,S,S)
-        two = lambda t: torch.cat([t, t])                                                             # noqa: E731
+        two = lambda t: None if t is None else torch.cat([t, t])                                      # noqa: E731
         mixed = Prompts.single_point(two(prompts_mix.boxes), two(prompts_mix.points[..., 0, :]),
-                                     two(prompts_mix.valid), masks=two(prompts_mix.masks))
+                                     two(prompts_mix.valid), masks=two(prompts_mix.masks),
+                                     fallback=two(prompts_mix.fallback))
         return UnlabeledTargets(
             images=torch.cat([img_w, mix(torch.cat([img_s1, img_s2]), partner, box_masks)]), box_masks=box_masks,
             partner=partner, labels=mix(two(labels), partner, box_masks), conf=mix(two(conf), partner, box_masks),
             prompts=mix_prompts(mixed, partner, box_masks, size, self.pcsw.margin),
             num_clips=self.strong_clips(bu), weak_backbone=raw.feats if self.frozen_encoder else None,
             pcsw_status=prompts.status)
+
+    @torch.no_grad()
+    def own_weak_targets(self, feats_w, u: UnlabeledTargets) -> UnlabeledTargets:
+        """``-dfe_views joint``: the pseudo-labels and confidences of the 2N strong rows from the student's own W'
+        (``feats_w``, the CutMix-ed weak features enhanced against each strong view in the same forward), through
+        the coarse head and the masks of the teacher's mixed prompts; no gradient flows through them."""
+        feats_w = feats_w.replace([f.detach() for f in feats_w.feats])
+        probs = self.net.coarse(feats_w.feats).float().softmax(1)                  # (2N,K+1,s,s)
+        labels, conf = self.prompted_labels(self.net, feats_w, u.prompts, probs, u.num_clips)
+        return dataclasses.replace(u, labels=labels, conf=conf)
 
     # ------------------------------------------------------------------ what 2D and 3D implement
     def labeled_rows(self, batch_l: dict):
@@ -164,6 +188,11 @@ class SAM2Step(Method):
 
     def teacher_masks(self, teacher, feats, prompts: Prompts, probs: torch.Tensor, bu: int):
         """(pseudo-labels (N,s,s), confidences (N,s,s), the prompts to mix into the strong views)."""
+        raise NotImplementedError
+
+    def prompted_labels(self, net, feats, prompts: Prompts, probs: torch.Tensor, num_clips: int):
+        """Pseudo-labels (N,s,s) and confidences (N,s,s) of ``net``'s masks for ``prompts`` (used as given) fused
+        with its coarse probabilities ``probs`` (N,K+1,s,s); ``num_clips``: 3D only."""
         raise NotImplementedError
 
     def box_masks(self, bu: int, length: int, size: int, device) -> torch.Tensor:
@@ -202,27 +231,33 @@ class SSSLabeledOnlyVariant:
     requires: dict = {}
 
 
-def student_strong_views(net, u: UnlabeledTargets, encoder_grad: bool, tau_u: float):
-    """The student's features of the 2N strong rows, DFE-enhanced against the CutMix-ed weak rows, as
-    ImageFeatures (with the encoder's positional encodings, which the 3D tracker needs), and the pseudo-label
-    mask ``conf_ok`` (2N,s,s) = conf >= tau_u.
+def student_strong_views(net, u: UnlabeledTargets, encoder_grad: bool, views: str = "cross"):
+    """The student's features of the 2N strong rows after DFE, and of the 2N CutMix-ed weak rows (W', or None with
+    ``views="own"``), as ImageFeatures (with the encoder's positional encodings, which the 3D tracker needs).
 
     ``u.images`` (3N,1,S,S) = weak, mixed strong 1, mixed strong 2; the encoder runs without autograd unless
     ``encoder_grad``; the weak features are CutMix-ed like the strong images so DFE(W, S1), DFE(W, S2) pair
-    aligned pixels. With ``u.weak_backbone`` (a frozen encoder: the teacher's backbone features are the
-    student's) only the 2N strong images are encoded and the student's own conv_s0/conv_s1 (decoder parameters,
-    which train) project the weak levels 0 and 1, so W and S come from the same network."""
+    aligned pixels (``views`` "cross" and "joint"); with ``views="own"`` each strong view is enhanced alone, by the
+    single-view operator of labeled and test images, and the weak view takes no part. With ``u.weak_backbone`` (a
+    frozen encoder: the teacher's backbone features are the student's) only the 2N strong images are encoded and
+    the student's own conv_s0/conv_s1 (decoder parameters, which train) project the weak levels 0 and 1, so W and
+    S come from the same network."""
     images, n = u.images, u.images.shape[0] // 3
     with contextlib.nullcontext() if encoder_grad else torch.no_grad():
-        if u.weak_backbone is None:
+        if views == "own":
+            enc = net.encode(images[n:])
+        elif u.weak_backbone is None:
             enc = net.encode(images)
         else:
             enc_s = net.encode(images[n:])
             enc_w = net.project(enc_s.replace([w.to(s.dtype) for w, s in zip(u.weak_backbone, enc_s.feats)]))
             enc = enc_s.replace([torch.cat([w, s]) for w, s in zip(enc_w.feats, enc_s.feats)])
+    if views == "own":
+        return enc.replace(net.enhance(enc.feats)[1]), None
     fw = [mix(torch.cat([f[:n], f[:n]]), u.partner, u.box_masks) for f in enc.feats]
-    _, fs = net.enhance(fw, [f[n:] for f in enc.feats])
-    return enc.replace(fs), u.conf >= tau_u
+    strong = enc.replace([f[n:] for f in enc.feats])
+    fw2, fs2 = net.enhance(fw, strong.feats)
+    return strong.replace(fs2), strong.replace(fw2)
 
 
 PCSW_STATUS = {"accept": 1, "fallback": 2, "reject": 3}

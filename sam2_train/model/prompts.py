@@ -281,7 +281,8 @@ def mix_prompts(prompts: Prompts, partner: torch.Tensor, box_masks: torch.Tensor
     partner's click if that class was prompted there and the click is inside the pasted box, else the most
     interior cell of the mixed component (:func:`interior_points`) -- e.g. when only a piece of the
     partner's component was pasted, or the class was not prompted in the row (no click, or a thinned 3D
-    frame). A class without a mixed component gets the click (0, 0) (it is not prompted).
+    frame). A class without a mixed component gets the click (0, 0) (it is not prompted). A class is a PCSW
+    fallback in a mixed row where it is one in the row or in its partner (the stricter rule of the two).
     """
     s = prompts.masks.shape[-1]
     masks = mix(prompts.masks, partner, box_masks)
@@ -295,4 +296,5 @@ def mix_prompts(prompts: Prompts, partner: torch.Tensor, box_masks: torch.Tensor
     inner = (interior_points(masks) + 0.5) * (image_size / s) - 0.5           # cell centre, pixel indices
     points = torch.where(own_ok[..., None], own, torch.where(other_ok[..., None], other, inner))
     points = torch.where(valid[..., None], points, torch.zeros_like(points))
-    return Prompts.single_point(boxes, points, valid, masks=masks)
+    fallback = None if prompts.fallback is None else prompts.fallback | prompts.fallback[partner]
+    return Prompts.single_point(boxes, points, valid, masks=masks, fallback=fallback)
