@@ -82,6 +82,37 @@ def test_lambda_u_scales_km_onetime_unlabeled_loss(demo_batches):  # noqa: F811
     assert losses["1.0"] > 0 and losses["0.1"] == pytest.approx(0.1 * losses["1.0"], rel=1e-5)
 
 
+def test_km_pseudo_labeled_slice_weighs_lambda_u_times_a_ground_truth_one(demo_batches):  # noqa: F811
+    """-lambda_u is relative to the labeled term 0.5 x (CE + Dice): the same slice as a pseudo-label at
+    -lambda_u 0.5 weighs half what it weighs as ground truth (before, the two weighed the same)."""
+    root, _, batch_l, _ = demo_batches
+    torch.manual_seed(0)
+    config = config_for("km_onetime", root, "unetpp", "-lambda_u", "0.5")
+    net = build_student(config.model).eval()
+    student = method_of(config)(net, config, teacher=ModelEMA(net).module)
+    out = student(batch_l, dict(batch_l), 100)                  # the labeled batch again, as pseudo-labels
+    assert float(out["loss_x"].detach()) > 0
+    assert float(out["loss_u"].detach()) == pytest.approx(0.5 * float(out["loss_x"].detach()), rel=1e-5)
+
+
+def test_unimatch_style_strong_views_weigh_a_quarter_each_against_loss_x(demo_batches, monkeypatch):  # noqa: F811
+    """UniMatch's ACDC loss (loss_x + 0.25 s1 + 0.25 s2 + 0.5 fp) / 2 has no 0.5 fp stream here: the two strong
+    views' Dice (one term over both) enters at 0.5 x lambda_u, i.e. 0.25 per view, against loss_x."""
+    root, _, batch_l, batch_u = demo_batches
+    seen = []
+
+    def fake_heads_loss(heads, labels, valid=None, class_weight=None, ce_weight=1.0):
+        seen.append(ce_weight)
+        return torch.tensor(2.0)
+    monkeypatch.setattr(unet_w2s, "heads_loss", fake_heads_loss)
+    for lam in (1.0, 0.4):
+        config = config_for("fixmatch", root, "unet", "-lambda_u", str(lam), "-rampup", "0")
+        net = build_student(config.model).eval()
+        out = method_of(config)(net, config, teacher=ModelEMA(net).module)(batch_l, batch_u, 10)
+        assert float(out["loss_u"]) == pytest.approx(0.5 * lam * 2.0)
+    assert seen == [0.0, 0.0]                                    # Dice alone on the strong views
+
+
 class NoGuide:
     def masks(self, *a, **k):
         raise AssertionError("SAM-2 was asked for labels before -km_start")

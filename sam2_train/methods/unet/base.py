@@ -14,7 +14,13 @@ from sam2_train.methods.registry import register
 from sam2_train.model.losses import ce_dice_loss
 from sam2_train.model.prompts import one_hot_fg
 
-__all__ = ["UNetMethod", "Supervised", "heads_loss", "mse_probs", "class_dice"]
+__all__ = ["UNetMethod", "Supervised", "heads_loss", "mse_probs", "class_dice", "LABELED_WEIGHT"]
+
+#: SSL4MIS's (and UniMatch's) weight of the labeled loss, 0.5 x (CE + Dice). ``-lambda_u`` of a method whose
+#: unlabeled loss is of the same kind (pseudo-labels: Knowledge Mining, UniMatch-style) is relative to it: the
+#: unlabeled term is ``lambda_u * LABELED_WEIGHT * loss``, so a pseudo-labeled slice weighs ``lambda_u`` times a
+#: ground-truth one.
+LABELED_WEIGHT = 0.5
 
 
 def heads_loss(heads: list[torch.Tensor], labels: torch.Tensor, valid: torch.Tensor | None = None,
@@ -56,7 +62,7 @@ class UNetMethod(Method):
         img_x, mask_x = batch_l["image"], batch_l["label"]                            # (B,1,S,S), (B,S,S)
         cw = self.semi.ce_class_weight(img_x.device)
         with self.autocast():
-            loss_x = 0.5 * heads_loss(self.net.heads(img_x), mask_x, class_weight=cw)
+            loss_x = LABELED_WEIGHT * heads_loss(self.net.heads(img_x), mask_x, class_weight=cw)
             out, logs = {"loss": loss_x, "loss_x": loss_x}, {}
             if batch_u is not None and self.uses_unlabeled(iteration):
                 loss_u, logs = self.unlabeled_loss(batch_u, iteration, cw)

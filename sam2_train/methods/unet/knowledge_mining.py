@@ -1,6 +1,7 @@
 """Knowledge Mining (Mao et al., arXiv 2503.06816): a U-Net++ student trained on the labeled subset first (until
-``-km_start``), then on SAM-2's labels of the unlabeled slices too, weighted ``-lambda_u`` (0.5: the paper's value
-is not in the text available to us). SAM-2 stays frozen and is prompted by the student's prediction: the outer box
+``-km_start``), then on SAM-2's labels of the unlabeled slices too, down-weighted by ``-lambda_u`` relative to the
+labeled loss (a pseudo-labeled slice weighs ``lambda_u`` times a ground-truth one; 0.5: the paper's value is not
+in the text available to us). SAM-2 stays frozen and is prompted by the student's prediction: the outer box
 of each class's thresholded mask plus its most probable pixels (:func:`sam2_train.model.sam_guide.box_point_prompts`,
 ``-km_thresh``, ``-km_points``; also the prompts of ``-infer sam_refine``).
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from sam2_train.engine.settings import nonneg_int, setting, unit_float
 from sam2_train.methods.base import lambda_u
 from sam2_train.methods.registry import register
-from sam2_train.methods.unet.base import UNetMethod, class_dice, heads_loss
+from sam2_train.methods.unet.base import LABELED_WEIGHT, UNetMethod, class_dice, heads_loss
 from sam2_train.model.prompts import one_hot_fg
 from sam2_train.model.sam_guide import box_point_prompts, sam_labels
 
@@ -62,8 +63,8 @@ class KMOneTime(KnowledgeMining):
             loop.set_unlabeled(dataset, start_iter=iteration - self.conf.km_start)
 
     def unlabeled_loss(self, batch_u, iteration, cw):
-        return lambda_u(self.semi, iteration) * heads_loss(self.net.heads(batch_u["image"]), batch_u["label"],
-                                                           class_weight=cw), {}
+        heads = self.net.heads(batch_u["image"])
+        return LABELED_WEIGHT * lambda_u(self.semi, iteration) * heads_loss(heads, batch_u["label"], class_weight=cw), {}
 
 
 @register
@@ -91,4 +92,4 @@ class KMContinuous(KnowledgeMining):
             rejected = one_hot_fg(labels, k).bool() | one_hot_fg(student, k).bool()      # (N,K,S,S)
             valid = ~(rejected & ~agree[..., None, None]).any(1)                          # (N,S,S)
             logs.update(km_agree=agree.float().mean(), mask_ratio=valid.float().mean())
-        return lambda_u(self.semi, iteration) * heads_loss(heads, labels, valid, cw), logs
+        return LABELED_WEIGHT * lambda_u(self.semi, iteration) * heads_loss(heads, labels, valid, cw), logs

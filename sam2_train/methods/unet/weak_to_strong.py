@@ -9,7 +9,7 @@ import torch
 
 from sam2_train.methods.base import lambda_u
 from sam2_train.methods.registry import register
-from sam2_train.methods.unet.base import UNetMethod, heads_loss
+from sam2_train.methods.unet.base import LABELED_WEIGHT, UNetMethod, heads_loss
 from sam2_train.model.cutmix import mix, sample_box_masks, sample_cutmix_partners
 
 
@@ -18,7 +18,9 @@ class UNetWeakToStrong(UNetMethod):
     name, summary = "fixmatch", "UniMatch-style weak-to-strong"
 
     def unlabeled_loss(self, batch_u, iteration, cw):
-        """lambda_u * Dice of the two CutMix-ed strong views against the teacher's confident weak-view labels;
+        """lambda_u * 0.5 * Dice of the two CutMix-ed strong views against the teacher's confident weak-view labels
+        (UniMatch's ACDC weights, ``(loss_x + 0.25 s1 + 0.25 s2 + 0.5 fp) / 2``, without the feature-perturbation
+        stream and the global 1/2: 0.25 per strong view against loss_x at lambda_u 1);
         outside the pasted box the labels may be refined (:meth:`refine_labels`), inside it they stay the
         teacher's labels of the pasted image, and the confidence is the teacher's everywhere."""
         x_w = batch_u["image_w"].flatten(0, 1)                                       # (N,1,S,S)
@@ -33,7 +35,8 @@ class UNetWeakToStrong(UNetMethod):
         own, pasted = torch.cat([refined, refined]), torch.cat([labels, labels])
         y_s = torch.where(box, pasted[partner], own)
         ok = mix(torch.cat([conf, conf]), partner, box) >= self.semi.tau_u
-        loss = lambda_u(self.semi, iteration) * heads_loss(self.net.heads(x_s), y_s, ok, ce_weight=0.0)
+        weight = LABELED_WEIGHT * lambda_u(self.semi, iteration)
+        loss = weight * heads_loss(self.net.heads(x_s), y_s, ok, ce_weight=0.0)
         return loss, {"mask_ratio": ok.float().mean(), **logs}
 
     def refine_labels(self, x_w: torch.Tensor, p_w: torch.Tensor, labels: torch.Tensor, iteration: int):
