@@ -128,9 +128,24 @@ def run_grid(t: dict, cells: list[Cell], opts) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+#: training flags of the table's shared protocol besides its budget keys (-val_freq multiplies -val_every)
+PROTOCOL_ALIASES = ("-val_freq",)
+
+
+def protocol_flags_in(train_args: str | None, budget: dict) -> list[str]:
+    """The flags of ``train_args`` that would change the table's shared budget (-max_iters -val_every -infer)."""
+    owned = {f"-{k}" for k in budget} | set(PROTOCOL_ALIASES)
+    given = [tok.split("=", 1)[0] for tok in shlex.split(train_args or "") if tok.startswith("-")]
+    return list(dict.fromkeys(flag for flag in given if flag in owned))
+
+
+def table_names(config: str = CONFIG) -> list[str]:
+    return list(OmegaConf.load(config)["tables"])
+
+
 def parse(argv=None) -> tuple[argparse.Namespace, dict]:
     p = argparse.ArgumentParser(prog="reproduce.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("table", help="a table of --config (acdc, bhsd)")
+    p.add_argument("table", help=f"a table of --config: {', '.join(table_names())}")
     p.add_argument("--columns", nargs="+", help="column keys, e.g. l3 l7 (default: the table's)")
     p.add_argument("--methods", nargs="+", help="row keys of --config (default: the table's rows)")
     p.add_argument("--max_iters", type=int, help="iteration budget of every cell (default: the table's)")
@@ -153,6 +168,10 @@ def parse(argv=None) -> tuple[argparse.Namespace, dict]:
             p.error(f"--{name}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
     if opts.max_iters is not None and opts.max_iters < 1:
         p.error("--max_iters must be >= 1")
+    if owned := protocol_flags_in(opts.train_args, t["budget"]):
+        p.error(f"--train_args may not set {', '.join(owned)}: every cell of table {opts.table} shares the table's "
+                f"{' '.join(flag_list(t['budget']))} (--max_iters changes the budget of "
+                "all cells; another inference mode is another table)")
     t["budget"]["max_iters"] = opts.max_iters or t["budget"]["max_iters"]
     opts.out = os.path.abspath(opts.out or os.path.join("results", ("quick_" if opts.quick else "") + opts.table))
     if opts.quick and not opts.data_path:

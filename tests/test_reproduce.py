@@ -271,3 +271,23 @@ def test_quick_grid_runs_skips_and_resumes(tmp_path):
     assert len(os.listdir(os.path.join(run2, "eval", "ssl4mis_test"))) == 2  # re-evaluated after resuming
     assert len(os.listdir(os.path.join(runs[1], "eval", "ssl4mis_test"))) == 1
     assert "acdc_fixmatch_l1: max_iters 2 (table: 3)" in open(out / "acdc.md").read()
+
+
+@pytest.mark.parametrize("args, named", [("-infer coarse", "-infer"), ("-lr 1e-4 -val_every=10", "-val_every"),
+                                         ("-max_iters 3", "-max_iters"), ("-val_freq 2", "-val_freq")])
+def test_train_args_cannot_change_the_tables_shared_protocol(args, named, capsys):
+    """One inference mode, budget and validation cadence per table: --train_args is refused in one line when it
+    would set them for the cells (it came after the table's flags, so it silently won before)."""
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["acdc_cpu", f"--train_args={args}", "--dry-run"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"--train_args may not set {named}" in err and "-infer pcsw" in err
+
+
+def test_help_lists_every_table(capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for name in OmegaConf.load(reproduce.CONFIG)["tables"]:
+        assert name in out
