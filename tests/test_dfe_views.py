@@ -57,9 +57,9 @@ def test_strong_view_features_depend_on_the_weak_image_only_when_paired(script, 
 
 def labeled_batch(script):
     g = torch.Generator().manual_seed(5)
-    if script == "2d":
-        return {"image": torch.rand(2, 1, 64, 64, generator=g), "label": torch.randint(0, 4, (2, 64, 64), generator=g)}
-    return {"image": torch.rand(1, 4, 1, 64, 64, generator=g), "label": torch.randint(0, 4, (1, 4, 64, 64), generator=g)}
+    lead = (2,) if script == "2d" else (1, 4)                        # slices / (clips, T)
+    return {"image": torch.rand(*lead, 1, 64, 64, generator=g),
+            "label": torch.randint(0, 4, (*lead, 64, 64), generator=g)}
 
 
 @pytest.mark.parametrize("script", ["2d", "3d"])

@@ -63,8 +63,8 @@ class KMOneTime(KnowledgeMining):
             loop.set_unlabeled(dataset, start_iter=iteration - self.conf.km_start)
 
     def unlabeled_loss(self, batch_u, iteration, cw):
-        heads = self.net.heads(batch_u["image"])
-        return LABELED_WEIGHT * lambda_u(self.semi, iteration) * heads_loss(heads, batch_u["label"], class_weight=cw), {}
+        weight = LABELED_WEIGHT * lambda_u(self.semi, iteration)
+        return weight * heads_loss(self.net.heads(batch_u["image"]), batch_u["label"], class_weight=cw), {}
 
 
 @register
