@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections import OrderedDict
 
 from .base import H5SliceStackRef, H5VolumeRef
@@ -37,6 +38,16 @@ def read_list(path: str, what: str = "list file") -> list[str]:
         out.append(n[:-3] if n.endswith(".h5") else n)
     if not out:
         raise DatasetError(f"{path}: {what} is empty")
+    if len(set(out)) < len(out):
+        seen, dup = set(), []
+        for n in out:
+            if n in seen and n not in dup:
+                dup.append(n)
+            seen.add(n)
+        more = f" and {len(dup) - 3} more" if len(dup) > 3 else ""
+        print(f"warning: {path}: {len(out) - len(set(out))} duplicated line(s) ({', '.join(dup[:3])}{more}); each "
+              "entry is used once", file=sys.stderr, flush=True)
+        out = list(dict.fromkeys(out))
     return out
 
 

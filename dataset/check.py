@@ -32,7 +32,9 @@ import numpy as np
 from .base import H5SliceStackRef, H5VolumeRef, NiftiVolumeRef, PngVolumeRef
 from .errors import DatasetError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+#: a voxel size above this (mm) is reported as absurd (a warning: a header in the wrong unit, say)
+MAX_SPACING_MM = 100.0
 CACHE_NAME = "data_check.json"
 
 # A task is (kind, image path, label path or None, num_classes, expected image dimensions).
@@ -59,7 +61,7 @@ def _image_stats(x: np.ndarray, path: str, ndim: int) -> dict:
             raise DatasetError(f"{path}: image has {bad} non-finite values (NaN/inf); expected finite intensities")
     elif x.dtype.kind not in "biu":
         raise DatasetError(f"{path}: image has dtype {x.dtype}; expected numbers")
-    return {"min": float(x.min()), "max": float(x.max())}
+    return {"min": float(x.min()), "max": float(x.max()), "zero": not bool(np.any(x))}
 
 
 def _label_hist(y: np.ndarray, num_classes: int, path: str) -> list[int]:
@@ -98,10 +100,15 @@ def _nifti_data(img, path: str) -> np.ndarray:
 def _check_nifti(image_path: str, label_path: str | None, num_classes: int) -> dict:
     import nibabel as nib
 
-    from .io import _nib_load
+    from .io import _nib_load, affine_problem
 
     img = _nib_load(image_path)
+    if problem := affine_problem(img.affine):
+        raise DatasetError(f"{image_path}: {problem}")
     data = _nifti_data(img, image_path).reshape(img.shape[:3])
+    if data.dtype.kind == "f" and data.dtype != np.float32:
+        with np.errstate(over="ignore", invalid="ignore"):     # as training reads it: scaled, in float32
+            data = data.astype(np.float32)
     out = _image_stats(data, image_path, 3)
     ornt = nib.orientations.io_orientation(img.affine)
     zooms = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(axis=0))
@@ -114,6 +121,8 @@ def _check_nifti(image_path: str, label_path: str | None, num_classes: int) -> d
         return out
     lab = _nib_load(label_path)
     of = f"of {image_path}"
+    if problem := affine_problem(lab.affine):
+        raise DatasetError(f"{label_path}: {problem}")
     if tuple(lab.shape[:3]) != tuple(img.shape[:3]):
         raise DatasetError(f"{label_path}: label shape {tuple(lab.shape[:3])} != image shape "
                            f"{tuple(img.shape[:3])} {of}")
@@ -252,6 +261,7 @@ class CheckReport:
     cached: int = 0
     seconds: float = 0.0
     errors: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
     splits: dict = field(default_factory=dict)
     class_names: tuple = ()
 
@@ -315,6 +325,36 @@ def _aggregate(name: str, refs_tasks: list, tasks: list, stats: list, report: Ch
     report.splits[name] = agg
 
 
+def _files_line(paths: list[str], most: int = 3) -> str:
+    more = f" and {len(paths) - most} more" if len(paths) > most else ""
+    return ", ".join(paths[:most]) + more
+
+
+def _suspicious(layout: dict, tasks: list, stats: list, report: CheckReport) -> None:
+    """Data that reads but cannot train (an error: a labeled set without any foreground) or that looks wrong (a
+    warning, one line per kind naming the files: all-zero images, voxel sizes of more than MAX_SPACING_MM)."""
+    good = [(i, s) for i, s in enumerate(stats) if s is not None]
+    zero = [tasks[i][1] for i, s in good if s.get("zero")]
+    if zero:
+        report.warnings.append(f"{len(zero)} image file(s) hold only zeros: {_files_line(zero)}")
+    wide = [f"{tasks[i][1]} ({' x '.join(f'{v:.4g}' for v in s['spacing'])} mm)" for i, s in good
+            if s.get("spacing") and max(s["spacing"]) > MAX_SPACING_MM]
+    if wide:
+        report.warnings.append(f"{len(wide)} volume(s) have a voxel size over {MAX_SPACING_MM:g} mm (a header in "
+                               f"the wrong unit?): {_files_line(wide)}")
+    labeled = [i for _, idx in layout.get("labeled", []) for i in idx]
+    hist = report.splits.get("labeled", {}).get("hist")
+    if labeled and hist is not None and not any(hist[1:]) and not report.errors:
+        files = list(dict.fromkeys(tasks[i][2] or tasks[i][1] for i in labeled))
+        report.errors.append(f"{_files_line(files)}: every label of the {len(files)} labeled file(s) is background "
+                             "(0); training needs foreground labels (check the label files or -num_classes)")
+
+
+def print_warnings(report: CheckReport) -> None:
+    for line in report.warnings:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
 # ------------------------------------------------------------------------------------------------ entry points
 def check_volumes(groups: dict, *, num_workers: int = 0, cache_file: str | None = None, progress: bool = True,
                   raise_on_error: bool = True, class_names=()) -> CheckReport:
@@ -366,6 +406,7 @@ def check_volumes(groups: dict, *, num_workers: int = 0, cache_file: str | None 
     report.errors = [errors[i] for i in sorted(errors)]
     for name, refs_tasks in layout.items():
         _aggregate(name, refs_tasks, tasks, stats, report)
+    _suspicious(layout, tasks, stats, report)
     if cache_file:
         _save_cache(cache_file, {keys[i]: stats[i] for i, _ in todo if stats[i] is not None and keys[i]})
     report.seconds = time.time() - t0
@@ -400,6 +441,7 @@ def check_before_training(splits, *, unlabeled: bool, num_workers: int, is_main:
     report = check_splits(splits, unlabeled=unlabeled, num_workers=num_workers, progress=is_main)
     if is_main:
         print(report.line(), flush=True)
+        print_warnings(report)
     return report
 
 
@@ -434,6 +476,7 @@ def main(argv=None) -> int:
         return 1
     for err in report.errors:
         print(f"error: {err}", file=sys.stderr)
+    print_warnings(report)
     print(f"{splits.dataset} at {splits.root} ({script})")
     print(report.summary())
     return 1 if report.errors else 0

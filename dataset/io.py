@@ -137,6 +137,18 @@ def nifti_num_slices(path: str) -> int:
     return int(img.shape[z_axis])
 
 
+def affine_problem(affine) -> str | None:
+    """Why a NIfTI voxel-to-world matrix cannot place a volume (None when it can): NaN/inf entries, or a singular
+    matrix (a voxel size of 0 along some axis)."""
+    a = np.asarray(affine, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        return "affine holds NaN/inf values (expected a finite voxel-to-world matrix)"
+    zooms = np.sqrt((a[:3, :3] ** 2).sum(axis=0))
+    if np.any(zooms <= 1e-8) or abs(np.linalg.det(a[:3, :3])) <= 1e-12:
+        return f"singular affine (zero spacing: voxel sizes {np.round(zooms, 6).tolist()} mm)"
+    return None
+
+
 def read_nifti(path: str, is_label: bool = False):
     """Load a NIfTI volume, reorient to the closest canonical (RAS) orientation and return
     ``(array (D=z, H=y, W=x), spacing (sz, sy, sx) mm, affine 4x4 of the RAS voxel grid)``.
@@ -145,6 +157,8 @@ def read_nifti(path: str, is_label: bool = False):
     import nibabel as nib
 
     img = _nib_load(path)
+    if problem := affine_problem(img.affine):
+        raise DatasetError(f"{path}: {problem}")
     try:
         if img.ndim > 3:
             img = img.slicer[..., 0] if img.ndim == 4 else nib.funcs.squeeze_image(img)

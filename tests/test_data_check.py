@@ -246,3 +246,87 @@ def test_evaluate_checks_the_split_it_reads(acdc, tmp_path, capsys):
     err = [ln for ln in capsys.readouterr().err.replace("\r", "\n").splitlines() if ln.startswith("error")]
     assert err == [f"error: {bad}: label values [9] outside the class range 0..3"]
     assert not (tmp_path / "ev").exists()
+
+
+# ------------------------------------------------------------------ values as training reads them; suspicious data
+def save_with_srow(path, arr_dhw, srow):
+    """A NIfTI whose sform rows are written as given (nibabel refuses to build a NaN or singular affine)."""
+    import nibabel as nib
+    img = nib.Nifti1Image(arr_dhw.astype(np.float32).transpose(2, 1, 0), np.eye(4))
+    hdr = img.header
+    hdr.set_qform(None, code=0)
+    hdr["sform_code"] = 1
+    hdr["srow_x"], hdr["srow_y"], hdr["srow_z"] = srow[0], srow[1], srow[2]
+    nib.save(nib.Nifti1Image(img.dataobj, None, header=hdr), path)
+
+
+def test_scaled_values_that_overflow_float32_are_caught(tmp_path):
+    """scl_slope 1e38 on int16 data: finite in the file's float64 view, Inf once read as training reads it."""
+    import nibabel as nib
+    hu, _ = canonical_volume(seed=1)
+    img = nib.Nifti1Image(hu.transpose(2, 1, 0).astype(np.int16), np.diag([2.0, 2.0, 5.0, 1.0]))
+    img.header.set_slope_inter(1e38, 0)
+    path = str(tmp_path / "big.nii.gz")
+    nib.save(img, path)
+    with pytest.raises(DatasetError, match=r"big.nii.gz: image has \d+ non-finite values"):
+        check_file(("nifti", path, None, 5, 3))
+
+
+@pytest.mark.parametrize("srow, message", [
+    (np.diag([np.nan, 2.0, 5.0, 1.0])[:3], "affine holds NaN/inf values (expected a finite voxel-to-world matrix)"),
+    (np.diag([0.0, 2.0, 5.0, 1.0])[:3], "singular affine (zero spacing: voxel sizes [0.0, 2.0, 5.0] mm)"),
+])
+def test_affine_problems_are_named(tmp_path, srow, message):
+    from dataset.io import read_nifti
+    path = str(tmp_path / "bad.nii.gz")
+    save_with_srow(path, canonical_volume()[0], srow)
+    for read in (lambda: check_file(("nifti", path, None, 5, 3)), lambda: read_nifti(path)):
+        with pytest.raises(DatasetError) as e:
+            read()
+        assert str(e.value) == f"{path}: {message}"
+
+
+def test_all_zero_images_and_absurd_spacing_are_warned_with_their_files(tmp_path, capsys):
+    root = str(tmp_path / "bhsd")
+    names = make_bhsd_root(root, n=6)
+    image = os.path.join(root, "label_192", "images", names[-1] + ".nii.gz")
+    hu, _ = canonical_volume(seed=int(names[-1].split("_ID_")[1], 16))
+    save_nifti(image, np.zeros_like(hu), LAS, np.int16)
+    wide = os.path.join(root, "label_192", "images", names[0] + ".nii.gz")
+    label = os.path.join(root, "label_192", "ground truths", names[0] + ".nii.gz")
+    hu0, lab0 = canonical_volume(seed=int(names[0].split("_ID_")[1], 16))
+    far = np.diag([-2.0, 2.0, 500.0, 1.0])
+    save_nifti(wide, hu0, far, np.int16)
+    save_nifti(label, lab0, far, np.uint16)
+    report = check_before_training(build("3d", dataset="bhsd", data_path=root), unlabeled=False, num_workers=0)
+    assert not report.errors
+    err = capsys.readouterr().err.splitlines()
+    assert f"warning: 1 image file(s) hold only zeros: {image}" in err
+    assert f"warning: 1 volume(s) have a voxel size over 100 mm (a header in the wrong unit?): {wide} " \
+           "(500 x 2 x 2 mm)" in err
+
+
+def test_a_labeled_set_without_foreground_is_refused(acdc, tmp_path, capsys):
+    names = open(os.path.join(acdc, "train_slices.list")).read().split()
+    from dataset.acdc import patient_of
+    first = [n for n in names if patient_of(n) in {patient_of(m) for m in names[:1]}]
+    for n in first:
+        with h5py.File(os.path.join(acdc, "data", "slices", n + ".h5"), "r+") as f:
+            f["label"][...] = 0
+    status, out, err = train(acdc, tmp_path / "logs", capsys, "-labeled_num", "1")
+    assert status == 2
+    (line,) = [ln for ln in err.replace("\r", "\n").splitlines() if ln.startswith("error")]
+    assert f"every label of the {len(first)} labeled file(s) is background" in line, line
+    assert "Traceback" not in err
+
+
+def test_duplicated_slice_list_lines_are_warned_and_counted_once(acdc, capsys):
+    path = os.path.join(acdc, "train_slices.list")
+    names = open(path).read().split()
+    with open(path, "w") as f:
+        f.write("\n".join([*names[:3], names[1], *names[3:]]) + "\n")
+    splits = build("2d", dataset="acdc", data_path=acdc)
+    err = capsys.readouterr().err
+    assert f"warning: {path}: 1 duplicated line(s) ({names[1]}); each entry is used once" in err
+    labeled = [(ref.name, z) for ref, z in splits.labeled.items]
+    assert len(labeled) == len(set(labeled))                   # the duplicated slice is not drawn twice as often
