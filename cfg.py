@@ -23,14 +23,14 @@ from sam2_train.engine.config import SECTIONS, TrainConfig
 from sam2_train.engine.errors import RunSetupError, UserError
 from sam2_train.engine.settings import OneLineParser, flag_fields, lower_choice, str2bool
 from sam2_train.methods.registry import method_class, method_names, registered
-from sam2_train.model.build import CKPT_FILES
+from sam2_train.model.build import CKPT_FILES, resolve_sam_config
 
 PRESETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "presets.yaml")
 GROUPS = ("seed flags (SSS / Medical-SAM2 README)", "run", "data", "method", "SAM-2 guide", "DFE", "PCSW")
 _GROUP_OF = {"seed": GROUPS[0]}
 # Flags read by one script only: (flag, the script that reads it).
-SCRIPT_ONLY_FLAGS = (("-prompt", "3d"), ("-video_length", "3d"), ("-memory_bank_size", "3d"), ("-slab_len", "2d"),
-                     ("-protocol", "2d"), ("-fg_oversample", "3d"))
+SCRIPT_ONLY_FLAGS = (("-prompt", "3d"), ("-prompt_freq", "3d"), ("-video_length", "3d"), ("-memory_bank_size", "3d"),
+                     ("-slab_len", "2d"), ("-protocol", "2d"), ("-fg_oversample", "3d"))
 
 
 def _config_classes():
@@ -235,6 +235,10 @@ def _combination_error(config: TrainConfig) -> str | None:
     """Why the settings do not go together (None when they do)."""
     m, infer = config.model, config.infer.infer
     light = m.student != "sam2"
+    try:
+        resolve_sam_config(m.sam_config)              # before any work: a typo must not wait for the data check
+    except ValueError as e:
+        return str(e)
     modes = ("student", "sam_refine") if light else ("coarse", "boxes", "pcsw")
     if infer not in modes:
         return f"-infer {infer} does not fit -student {m.student} (choose from {', '.join(modes)})"

@@ -11,7 +11,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["env_int", "select_device", "enable_tf32", "amp_dtype", "autocast", "seed_everything"]
+from sam2_train.engine.errors import UserError
+
+__all__ = ["env_int", "select_device", "enable_tf32", "amp_dtype", "autocast", "seed_everything", "DeviceError"]
+
+
+class DeviceError(UserError, RuntimeError):
+    """A ``-device`` / ``-gpu_device`` this machine does not have (reported in one line by every script)."""
 
 def env_int(name: str) -> Optional[int]:
     v = os.environ.get(name)
@@ -24,8 +30,8 @@ def select_device(device: str = "auto", gpu_device: int = 0) -> torch.device:
     """The device for this process from ``device`` (auto/cuda/cpu, flag ``-device``) and ``gpu_device``.
 
     Under torchrun the environment's ``LOCAL_RANK`` picks the GPU (``-gpu_device`` is then ignored).
-    ``-device cuda`` without a usable GPU raises a ``RuntimeError`` saying so. On CUDA the device is made
-    current (``torch.cuda.set_device``) and TF32 matmuls/convolutions are enabled.
+    ``-device cuda`` without a usable GPU raises a :class:`DeviceError` (a user error) saying so. On CUDA the device
+    is made current (``torch.cuda.set_device``) and TF32 matmuls/convolutions are enabled.
     """
     want = (device or "auto").lower()
     if want not in ("auto", "cuda", "cpu"):
@@ -34,15 +40,15 @@ def select_device(device: str = "auto", gpu_device: int = 0) -> torch.device:
     if want == "cpu" or (want == "auto" and not has_cuda):
         return torch.device("cpu")
     if not has_cuda:
-        raise RuntimeError("-device cuda was requested but CUDA is not available "
-                           f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); "
-                           "use -device cpu or -device auto")
+        raise DeviceError("-device cuda was requested but CUDA is not available "
+                          f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); "
+                          "use -device cpu or -device auto")
     local_rank = env_int("LOCAL_RANK")
     index = local_rank if local_rank is not None else int(gpu_device or 0)
     n = torch.cuda.device_count()
     if index >= n:
         src = "LOCAL_RANK" if local_rank is not None else "-gpu_device"
-        raise RuntimeError(f"{src}={index} but only {n} CUDA device(s) are visible")
+        raise DeviceError(f"{src}={index} but only {n} CUDA device(s) are visible")
     torch.cuda.set_device(index)
     enable_tf32()
     return torch.device("cuda", index)

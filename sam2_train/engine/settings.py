@@ -27,7 +27,16 @@ ARCH, RUN, FREE = "arch", "run", "free"
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (no usage dump), exit status 2 (every script's parser)."""
+    """An ArgumentParser whose errors are one line (no usage dump), exit status 2 (every script's parser), and
+    that takes no abbreviated flag (``-max_iter`` is a typo, not ``-max_iters``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def _get_option_tuples(self, option_string):
+        # argparse still prefix-matches single-dash flags when allow_abbrev is False (for -xvf bundles): none here
+        return [] if not self.allow_abbrev else super()._get_option_tuples(option_string)
 
     def error(self, message: str):  # noqa: D401 - argparse API
         message = message.replace("\n", " ")
