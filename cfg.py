@@ -258,4 +258,5 @@ def with_data(config: TrainConfig, splits) -> TrainConfig:
                                 f"{len(config.semi.ce_weights)}")
     return config.replace(model={"num_classes": k},
                           data={"class_names": tuple(splits.class_names),
-                                "intensity": tuple(splits.info.get("intensity") or ())})
+                                "intensity": tuple(splits.info.get("intensity") or ()),
+                                "acdc_protocol": splits.info.get("protocols") == "acdc"})

@@ -168,4 +168,5 @@ def acdc_sources(root: str, labeled_num: int | None = 3, labeled_ratio: float | 
                         f"(the shared sample withholds the test volumes)")
     check_no_held_out_patient(names, lp, {"val.list": val_refs, "test.list": test_refs or []})
     return Sources(labeled_slices=labeled_slices, labeled_refs=lab_refs, unlabeled_refs=unl_refs, val_refs=val_refs,
-                   test_refs=test_refs, test_missing=test_missing, class_names=CLASS_NAMES)
+                   test_refs=test_refs, test_missing=test_missing, class_names=CLASS_NAMES,
+                   info={"protocols": "acdc"})

@@ -103,8 +103,9 @@ def nifti_sources(root, labeled_num, labeled_ratio, intensity, class_names, test
     unl_refs += [NiftiVolumeRef(p, None, case_name(p), K, intensity) for p in kept]
     missing = None
     if not unl_refs:
-        missing = (f"{root}: no unlabeled data (all {len(r['labeled'])} training volumes are labeled and no "
-                   f"unlabel_* folder)")
+        folder = "imagesUnlabeled/ folder" if what == "custom" else "unlabel_1980/ (or other unlabel*) folder"
+        missing = (f"{root}: no unlabeled data (all {len(r['labeled'])} training volumes are labeled and there is "
+                   f"no {folder})")
     test_refs = [ref(n) for n in r["test"]] if r["test"] else None
     return Sources(labeled_refs=[ref(n) for n in r["labeled"]], unlabeled_refs=unl_refs,
                    val_refs=[ref(n) for n in r["val"]] if r["val"] else [], test_refs=test_refs,

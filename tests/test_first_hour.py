@@ -2,6 +2,7 @@
 or ignored in silence."""
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,3 +62,70 @@ def test_device_cuda_without_a_gpu_is_one_line(capsys, tmp_path):
     with pytest.raises(DeviceError):
         select_device("cuda")
     assert issubclass(DeviceError, RuntimeError)                  # what callers caught before still catches it
+
+
+# ------------------------------------------------------------------ your own data
+def custom_root(tmp_path, n=6, unlabeled=0):
+    from tests._data_fixtures import make_bhsd_root
+    root = str(tmp_path / "custom")
+    names = make_bhsd_root(root, n=n, layout="nnunet", unlabeled=unlabeled, same_key_pairs=0)
+    with open(os.path.join(root, "classes.txt"), "w") as f:
+        f.write("A\nB\nC\nD\nE\n")
+    return root, names
+
+
+def custom_splits(root, script="2d", *flags, method="sss"):
+    from dataset import build_datasets
+    config = cfg.parse_config(["-dataset", "custom", "-data_path", root, "-method", method, *flags], script)
+    return config, build_datasets(config.data, script, image_size=64, seed=0, unlabeled=method != "supervised",
+                                  needed_by=f"-method {method}")
+
+
+def test_custom_without_unlabeled_cases_names_the_custom_folder(tmp_path):
+    from dataset import DatasetError
+    root, _ = custom_root(tmp_path)
+    with pytest.raises(DatasetError) as e:
+        custom_splits(root)
+    msg = str(e.value)
+    assert "no imagesUnlabeled/ folder" in msg and "unlabel_" not in msg and "-method sss" in msg
+
+
+def test_custom_split_rule_is_the_documented_one(tmp_path):
+    """Every training case is labeled by default; test = 20 % of the pool, validation = a patient-grouped share of
+    the rest (at least one case), the three disjoint; imagesUnlabeled/ is the unlabeled set; docs/data.md says so."""
+    root, names = custom_root(tmp_path, n=10, unlabeled=2)
+    config, splits = custom_splits(root)
+    assert config.data.labeled_num is None
+    c = splits.case_names
+    assert len(c["test"]) == 2 and len(c["val"]) >= 1
+    assert sorted(c["labeled"] + c["val"] + c["test"]) == sorted(names)          # all training cases labeled
+    assert not set(c["val"]) & set(c["test"]) and len(c["unlabeled"]) == 2
+    _, three = custom_splits(root, "2d", "-labeled_num", "3")
+    assert len(three.case_names["labeled"]) == 3 and len(three.case_names["unlabeled"]) == len(c["labeled"]) - 3 + 2
+    with open(os.path.join(ROOT, "docs", "data.md")) as f:
+        doc = " ".join(f.read().split())
+    assert "val = test" not in doc
+    assert "else a patient-grouped 10% of the training cases, at least one" in doc
+    assert "every training case is labeled by default" in doc
+
+
+def test_custom_runs_are_not_labelled_with_an_acdc_protocol(tmp_path):
+    from dataset import build_datasets
+    from dataset.demo import ensure_demo
+    from sam2_train.evaluation.evaluate import evaluate_model
+    root, _ = custom_root(tmp_path, unlabeled=1)
+    custom, splits = custom_splits(root, "2d", method="supervised")
+    custom = cfg.with_data(custom, splits)
+    demo = ensure_demo(str(tmp_path / "demo_acdc"), "acdc", seed=0)
+    acdc = cfg.parse_config(["-dataset", "demo", "-data_path", demo, "-method", "supervised"], "2d")
+    acdc = cfg.with_data(acdc, build_datasets(acdc.data, "2d", image_size=64, seed=0, unlabeled=False))
+    assert (custom.data.acdc_protocol, acdc.data.acdc_protocol) == (False, True)
+
+    class Zeros:
+        def predict(self, net, image, **kw):
+            return np.zeros(np.asarray(image).shape[:1] + np.asarray(image).shape[-2:], np.int64)
+    volume = splits.val[0]
+    for config, want in ((custom, "volume"), (acdc, "ssl4mis")):
+        res = evaluate_model(Zeros(), torch.nn.Identity(), [volume], config, infer="pcsw", device="cpu",
+                             autocast=None, split="val")
+        assert res.summary["protocol"] == want

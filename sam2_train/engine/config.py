@@ -80,8 +80,8 @@ class DataConf:
                                     help="dataset root (default ./data/<dataset>)")
     labeled_num: int | None = setting(None, flag="-labeled_num", type=positive_int, preset=True, group="data",
                                       help="ACDC: labeled cases (1, 3, 7, ...; default 3); BHSD/custom: labeled "
-                                           "volumes (default: BHSD every training volume not held out for "
-                                           "validation; custom 1); demo: 2 patients (2D) / every volume (3D)")
+                                           "volumes (default: every training volume not held out for "
+                                           "validation); demo: 2 patients (2D) / every volume (3D)")
     labeled_ratio: float | None = setting(None, flag="-labeled_ratio", type=unit_float, group="data",
                                           help="BHSD/custom: labeled fraction of the training volumes (overrides "
                                                "-labeled_num)")
@@ -99,6 +99,8 @@ class DataConf:
                                      help="custom: comma-separated foreground class names, label 1 first")
     class_names: tuple = setting((), kind=ARCH)         # the classes of the data, label 1 first
     intensity: tuple = setting(())                      # how images were mapped to [0, 1] (predict.py)
+    # the data's 2D evaluation follows ACDC's protocols (-protocol ssl4mis | unimatch); other data: "volume"
+    acdc_protocol: bool = setting(True, kind=FREE)
 
 
 @dataclass(frozen=True)

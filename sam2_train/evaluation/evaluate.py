@@ -18,7 +18,7 @@ def evaluate_model(network, net, volumes, config, *, infer: str, device, autocas
     the predictions of the volumes named in ``keep`` (all with ``vis_dir``, which also gets overlays) are returned
     in ``EvalResult.predictions``. ``guide``: the SAM-2 guide of a lightweight student (``-infer sam_refine``)."""
     net.eval()
-    protocol = config.infer.protocol if config.run.script == "2d" else "volume"
+    protocol = config.infer.protocol if config.run.script == "2d" and config.data.acdc_protocol else "volume"
     res = evaluate_volumes(volumes, lambda image, spacing: network.predict(net, image, config=config, infer=infer,
                                                                            device=device, autocast=autocast,
                                                                            guide=guide),
