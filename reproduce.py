@@ -98,19 +98,69 @@ def execute(cmd, log_path: str) -> int:
         return proc.wait()
 
 
+def cell_config(t: dict, cell: Cell):
+    """The training script's own reading of a cell's command (its TrainConfig, the dataset preset applied)."""
+    import cfg
+    cmd = list(cell.train_cmd)
+    script = os.path.join(ROOT, t["script"])
+    return cfg.parse_config(cmd[cmd.index(script) + 1:], t["script"][len("train_"):-len(".py")])
+
+
+def method_of(config):
+    from sam2_train.methods.registry import method_class
+    return method_class(config.semi.method, config.model.student, config.run.script)
+
+
+def uses_sam2(config) -> bool:
+    """The run builds a SAM-2 (the student itself, or a SAM-guided method's guide)."""
+    return config.model.student == "sam2" or method_of(config).needs_guide
+
+
+def describe(config) -> str:
+    """What a cell trains, in one line: the settings its preset hides."""
+    m, r = config.model, config.run
+    weights = "random weights (-sam_ckpt none)" if m.sam_ckpt.lower() == "none" else m.sam_ckpt
+    if m.student == "sam2":
+        net = f"SAM-2 {m.sam_config} at {m.image_size} px from {weights}"
+    else:
+        guide = f" (SAM-2 guide {m.sam_config} at {m.guide_size} px from {weights})" if uses_sam2(config) else ""
+        net = f"{m.student} at {m.image_size} px{guide}"
+    unlabeled = f" + {r.batch_size_u} unlabeled" if method_of(config).needs_unlabeled else ""
+    return (f"      {net}, batch {r.batch_size} labeled{unlabeled}, {r.max_iters} iterations on {r.device}, "
+            f"data {config.data.data_path}")
+
+
+def dry_run_report(t: dict, cells: list[Cell], configs: list) -> None:
+    """After the commands of --dry-run: what is missing (data folder, SAM-2 checkpoint) and the compute."""
+    for what, paths in (("data folder", {c.data.data_path for c in configs if c.data.dataset != "demo"}),
+                        ("SAM-2 checkpoint", {c.model.sam_ckpt for c in configs
+                                              if c.model.sam_ckpt.lower() != "none" and uses_sam2(c)})):
+        for path in sorted(p for p in paths if not os.path.exists(os.path.join(ROOT, p))):   # the runs' cwd
+            hint = " (bash checkpoints/download_ckpts.sh)" if what.startswith("SAM") else " (--data_path DIR)"
+            print(f"warning: {what} {path} not found{hint}", flush=True)
+    total = sum(c.run.max_iters for c in configs)
+    print(f"compute: {len(cells)} runs, {total} training iterations in all "
+          f"({', '.join(sorted({str(c.run.max_iters) for c in configs}))} per run), plus one evaluation per run "
+          "and protocol split", flush=True)
+
+
 def run_grid(t: dict, cells: list[Cell], opts) -> list[str]:
-    """Train (or resume) every unfinished cell, then evaluate it; with --dry-run only print the commands.
-    Returns the failures."""
-    failures = []
+    """Train (or resume) every unfinished cell, then evaluate it; with --dry-run only print the commands, what
+    each cell trains, what is missing and the compute. Returns the failures."""
+    failures, configs = [], []
     for i, cell in enumerate(cells, 1):
         head, log = f"[{i}/{len(cells)}] {cell.key}", os.path.join(cell.log_dir, "reproduce.log")
         rd, last = run_state(cell)
+        if opts.dry_run:
+            configs.append(cell_config(t, cell))
         if rd:
             print(f"{head}: finished ({rd}), skipped", flush=True)
         else:
             # -resume_force 1: this grid's budget may have changed since (recorded under "resumed" in config.json)
             cmd = list(cell.train_cmd) + (["-resume", last, "-resume_force", "1"] if last else [])
             print(f"{head}: {'resuming from ' + last if last else 'training'}\n{show(cmd)}", flush=True)
+            if opts.dry_run:
+                print(describe(configs[-1]), flush=True)
             rd = os.path.join(cell.log_dir, f"{cell.key}_<timestamp>")
             if not opts.dry_run:
                 t0, rc = time.time(), execute(cmd, log)
@@ -124,6 +174,8 @@ def run_grid(t: dict, cells: list[Cell], opts) -> list[str]:
                 print(f"{head}: evaluating ({protocol}, {split})\n{show(cmd)}", flush=True)
                 if not opts.dry_run and (execute(cmd, log) != 0 or not eval_summary_path(rd, protocol, split)):
                     failures.append(f"{cell.key}: evaluate.py ({protocol}, {split}) failed (log: {log})")
+    if opts.dry_run:
+        dry_run_report(t, cells, configs)
     return failures
 
 

@@ -38,10 +38,10 @@ def test_dry_run_lists_the_paper_grid_with_one_budget(capsys, tmp_path):
     assert reproduce.main(["acdc", "--dry-run", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == (
-        f"15 runs for table acdc (output {tmp_path}); every cell: -max_iters 30000 -val_every 1000, evaluated with "
+        f"18 runs for table acdc (output {tmp_path}); every cell: -max_iters 30000 -val_every 1000, evaluated with "
         "-weights ema; -infer pcsw for every row")
     cmds = [l for l in out.splitlines() if "train_2d.py" in l]
-    assert len(cmds) == 15 and not any("-student" in c for c in cmds)
+    assert len(cmds) == 18 and not any("-student" in c for c in cmds)
     for c in cmds:  # -dataset and what the cell sets; the script fills the paper's settings itself
         assert "-dataset acdc" in c and not re.search(r" -(image_size|sam_config|sam_ckpt|b) ", c), c
         a = _resolved(c, "2d")
@@ -50,13 +50,14 @@ def test_dry_run_lists_the_paper_grid_with_one_budget(capsys, tmp_path):
             "sam2_hiera_s", os.path.join("checkpoints", "sam2_hiera_small.pt"), 1024, 1024, 4, "pcsw")
     assert {_flag(c, "max_iters") for c in cmds} == {"30000"} and {_flag(c, "val_every") for c in cmds} == {"1000"}
     assert {_flag(c, "infer") for c in cmds} == {"pcsw"}
-    assert sum("-labeled_num 3 " in c for c in cmds) == 5
+    assert sum("-labeled_num 3 " in c for c in cmds) == 6
     assert sum("-method sss -dfe 0" in c for c in cmds) == 3 and sum("-method sss -pcsw 0" in c for c in cmds) == 3
     assert sum("-method fixmatch" in c for c in cmds) == 3 and sum("-method supervised" in c for c in cmds) == 3
+    assert sum("-method sss_labeled_only" in c for c in cmds) == 3
     assert "-exp_name acdc_sss_no_pcsw_l7 -log_dir " + os.path.join(str(tmp_path), "runs", "acdc_sss_no_pcsw_l7") in out
     evals = [l for l in out.splitlines() if "evaluate.py" in l]
-    assert len(evals) == 15 * 3 and all("best.pt" in l and "-weights ema" in l and "-infer pcsw" in l for l in evals)
-    assert sum("-protocol unimatch" in l for l in evals) == 30 and sum("-protocol ssl4mis" in l for l in evals) == 15
+    assert len(evals) == 18 * 3 and all("best.pt" in l and "-weights ema" in l and "-infer pcsw" in l for l in evals)
+    assert sum("-protocol unimatch" in l for l in evals) == 36 and sum("-protocol ssl4mis" in l for l in evals) == 18
     assert not os.path.exists(os.path.join(str(tmp_path), "runs"))  # nothing ran
 
     for table, infer, rows in (("acdc_students", "student", 7), ("acdc_sam_refine", "sam_refine", 3)):
@@ -78,7 +79,7 @@ def test_dry_run_lists_the_paper_grid_with_one_budget(capsys, tmp_path):
 
     assert reproduce.main(["acdc", "--dry-run", "--max_iters", "500", "--out", str(tmp_path)]) == 0
     cmds = [l for l in capsys.readouterr().out.splitlines() if "train_2d.py" in l]
-    assert len(cmds) == 15 and {_flag(c, "max_iters") for c in cmds} == {"500"}
+    assert len(cmds) == 18 and {_flag(c, "max_iters") for c in cmds} == {"500"}
 
     assert reproduce.main(["bhsd", "--dry-run", "--methods", "sss", "--out", str(tmp_path)]) == 0
     cmds = [l for l in capsys.readouterr().out.splitlines() if "train_3d.py" in l]
@@ -95,7 +96,8 @@ def test_acdc_cpu_table_same_flags_for_every_method(capsys, tmp_path):
     out = capsys.readouterr().out
     cmds = [l for l in out.splitlines() if "train_2d.py" in l]
     keys = [_flag(c, "exp_name") for c in cmds]
-    assert keys == ["acdc_cpu_supervised_l3", "acdc_cpu_supervised_l3_s1", "acdc_cpu_fixmatch_l3",
+    assert keys == ["acdc_cpu_supervised_l3", "acdc_cpu_supervised_l3_s1", "acdc_cpu_sss_labeled_only_l3",
+                    "acdc_cpu_sss_labeled_only_l3_s1", "acdc_cpu_fixmatch_l3",
                     "acdc_cpu_fixmatch_l3_s1", "acdc_cpu_sss_l3", "acdc_cpu_sss_l3_s1", "acdc_cpu_sss_no_dfe_l3",
                     "acdc_cpu_sss_no_pcsw_l3"]
     for c in cmds:
@@ -104,7 +106,7 @@ def test_acdc_cpu_table_same_flags_for_every_method(capsys, tmp_path):
                 a.run.max_iters, a.semi.rampup, a.run.val_every) == ("sam2_hiera_t", "none", 128, 0.0, 3, 1500, 300,
                                                                       250), c
     evals = [l for l in out.splitlines() if "evaluate.py" in l]
-    assert len(evals) == 8 and all("last.pt" in l and "-split val" in l and "-weights ema" in l for l in evals)
+    assert len(evals) == 10 and all("last.pt" in l and "-split val" in l and "-weights ema" in l for l in evals)
     assert reproduce.main(["acdc_cpu", "--dry-run", "--out", str(tmp_path), "--seeds", "1",
                            "--methods", "supervised", "sss"]) == 0
     cmds = [l for l in capsys.readouterr().out.splitlines() if "train_2d.py" in l]
@@ -291,3 +293,26 @@ def test_help_lists_every_table(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for name in OmegaConf.load(reproduce.CONFIG)["tables"]:
         assert name in out
+
+
+def test_dry_run_says_what_each_cell_trains_what_is_missing_and_the_compute(capsys, tmp_path):
+    """The preset's hidden settings per cell (model, image size, checkpoint, batch), a warning for a missing data
+    folder or checkpoint, and the total of iterations."""
+    missing = tmp_path / "no_data"
+    assert reproduce.main(["acdc", "--dry-run", "--out", str(tmp_path), "--methods", "supervised", "sss",
+                           "--columns", "l3", "--data_path", str(missing)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    cells = [ln.strip() for ln in out if ln.startswith("      SAM-2")]
+    assert cells == [f"SAM-2 sam2_hiera_s at 1024 px from {os.path.join('checkpoints', 'sam2_hiera_small.pt')}, "
+                     f"batch 4 labeled{extra}, 30000 iterations on auto, data {missing}"
+                     for extra in ("", " + 4 unlabeled")]
+    assert f"warning: data folder {missing} not found (--data_path DIR)" in out
+    ckpt = os.path.join("checkpoints", "sam2_hiera_small.pt")
+    assert (f"warning: SAM-2 checkpoint {ckpt} not found (bash checkpoints/download_ckpts.sh)" in out) == (
+        not os.path.exists(os.path.join(ROOT, ckpt)))
+    assert out[-1].startswith("compute: 2 runs, 60000 training iterations in all (30000 per run)")
+    assert reproduce.main(["acdc_cpu", "--dry-run", "--out", str(tmp_path), "--methods", "sss", "--seeds", "0",
+                           "--data_path", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "SAM-2 sam2_hiera_t at 128 px from random weights (-sam_ckpt none), batch 4 labeled + 4 unlabeled, " \
+           "1500 iterations on cpu" in out and "warning" not in out
