@@ -39,7 +39,7 @@ from sam2_train.engine.errors import UserError
 
 __all__ = [
     "CHECKPOINT_VERSION", "CheckpointError", "CheckpointNotFoundError", "ConfigMismatchError",
-    "save_checkpoint", "load_checkpoint", "to_plain", "capture_rng_state",
+    "save_checkpoint", "load_checkpoint", "read_torch_file", "validate_checkpoint", "to_plain", "capture_rng_state",
     "gather_rng_states", "restore_rng_state", "model_state_dict", "load_model_state", "make_checkpoint",
     "restore_training_state", "saved_config", "check_pretrain_config", "check_resume_config",
     "unique_tmp_path", "copy_file_atomic", "saved_world_size", "world_size_change_message", "resume_record",
@@ -162,36 +162,59 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> str:
     return path
 
 
+def read_torch_file(path: str | os.PathLike, what: str = "checkpoint", map_location: Any = "cpu", *,
+                    weights_only: bool = True, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors naming ``what`` (e.g. ``"checkpoint"``,
+    ``"SAM-2 checkpoint (-sam_ckpt)"``), the file and what is wrong: :class:`CheckpointNotFoundError` when it is
+    missing, :class:`CheckpointError` for a folder, an empty (0-byte) file, a truncated/corrupt file (with the
+    unpickler's reason) or objects ``weights_only`` refuses. Shared by
+    :func:`load_checkpoint` (``-resume``, ``-pretrain``, ``-ckpt``) and the SAM-2 ``-sam_ckpt`` loader.
+    ``mmap``: map the tensors instead of reading them (cheap validation of a large file; a file in torch's
+    legacy, non-zip format is read in full)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointNotFoundError(f"{what} not found: {path}")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{what} path is a directory, not a file: {path}")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f"{what} {path} is empty: empty file (0 bytes); was its write or download "
+                              "interrupted?")
+    try:
+        try:
+            return torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
+        except RuntimeError as e:
+            if not (mmap and "mmap can only be used" in str(e)):
+                raise
+            return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        # torch's "Weights only load failed ..." preamble says nothing about the file: keep the unpickler's reason
+        reason = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else text
+        msg = next((ln.strip() for ln in reason.splitlines() if ln.strip()), type(e).__name__)
+        if "Unsupported global" in text:
+            raise CheckpointError(f"{what} {path} holds objects that torch.load(weights_only=True) refuses "
+                                  f"({msg}); it was not written by this project or by SAM-2. Load it with "
+                                  "weights_only=False only if you trust its source") from e
+        raise CheckpointError(f"{what} {path} is corrupt or truncated ({size} bytes): {msg}") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError,
+            AttributeError, TypeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else "no reason given"
+        raise CheckpointError(f"{what} {path} is corrupt or truncated ({size} bytes), "
+                              f"torch.load failed: {type(e).__name__}: {msg}") from e
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *, ours: bool = True,
-                    weights_only: bool = True) -> dict:
-    """Load a checkpoint with ``torch.load(weights_only=True)``.
+                    weights_only: bool = True, mmap: bool = False) -> dict:
+    """Load a checkpoint with ``torch.load(weights_only=True)`` (:func:`read_torch_file`; ``mmap`` maps the
+    tensors instead of reading them).
 
     Raises :class:`CheckpointNotFoundError` when the file is missing, :class:`CheckpointError` naming the
-    file when it is truncated/corrupt (e.g. half-written), holds objects ``weights_only`` refuses, is not a
+    file when it is empty, truncated/corrupt (e.g. half-written), holds objects ``weights_only`` refuses, is not a
     dict with ``"model"``, or (``ours=True``) is not a checkpoint of this project (no ``version``: e.g. an
     official SAM-2 file, which belongs to ``-sam_ckpt``) or has a newer version."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
-    if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted write?")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except pickle.UnpicklingError as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(f"checkpoint {path} holds objects that torch.load(weights_only=True) refuses "
-                                  f"({msg}); it was not written by this project. Load it with "
-                                  "weights_only=False only if you trust its source") from e
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({size} bytes): {msg}") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError,
-            AttributeError, TypeError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({size} bytes), "
-                              f"torch.load failed: {type(e).__name__}: {msg}") from e
+    state = read_torch_file(path, "checkpoint", map_location, weights_only=weights_only, mmap=mmap)
     if not isinstance(state, dict) or "model" not in state:
         kind = f"dict with keys {sorted(map(str, state))[:8]}" if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path} is not a model checkpoint: expected a dict with a 'model' state dict, "
@@ -342,6 +365,16 @@ def saved_config(state: dict, source: str):
     from sam2_train.engine.trusted_config import trusted_sam_config
     config = TrainConfig.from_dict(state.get("config"), source)
     return config.replace(model={"sam_config": trusted_sam_config(config.model.sam_config, source)})
+
+
+def validate_checkpoint(path: str | os.PathLike) -> None:
+    """Open a checkpoint the way a run that resumes (``-resume``) or starts (``-pretrain``) from it will, before
+    the data is read and checked: :func:`load_checkpoint` with the tensors memory-mapped (about a second, however
+    large the file) and its config read back (:func:`saved_config`). A wrong path, an empty, truncated or
+    foreign file, or a config this code cannot read raises the error the run would otherwise give only after
+    the data check."""
+    path = os.fspath(path)
+    saved_config(load_checkpoint(path, mmap=True), path)
 
 
 def _listed(diffs) -> str:

@@ -176,15 +176,15 @@ def _missing_ckpt_message(path: str, config: str) -> str:
 
 
 def load_checkpoint_file(path: str, config: str) -> dict:
-    """Read an official-format checkpoint ``{"model": state_dict, ...}`` (``weights_only=True``) -> state dict."""
+    """Read an official-format checkpoint ``{"model": state_dict, ...}`` (``weights_only=True``) -> state dict.
+
+    A missing file names the download command; an empty, truncated or unreadable one raises the one-line
+    :class:`~sam2_train.engine.checkpoint.CheckpointError` of
+    :func:`~sam2_train.engine.checkpoint.read_torch_file` (the same messages as ``-resume``)."""
+    from sam2_train.engine.checkpoint import read_torch_file
     if not os.path.isfile(path):
         raise FileNotFoundError(_missing_ckpt_message(path, config))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt file, pickle with code objects, ...
-        raise CheckpointMismatchError(
-            f"could not read checkpoint {path!r} for config {config!r} with torch.load(weights_only=True): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    obj = read_torch_file(path, "SAM-2 checkpoint (-sam_ckpt)")
     if not isinstance(obj, Mapping) or "model" not in obj:
         keys = list(obj)[:5] if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointMismatchError(
@@ -208,6 +208,7 @@ def build_sam2_base(config: str, ckpt: str | None, image_size: int, device: str 
     Raises:
         ValueError: unknown config or bad image size.
         FileNotFoundError: missing checkpoint file (message: path, download command, file per config).
+        CheckpointError: an empty, truncated or unreadable checkpoint file (:func:`load_checkpoint_file`).
         CheckpointMismatchError: checkpoint does not fit the config.
     """
     from sam2.build_sam import build_sam2
