@@ -21,7 +21,7 @@ from dataset.check import check_volumes
 from dataset.io import prediction_writer
 from sam2_train.engine.checkpoint import load_checkpoint
 from sam2_train.engine.errors import USER_ERRORS
-from sam2_train.engine.run_dir import console, make_unique_dir, write_json_atomic
+from sam2_train.engine.run_dir import check_writable, console, make_unique_dir, write_json_atomic
 from sam2_train.engine.settings import OneLineParser, lower_choice, nonneg_int, str2bool
 from sam2_train.evaluation.checkpoint_model import checkpoint_config, model_from_checkpoint
 from sam2_train.evaluation.evaluate import evaluate_model
@@ -65,6 +65,7 @@ def parse(argv=None):
 def main(argv=None) -> int:
     opts = parse(argv)
     try:
+        check_writable(opts.log_dir, "-log_dir")   # before the checkpoint, the data and the model
         state = load_checkpoint(opts.ckpt)
         overrides = {"data": {"dataset": opts.dataset, "data_path": opts.data_path},
                      "infer": {"protocol": opts.protocol, "infer": opts.infer},

@@ -1,7 +1,9 @@
 """The body of ``train_2d.py`` and ``train_3d.py``: flags -> typed config -> datasets -> ``Trainer.fit()``.
 
-Bad input (data, checkpoints, flags that do not fit a checkpoint) ends the run with one line on stderr and
-exit status 2; a run whose loss stays non-finite ends with status 3 (its last good checkpoint is kept).
+Bad input (data, checkpoints, flags that do not fit a checkpoint, an output folder that cannot be written) ends
+the run with one line on stderr and exit status 2; a run whose loss stays non-finite ends with status 3 (its last
+good checkpoint is kept). The checkpoint of ``-resume`` (or ``-pretrain``) is opened and the folder the run
+writes to is probed before the data is read and checked, so that these fail in a second.
 """
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import sys
 import cfg
 from dataset import build_datasets
 from dataset.check import check_before_training
+from sam2_train.engine.checkpoint import validate_checkpoint
 from sam2_train.engine.distributed import cleanup, init_distributed
 from sam2_train.engine.errors import USER_ERRORS
 from sam2_train.engine.guard import TrainingDiverged
+from sam2_train.engine.run_dir import check_writable, run_path_of
 from sam2_train.engine.trainer import Trainer
 from sam2_train.methods.registry import method_class
 
@@ -22,6 +26,14 @@ def main(argv, script: str) -> int:
     config = cfg.parse_config(argv, script=script)
     run = config.run
     try:
+        # before any long work: the checkpoint the run starts from, and the folder it writes to
+        if run.resume:
+            validate_checkpoint(run.resume)
+            check_writable(run_path_of(run.resume), "-resume: the run directory")
+        else:
+            if run.pretrain:
+                validate_checkpoint(run.pretrain)
+            check_writable(run.log_dir, "-log_dir")
         dist = init_distributed(device=run.device, gpu_device=run.gpu_device, distributed=run.distributed)
         needs_unlabeled = method_class(config.semi.method, config.model.student, script).needs_unlabeled
         splits = build_datasets(config.data, script, image_size=config.model.image_size, seed=run.seed,

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import socket
+import tempfile
 from typing import Any, Optional
 
 import numpy as np
@@ -26,7 +27,8 @@ from sam2_train.engine.checkpoint import atomic_write
 from sam2_train.engine.distributed import is_main_process
 from sam2_train.engine.errors import UserError
 
-__all__ = ["RunDir", "RunLockedError", "RunLock", "console", "write_json_atomic", "make_unique_dir"]
+__all__ = ["RunDir", "RunLockedError", "RunLock", "console", "write_json_atomic", "make_unique_dir",
+           "NotWritableError", "check_writable", "run_path_of"]
 
 
 def console(msg: str, all_ranks: bool = False) -> None:
@@ -70,6 +72,46 @@ def make_unique_dir(base: str) -> str:
         except FileExistsError:
             n += 1
             path = f"{base}_{n}"
+
+
+class NotWritableError(UserError, OSError):
+    """An output folder (``-out``, ``-log_dir``) in which this process cannot create files."""
+
+
+def check_writable(path: str, flag: str) -> None:
+    """Raise :class:`NotWritableError` ``<flag> <path> is not writable (<why>)`` unless a file can be created in
+    folder ``path``, or, when it does not exist yet, in its nearest existing parent (where it would be created).
+
+    A real write probe (a temporary file created and removed), not the permission bits: it also catches a
+    read-only mount, a full disk and a path under a regular file, and gives the same answer when run as root.
+    Call it before any long work, so that a run does not fail only when it writes its first output."""
+    target = os.path.abspath(path)
+    where = target
+    while not os.path.lexists(where):
+        where = os.path.dirname(where)
+    fail = f"{flag} {path} is not writable"
+    if not os.path.exists(where):
+        raise NotWritableError(f"{fail} ({where} is a broken symbolic link)")
+    if not os.path.isdir(where):
+        raise NotWritableError(f"{fail} ({'it' if where == target else where} is a file, not a folder)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write_probe_", suffix=".tmp", dir=where)
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise NotWritableError(f"{fail} (cannot create a file in {where}: {why})") from None
+    os.close(fd)
+    os.remove(probe)
+
+
+def run_path_of(existing_path: str) -> str:
+    """The run directory that ``-resume existing_path`` continues: ``existing_path`` itself, or the run of a
+    checkpoint file (the folder holding ``checkpoints/``, else the file's own folder)."""
+    path = os.path.abspath(existing_path)
+    if os.path.isfile(path):
+        path = os.path.dirname(path)
+        if os.path.basename(path) == "checkpoints":
+            path = os.path.dirname(path)
+    return path
 
 
 class RunLockedError(UserError, RuntimeError):
@@ -203,11 +245,7 @@ class RunDir:
         double back."""
         if not is_main:
             return cls(None, is_main=False)
-        path = os.path.abspath(existing_path)
-        if os.path.isfile(path):
-            path = os.path.dirname(path)
-            if os.path.basename(path) == "checkpoints":
-                path = os.path.dirname(path)
+        path = run_path_of(existing_path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"run directory not found: {existing_path}")
         lock = RunLock(path)  # before touching anything another run may be writing
