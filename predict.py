@@ -19,11 +19,17 @@ checkpoints stream the volume through SAM-2's memory bank. Writes into ``-out``:
 * ``volumes.csv``: one row per case and class (see :func:`class_volumes`);
 * ``overlays/<case>.png`` with ``-overlay 1``: a montage of the slices with the most predicted foreground.
 
-A case that cannot be read is reported in one line naming the file and skipped; the exit status is 1 when
-any case failed, 2 for a usage error (bad checkpoint, no input, outputs that exist without ``-overwrite 1``).
+Output names come from each case's own file or folder name (``-input ..`` names its case after the folder
+``..`` is), so every output lies inside ``-out``; a case whose output would resolve outside it (e.g. through a
+symbolic link) or that cannot be named (an empty file stem: ``.h5``, ``...h5``) is refused. A case that cannot
+be read, segmented or written is reported in one line naming the file and the reason and skipped (outputs it
+had begun to write are removed); the others go on and ``volumes.csv`` holds the cases that worked. The exit
+status is 1 when any case failed, 2 for a usage error found before any case is run (bad checkpoint, no input,
+an ``-out`` that is not writable, outputs that exist without ``-overwrite 1``).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import sys
@@ -36,12 +42,13 @@ from dataset import DatasetError
 from dataset import io as dio
 from dataset.custom import slice_key
 from sam2_train.engine.errors import USER_ERRORS
-from sam2_train.engine.run_dir import console
+from sam2_train.engine.run_dir import check_writable, console
 from sam2_train.engine.settings import OneLineParser, lower_choice, nonneg_int, str2bool
 from sam2_train.evaluation.checkpoint_model import load_model
 
 NIFTI_EXTS = (".nii.gz", ".nii")
 OVERLAY_DIR = "overlays"
+UNNAMEABLE = ("", ".", "..")                    # case names that cannot name an output (e.g. of a file "...h5")
 VOLUME_COLUMNS = ("case", "class", "voxels", "volume_ml", "components", "slices", "first_slice", "last_slice")
 
 
@@ -56,7 +63,9 @@ class Case:
 
 
 def _case_name(path: str) -> str:
-    base = os.path.basename(os.path.normpath(path))
+    """The file or folder's own name without its volume extension (``-input ..`` gives the parent folder's
+    name, never ``..``)."""
+    base = os.path.basename(os.path.abspath(path))
     for ext in (*NIFTI_EXTS, ".h5"):
         if base.lower().endswith(ext):
             return base[: -len(ext)]
@@ -107,6 +116,8 @@ def find_cases(path: str) -> list[Case]:
         raise DatasetError(f"{path}: no NIfTI (.nii, .nii.gz), h5 volumes or folders of PNG slices found")
     seen = {}
     for c in cases:
+        if c.name in UNNAMEABLE:         # refused one by one (output_problem)
+            continue
         if c.name in seen:
             raise DatasetError(f"{c.path} and {seen[c.name]} would both be written as case {c.name}")
         seen[c.name] = c.path
@@ -114,7 +125,7 @@ def find_cases(path: str) -> list[Case]:
 
 
 def output_paths(case: Case, out_dir: str, overlay: bool) -> list[str]:
-    """The files predict.py writes for ``case``."""
+    """The files predict.py writes for ``case`` (see :func:`output_problem` for the names it refuses)."""
     if case.kind == "nifti":
         paths = [os.path.join(out_dir, f"{case.name}.nii.gz")]
     elif case.kind == "h5":
@@ -124,6 +135,35 @@ def output_paths(case: Case, out_dir: str, overlay: bool) -> list[str]:
     if overlay:
         paths.append(os.path.join(out_dir, OVERLAY_DIR, f"{case.name}.png"))
     return paths
+
+
+def _inside(path: str, folder: str) -> bool:
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return real != root and os.path.commonpath([real, root]) == root
+
+
+def output_problem(case: Case, out_dir: str, overlay: bool) -> str | None:
+    """Why ``case`` cannot be written into ``out_dir`` (one line naming its file), or None: its name is empty,
+    ``.`` or ``..`` (e.g. a file named ``...h5``), or an output path resolves outside ``out_dir`` (a ``..`` or a
+    symbolic link out of it)."""
+    if case.name in UNNAMEABLE:
+        return (f"{case.path}: cannot name its outputs after the file name (case name {case.name!r}); "
+                "rename the file to <case>.h5, <case>.nii.gz or a folder <case>/ of PNG slices")
+    for p in output_paths(case, out_dir, overlay):
+        if not _inside(p, out_dir):
+            return (f"{case.path}: its output {p} resolves to {os.path.realpath(p)}, outside -out "
+                    f"{os.path.realpath(out_dir)}; refused")
+    return None
+
+
+def _remove_outputs(case: Case, out_dir: str, overlay: bool) -> None:
+    """Remove what a failed case had written (its prediction, masks, overlay), so no partial case is left."""
+    for p in output_paths(case, out_dir, overlay):
+        with contextlib.suppress(OSError):
+            os.remove(p)
+    if case.kind == "png":
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(out_dir, case.name))
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -183,7 +223,7 @@ def write_prediction(case: Case, pred: np.ndarray, out_dir: str) -> None:
         folder = os.path.join(out_dir, case.name)
         os.makedirs(folder, exist_ok=True)
         for plane, src in zip(pred.astype(np.uint8), case.slices):
-            Image.fromarray(plane).save(os.path.join(folder, os.path.basename(src)))
+            Image.fromarray(plane).save(os.path.join(folder, os.path.basename(src)), format="PNG")
         return
     dio.prediction_writer(out_dir)({"name": case.name, "source": case.path if case.kind == "nifti" else None}, pred)
 
@@ -255,7 +295,7 @@ def save_montage(path: str, image: np.ndarray, pred: np.ndarray, *, slice_number
                                 fill=(255, 255, 255))
         sheet.paste(im, ((i % cols) * tw, (i // cols) * th))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    sheet.save(path)
+    sheet.save(path, format="PNG")          # not from the name: a case named "..." has no extension to read
     return zs
 
 
@@ -293,9 +333,11 @@ def parse(argv=None):
 
 
 def check_outputs(cases: list[Case], out_dir: str, overlay: bool, overwrite: bool) -> None:
-    """DatasetError when an output would replace an input, or exists and ``overwrite`` is off."""
+    """DatasetError when an output would replace an input, or exists and ``overwrite`` is off. Cases that
+    :func:`output_problem` refuses are left to :func:`predict_cases`, which reports and skips them."""
     inputs = {os.path.realpath(c.path) for c in cases} | {os.path.realpath(s) for c in cases for s in c.slices}
-    planned = [p for c in cases for p in output_paths(c, out_dir, overlay)] + [os.path.join(out_dir, "volumes.csv")]
+    planned = [p for c in cases if output_problem(c, out_dir, overlay) is None
+               for p in output_paths(c, out_dir, overlay)] + [os.path.join(out_dir, "volumes.csv")]
     clash = [p for p in planned if os.path.realpath(p) in inputs]
     if clash:
         raise DatasetError(f"{clash[0]}: the output would replace an input; choose another -out")
@@ -309,33 +351,46 @@ def predict_cases(cases: list[Case], model, out_dir: str, *, spacing=None, overl
                   progress: bool = True) -> tuple[list[dict], list[str]]:
     """Segment ``cases`` one at a time with ``model`` (:class:`evaluate.LoadedModel`) and write their outputs.
 
-    Returns (volumes.csv rows, one error line per failed case). A case that cannot be read, or whose
-    inference fails (e.g. out of memory), is reported and skipped."""
+    Returns (volumes.csv rows of the cases that worked, one error line per failed case). Whatever makes a case
+    fail -- a name or output path :func:`output_problem` refuses, a file that cannot be read, an inference that
+    fails (e.g. out of memory), an output that cannot be written -- it is reported in one line naming its file
+    and the reason, its partial outputs are removed, and the next case runs."""
     from tqdm import tqdm
     predict = model.predictor()
     class_names = list(model.config.data.class_names)
     rows, errors = [], []
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress, dynamic_ncols=True):
+        stage = "reading"
         try:
+            problem = output_problem(case, out_dir, overlay)
+            if problem is not None:
+                raise DatasetError(problem)
             image, vox, numbers = read_case(case, intensity_for_input(model.config.data.intensity, case.kind),
                                             spacing)
+            stage = "inference"
             pred = np.asarray(predict(image, vox))
-        except (DatasetError, RuntimeError) as e:
-            msg = str(e) if isinstance(e, DatasetError) else f"{case.path}: inference failed ({type(e).__name__}: {e})"
+            case_rows = [{"case": case.name, **r} for r in class_volumes(pred, class_names, vox, numbers)]
+            stage = "writing"
+            write_prediction(case, pred, out_dir)
+            if overlay:
+                save_montage(os.path.join(out_dir, OVERLAY_DIR, f"{case.name}.png"), image, pred,
+                             slice_numbers=numbers, flip_rows=case.kind == "nifti")
+        except Exception as e:  # noqa: BLE001 - one case must never stop the others
+            if stage == "writing":
+                _remove_outputs(case, out_dir, overlay)
+            msg = (str(e) if isinstance(e, DatasetError) and case.path in str(e)
+                   else f"{case.path}: {stage} failed ({type(e).__name__}: {str(e) or 'no reason given'})")
             errors.append(" ".join(msg.split()))
             tqdm.write(f"error: {errors[-1]}", file=sys.stderr)
             continue
-        write_prediction(case, pred, out_dir)
-        if overlay:
-            save_montage(os.path.join(out_dir, OVERLAY_DIR, f"{case.name}.png"), image, pred, slice_numbers=numbers,
-                         flip_rows=case.kind == "nifti")
-        rows += [{"case": case.name, **r} for r in class_volumes(pred, class_names, vox, numbers)]
+        rows += case_rows
     return rows, errors
 
 
 def main(argv=None) -> int:
     opts = parse(argv)
     try:
+        check_writable(opts.out, "-out")              # before the input is listed and the model loaded
         cases = find_cases(opts.input)
         check_outputs(cases, opts.out, opts.overlay, opts.overwrite)
         model = load_model(opts.ckpt, weights=opts.weights, device=opts.device, gpu_device=opts.gpu_device,
