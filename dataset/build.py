@@ -43,10 +43,16 @@ class Splits:
 
     def summary(self) -> str:
         def n(d):
-            return "none" if d is None else str(len(d))
+            """Volumes, and the training items they give, each with its unit (as ``python -m dataset.check``)."""
+            if d is None:
+                return "none"
+            from .check import dataset_refs
+            volumes = len(dataset_refs(d))
+            unit = {"LabeledSliceDataset": "slices", "UnlabeledSlabDataset": "slabs"}.get(type(d).__name__)
+            return f"{volumes} volume(s)" + (f" ({len(d)} {unit})" if unit else "")
         dropped = self.info.get("unlabeled_dropped") or []
         return (f"{self.dataset} at {self.root}: labeled {n(self.labeled)}, unlabeled {n(self.unlabeled)}, "
-                f"val {n(self.val)} volumes, test {n(self.test)} volumes; classes {', '.join(self.class_names)}"
+                f"val {n(self.val)}, test {n(self.test)}; classes {', '.join(self.class_names)}"
                 + (f"; {len(dropped)} unlabeled volume(s) dropped: their patient is in the validation or test split "
                    f"(e.g. {os.path.basename(dropped[0])})" if dropped else ""))
 

@@ -129,3 +129,18 @@ def test_custom_runs_are_not_labelled_with_an_acdc_protocol(tmp_path):
         res = evaluate_model(Zeros(), torch.nn.Identity(), [volume], config, infer="pcsw", device="cpu",
                              autocast=None, split="val")
         assert res.summary["protocol"] == want
+
+
+def test_training_and_the_data_check_count_in_the_same_units(tmp_path):
+    from dataset import build_datasets
+    from dataset.check import check_splits
+    from dataset.demo import ensure_demo
+    demo = ensure_demo(str(tmp_path / "demo_acdc"), "acdc", seed=0)
+    config = cfg.parse_config(["-dataset", "demo", "-data_path", demo], "2d")
+    splits = build_datasets(config.data, "2d", image_size=64, seed=0, unlabeled=True)
+    report = check_splits(splits, cache_file="", progress=False).splits
+    line = splits.summary()
+    lab, unl = report["labeled"], report["unlabeled"]
+    assert f"labeled {lab['volumes']} volume(s) ({lab['slices']} slices)" in line, line
+    assert f"unlabeled {unl['volumes']} volume(s) ({len(splits.unlabeled)} slabs)" in line, line
+    assert f"val {report['val']['volumes']} volume(s)" in line
