@@ -2,6 +2,10 @@
 the library (never another script)."""
 import ast
 import os
+import re
+import subprocess
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"cfg", "run_training", "evaluate", "predict", "reproduce", "train_2d", "train_3d"}
@@ -58,3 +62,35 @@ def test_library_is_split_into_model_engine_evaluation_methods():
     for gone in ("func_2d", "func_3d", os.path.join("sam2_train", "model", "semi.py"),
                  os.path.join("sam2_train", "engine", "runtime.py")):
         assert not os.path.exists(os.path.join(ROOT, gone)), gone
+
+
+def layout_problems(readme: str, root: str, top: list[str]) -> list[str]:
+    """What the README's "Repository layout" table gets wrong about the tree: a path in its first column that does
+    not exist, a top-level entry of ``top`` the table never names."""
+    section = readme.split("## Repository layout", 1)[-1].split("\n## ", 1)[0]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| `")]
+    if not rows:
+        return ["no layout table"]
+    named = [p for row in rows for p in re.findall(r"`([^`]+)`", row.split("|")[1])]
+    anywhere = re.findall(r"`([^`]+)`", "\n".join(rows))
+    return ([f"{p}: no such path" for p in named if not os.path.exists(os.path.join(root, p))]
+            + [f"{e}: not in the table" for e in top if not any(n == e or n.startswith(e + "/") for n in anywhere)])
+
+
+def test_readme_layout_table_matches_the_tree():
+    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip("not a git checkout")
+    top = sorted({f.split("/")[0] for f in out.stdout.splitlines()} - {"README.md", ".gitignore"})
+    top = [e for e in top if os.path.exists(os.path.join(ROOT, e))]
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert layout_problems(readme, ROOT, top) == []
+
+
+def test_layout_check_catches_a_missing_path_and_an_unlisted_entry(tmp_path):
+    (tmp_path / "a.py").write_text("")
+    (tmp_path / ".ci").mkdir()
+    readme = ("# x\n\n## Repository layout\n\n| path | job |\n|---|---|\n| `a.py`, `gone/` | things, `c.toml` |\n"
+              "| `.ci/run` | ci |\n\n## Next\n| `b.py` |\n")
+    assert layout_problems(readme, str(tmp_path), ["a.py", ".ci", "b.py", "c.toml"]) == [
+        "gone/: no such path", ".ci/run: no such path", "b.py: not in the table"]
