@@ -2,6 +2,7 @@
 outputs, exact resume after ``kill -9``, evaluate.py, label-free inference, one-line errors."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,6 +85,12 @@ def test_run_writes_outputs(finished_run):
     ckpt = torch.load(os.path.join(run, "checkpoints", "last.pt"), weights_only=True)
     assert ckpt["iteration"] == 6 and list(ckpt["config"]["data"]["class_names"]) == ["RV", "Myo", "LV"]
     assert all(f"test Dice, infer {m}:" in r.stdout + r.stderr for m in ("coarse", "boxes", "pcsw"))
+    # one unit on the terminal: every percentage says % (summary.json keeps fractions in 0..1)
+    out = r.stdout + r.stderr
+    assert re.search(r"test Dice, infer pcsw: RV \d+\.\d %, Myo \d+\.\d %, LV \d+\.\d %, mean \d+\.\d %", out)
+    assert re.search(r"\[iter \d+\] val mean Dice \d+\.\d\d % \(RV \d+\.\d %, Myo \d+\.\d %, LV \d+\.\d %\)", out)
+    assert re.search(r"^dice %\s+\d", out, re.M) and re.search(r"^jaccard %\s+\d", out, re.M)
+    assert 0.0 <= summary["dice"]["mean"] <= 1.0
     # the fair protocol, stated in the summary: budget, weights, inference mode, selection split
     assert (summary["max_iters"], summary["weights"], summary["infer"], summary["selected_on"]) == \
         (6, "ema", "pcsw", "val")

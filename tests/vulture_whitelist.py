@@ -8,9 +8,11 @@ vulture reads this file and never runs it; ``_`` stands for any object (``_.name
 Supervised2D  # sam2_train/methods/sss_2d.py
 FixMatch2D  # sam2_train/methods/sss_2d.py
 SSS2D  # sam2_train/methods/sss_2d.py
+SSSLabeledOnly2D  # sam2_train/methods/sss_2d.py
 Supervised3D  # sam2_train/methods/sss_3d.py
 FixMatch3D  # sam2_train/methods/sss_3d.py
 SSS3D  # sam2_train/methods/sss_3d.py
+SSSLabeledOnly3D  # sam2_train/methods/sss_3d.py
 KMOneTime  # sam2_train/methods/unet/knowledge_mining.py
 KMContinuous  # sam2_train/methods/unet/knowledge_mining.py
 SAMMatch  # sam2_train/methods/unet/sam_match.py

@@ -262,8 +262,8 @@ class Trainer:
                                          **{f"{m}_{c}": s[m][c] for m in ("dice", "jaccard", "hd95", "asd")
                                             for c in names}, **self.pcsw_interval_rates()})
         self.run_dir.log_scalars(done, {f"{m}/{c}": s[m][c] for m in ("dice", "hd95") for c in names}, prefix="val/")
-        self.run_dir.log(f"[iter {done}] val mean Dice {s['dice']['mean'] * 100:.2f} "
-                         + " ".join(f"{c} {s['dice'][c] * 100:.1f}" for c in self.class_names))
+        self.run_dir.log(f"[iter {done}] val mean Dice {s['dice']['mean'] * 100:.2f} % ("
+                         + ", ".join(f"{c} {s['dice'][c] * 100:.1f} %" for c in self.class_names) + ")")
 
     def maybe_save(self, done: int) -> None:
         if self.run.save_freq and done % self.run.save_freq == 0 and not self.is_validation_iteration(done):
@@ -317,8 +317,8 @@ class Trainer:
         self.run_dir.log(format_summary(summary, self.class_names))
         for m, r in results.items():
             self.run_dir.log(f"{split} Dice, infer {m}: " + ", ".join(
-                f"{c} {r.summary['dice'][c] * 100:.1f}" for c in self.class_names)
-                + f", mean {r.summary['dice']['mean'] * 100:.1f}")
+                f"{c} {r.summary['dice'][c] * 100:.1f} %" for c in self.class_names)
+                + f", mean {r.summary['dice']['mean'] * 100:.1f} %")
         picture = self.summary_picture(drawn, res.predictions, split, res.summary["dice"]["mean"])
         self.run_dir.log(f"summary picture: {picture}")
         self.run_dir.close()

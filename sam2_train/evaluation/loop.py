@@ -115,16 +115,18 @@ def write_case_rows(path: str, rows: list[dict]) -> None:
 
 
 def format_summary(summary: dict, class_names: Sequence[str]) -> str:
-    """A small table: one line per metric, per-class values and the mean (Dice/Jaccard in %), then the line
+    """A small table: one line per metric, per-class values and the mean (Dice/Jaccard in %, said in the row
+    label; summary.json and metrics.csv keep fractions), then the line
     ``empty``: per class the volumes predicted empty though the class is in the ground truth (left out of
     HD95/ASD), and their total."""
     head = f"{'':8s}" + "".join(f"{c:>9s}" for c in class_names) + f"{'mean':>9s}"
     lines = [f"[{summary.get('split')}, protocol {summary.get('protocol')}, "
              f"{summary.get('num_volumes')} volumes; HD95/ASD in {summary.get('distance_units')}]", head]
     for key in REPORTED:
-        scale = 100.0 if key in ("dice", "jaccard") else 1.0
+        percent = key in ("dice", "jaccard")
         vals = [summary[key][c] for c in class_names] + [summary[key]["mean"]]
-        lines.append(f"{key:8s}" + "".join(f"{v * scale:9.2f}" for v in vals))
+        label = f"{key} %" if percent else key
+        lines.append(f"{label:8s}" + "".join(f"{v * (100.0 if percent else 1.0):9.2f}" for v in vals))
     if "empty_pred" in summary:
         counts = [summary["empty_pred"][c] for c in class_names] + [summary["empty_pred"]["total"]]
         lines.append(f"{'empty':8s}" + "".join(f"{v:9d}" for v in counts))
