@@ -2,7 +2,9 @@
 
 Bad input (data, checkpoints, flags that do not fit a checkpoint, an output folder that cannot be written) ends
 the run with one line on stderr and exit status 2; a run whose loss stays non-finite ends with status 3 (its last
-good checkpoint is kept). The checkpoint of ``-resume`` (or ``-pretrain``) is opened and the folder the run
+good checkpoint is kept); a checkpoint that cannot be written (a full disk) ends it with status 1, naming the last
+good one; Ctrl-C stops at the end of the current iteration, saves ``last.pt`` and says how to resume (status 130;
+a second Ctrl-C stops at once). The checkpoint of ``-resume`` (or ``-pretrain``) is opened and the folder the run
 writes to is probed before the data is read and checked, so that these fail in a second.
 """
 from __future__ import annotations
@@ -12,12 +14,12 @@ import sys
 import cfg
 from dataset import build_datasets
 from dataset.check import check_before_training
-from sam2_train.engine.checkpoint import validate_checkpoint
+from sam2_train.engine.checkpoint import CheckpointWriteError, validate_checkpoint
 from sam2_train.engine.distributed import cleanup, init_distributed
 from sam2_train.engine.errors import USER_ERRORS
 from sam2_train.engine.guard import TrainingDiverged
 from sam2_train.engine.run_dir import check_writable, run_path_of
-from sam2_train.engine.trainer import Trainer
+from sam2_train.engine.trainer import Trainer, TrainingInterrupted
 from sam2_train.methods.registry import method_class
 
 
@@ -48,5 +50,14 @@ def main(argv, script: str) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except CheckpointWriteError as e:        # a full disk: the last good checkpoint is kept
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as e:        # Ctrl-C: last.pt saved at an iteration boundary
+        print(f"\n{e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:               # a second Ctrl-C, or one before training started
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     finally:
         cleanup()

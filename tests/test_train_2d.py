@@ -1,5 +1,6 @@
 """End-to-end 2D training on generated ACDC-format phantoms with a tiny SAM-2 config (CPU, 64 px):
 outputs, exact resume after ``kill -9``, evaluate.py, label-free inference, one-line errors."""
+import csv
 import json
 import os
 import re
@@ -128,12 +129,28 @@ def test_kill9_and_resume_continue_exactly(demo_root, finished_run, tmp_path):
     assert ckpt is not None, "no checkpoint appeared before the run ended"
     it = torch.load(ckpt, weights_only=True)["iteration"]
     assert it == 2
+    # a save cut by kill -9 leaves its temporary file; the resumed run removes it (its writer is dead)
+    dead_pid = max(int(p) for p in os.listdir("/proc") if p.isdigit()) + 100000
+    stale = f"{ckpt}.{dead_pid}.0123abcd.tmp"
+    with open(stale, "wb") as f:
+        f.write(b"half a checkpoint")
     r = run_train(["-resume", ckpt, *base_args(demo_root, log_dir, 6)])
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resumed from {ckpt} at iteration 2/6" in r.stdout + r.stderr
+    assert not os.path.exists(stale) and f"removed 1 temporary file(s) of interrupted saves: {stale}" in r.stdout
     resumed = scalar_series(os.path.dirname(os.path.dirname(ckpt)))
     for step in (3, 4, 5, 6):
         assert resumed[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6), (step, resumed, reference)
+    # metrics.csv too: the PCSW rates of the interval cut by the kill are in the checkpoint
+    with open(os.path.join(finished_run[0], "metrics.csv")) as f:
+        want = list(csv.DictReader(f))
+    with open(os.path.join(os.path.dirname(os.path.dirname(ckpt)), "metrics.csv")) as f:
+        got = list(csv.DictReader(f))
+    assert [r["iteration"] for r in got] == [r["iteration"] for r in want]
+    rates = [k for k in want[0] if k.startswith("pcsw_")]
+    assert rates and all(g[k] == w[k] for g, w in zip(got, want) for k in rates), (got, want)
+    for g, w in zip(got, want):
+        assert float(g["dice_mean"]) == pytest.approx(float(w["dice_mean"]), abs=1e-6)
 
 
 def test_evaluate_cli_and_saved_predictions(finished_run, demo_root, tmp_path):

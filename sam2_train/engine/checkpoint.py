@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import errno
 import os
+import re
 import pickle
 import random
 import secrets
@@ -43,6 +45,7 @@ __all__ = [
     "gather_rng_states", "restore_rng_state", "model_state_dict", "load_model_state", "make_checkpoint",
     "restore_training_state", "saved_config", "check_pretrain_config", "check_resume_config",
     "unique_tmp_path", "copy_file_atomic", "saved_world_size", "world_size_change_message", "resume_record",
+    "CheckpointWriteError", "remove_stale_tmp_files",
 ]
 
 CHECKPOINT_VERSION = 1
@@ -53,6 +56,11 @@ class CheckpointError(UserError, RuntimeError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     pass
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, say); the previous file of that name is intact. The
+    training scripts report it in one line and exit 1."""
 
 
 class ConfigMismatchError(UserError, ValueError):
@@ -121,6 +129,48 @@ def unique_tmp_path(path: str | os.PathLike) -> str:
     return f"{os.fspath(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
 
 
+_TMP_NAME = re.compile(r"^.+\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:              # another user's process
+        return True
+    return True
+
+
+def remove_stale_tmp_files(folder: str | os.PathLike) -> list[str]:
+    """Remove the :func:`unique_tmp_path` files under ``folder`` (recursively) whose writing process is gone, e.g.
+    a ``last.pt.<pid>.<hex>.tmp`` left by ``kill -9`` during a save. Returns the removed paths."""
+    removed = []
+    for here, _, files in os.walk(os.fspath(folder)):
+        for name in files:
+            m = _TMP_NAME.match(name)
+            if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(here, name))
+                    removed.append(os.path.join(here, name))
+    return sorted(removed)
+
+
+def _write_failure(path: str, folder: str, error: BaseException) -> str:
+    """One line for a checkpoint that could not be written: a full disk by its name (torch's zip writer reports
+    it as ``RuntimeError: [enforce fail at inline_container.cc] . unexpected pos``), and the file that survives."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        free is not None and free < (64 << 20))
+    what = "no space left on device" if full else "cannot write it ({}: {})".format(
+        type(error).__name__, " ".join(str(error).split())[:200])
+    good = f"the last good checkpoint is {path}" if os.path.isfile(path) else "no earlier checkpoint of that name"
+    return f"{what} while writing {path}; {good}"
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
     """``with atomic_write(path) as f``: write to a unique temporary file beside ``path`` (:func:`unique_tmp_path`);
@@ -156,8 +206,11 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> str:
     state = to_plain(state)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    with atomic_write(path) as f:
-        torch.save(state, f)
+    try:
+        with atomic_write(path) as f:
+            torch.save(state, f)
+    except (OSError, RuntimeError) as e:       # the old file is intact: atomic_write removed the partial one
+        raise CheckpointWriteError(_write_failure(path, folder, e)) from None
     _fsync_dir(folder)
     return path
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import math
+import signal
 from typing import Iterator, Optional
 
 import torch
@@ -303,6 +304,9 @@ class InfiniteLoader:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers only read and augment; threads would fight the training process
+    # Ctrl-C is the training process's to handle (it stops at an iteration boundary and shuts the workers down);
+    # workers that took it too would each print a KeyboardInterrupt traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_loader(ds, batch_size: int, *, seed: int, num_workers: int, dist) -> DataLoader:

@@ -13,7 +13,10 @@ the validation split only.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -21,9 +24,9 @@ import torch
 from tqdm import tqdm
 
 from sam2_train.engine.checkpoint import (check_pretrain_config, check_resume_config, gather_rng_states,
-                                          load_checkpoint, load_model_state, make_checkpoint, restore_training_state,
-                                          resume_record, save_checkpoint, saved_config, saved_world_size,
-                                          world_size_change_message)
+                                          load_checkpoint, load_model_state, make_checkpoint, remove_stale_tmp_files,
+                                          restore_training_state, resume_record, save_checkpoint, saved_config,
+                                          saved_world_size, world_size_change_message)
 from sam2_train.engine.config import TrainConfig
 from sam2_train.engine.device import autocast, enable_tf32, seed_everything
 from sam2_train.engine.distributed import DistInfo, average_gradients, barrier, wrap_ddp
@@ -40,7 +43,32 @@ from sam2_train.methods.registry import method_class
 from sam2_train.model.levers import compile_encoders
 from sam2_train.model.sam_guide import build_sam_guide
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "TrainingInterrupted"]
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: the run stopped at an iteration boundary after saving ``last.pt``; the message says how to resume."""
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(enabled: bool):
+    """``with stop_on_interrupt(True) as stop``: the first Ctrl-C (SIGINT) sets ``stop.is_set()`` instead of raising
+    in the middle of a step; a second one raises KeyboardInterrupt at once. Off (``enabled`` False: several
+    processes, whose checkpoint save is collective, or not the main thread) it changes nothing."""
+    stop = threading.Event()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _to(batch: dict, device) -> dict:
@@ -65,12 +93,15 @@ class Trainer:
     # ------------------------------------------------------------------ table of contents
     def fit(self) -> int:
         self.setup()
-        for it in self.progress:
-            self.method.on_iteration_start(self, it)
-            out = self.train_step(it)
-            self.log_step(it + 1, out)
-            self.maybe_validate(it + 1)
-            self.maybe_save(it + 1)
+        with stop_on_interrupt(self.dist.world_size == 1) as stop:
+            for it in self.progress:
+                self.method.on_iteration_start(self, it)
+                out = self.train_step(it)
+                self.log_step(it + 1, out)
+                self.maybe_validate(it + 1)
+                self.maybe_save(it + 1)
+                if stop.is_set():
+                    self.interrupt(it + 1)
         return self.final_evaluation()
 
     # ------------------------------------------------------------------ setup
@@ -116,6 +147,7 @@ class Trainer:
             self.method.load_extra_state(resume.get("extra"), run.resume)
             self.run_dir = RunDir.open(run.resume, is_main=dist.is_main, resume_iteration=start)
             self.run_dir.record_resume(resume_record(resume, run.resume, resume_changes, dist.world_size))
+            stale = remove_stale_tmp_files(self.run_dir.path) if dist.is_main else []
         else:
             self.run_dir = RunDir.create(run.log_dir, run.exp_name, config.to_dict(), is_main=dist.is_main)
             if dist.is_main:
@@ -130,13 +162,15 @@ class Trainer:
         self.progress = tqdm(range(start, run.max_iters), initial=start, total=run.max_iters, desc="train",
                              disable=not dist.is_main, dynamic_ncols=True)
         self._sums, self._n, self._t0 = {}, 0, time.time()
-        self._pcsw_sums, self._pcsw_n = {}, 0    # PCSW rates over the current validation interval
+        self.load_pcsw_interval_state(resume.get("pcsw_interval") if resume is not None else None)
 
         log = self.run_dir.log
         log(self.splits.summary())
         log(f"run directory: {self.run_dir.path}" if dist.is_main else "")
         if resume is not None:
             log(f"resumed from {run.resume} at iteration {start}/{run.max_iters}")
+            if stale:
+                log(f"removed {len(stale)} temporary file(s) of interrupted saves: {', '.join(stale)}")
             if resume_changes:
                 log("warning: -resume_force 1: continuing with changed settings: " + "; ".join(
                     f"{k}: {old!r} -> {new!r}" for k, (old, new) in resume_changes.items()))
@@ -256,6 +290,17 @@ class Trainer:
         self._pcsw_sums, self._pcsw_n = {}, 0
         return out
 
+    def pcsw_interval_state(self) -> dict:
+        """The PCSW rate sums since the last validation (saved with every checkpoint, so that a resumed run's
+        metrics.csv equals an uninterrupted one's)."""
+        return {"n": self._pcsw_n, "sums": {k: float(v) for k, v in self._pcsw_sums.items()}}
+
+    def load_pcsw_interval_state(self, state: dict | None) -> None:
+        state = state or {}
+        self._pcsw_n = int(state.get("n", 0))
+        self._pcsw_sums = {k: torch.tensor(v, dtype=torch.float32, device=self.device)
+                           for k, v in (state.get("sums") or {}).items()}
+
     def record_validation(self, done: int, res: EvalResult) -> None:
         s, names = res.summary, (*self.class_names, "mean")
         self.run_dir.append_metrics_row({"iteration": done,
@@ -264,6 +309,14 @@ class Trainer:
         self.run_dir.log_scalars(done, {f"{m}/{c}": s[m][c] for m in ("dice", "hd95") for c in names}, prefix="val/")
         self.run_dir.log(f"[iter {done}] val mean Dice {s['dice']['mean'] * 100:.2f} % ("
                          + ", ".join(f"{c} {s['dice'][c] * 100:.1f} %" for c in self.class_names) + ")")
+
+    def interrupt(self, done: int) -> None:
+        """Ctrl-C: save ``last.pt`` at this iteration boundary (unless it was just saved) and stop."""
+        self.progress.close()
+        last = self.run_dir.checkpoint_path("last")
+        if not (self.is_validation_iteration(done) or (self.run.save_freq and done % self.run.save_freq == 0)):
+            self.save(("last",), done)
+        raise TrainingInterrupted(f"interrupted at iteration {done}/{self.run.max_iters}; resume with -resume {last}")
 
     def maybe_save(self, done: int) -> None:
         if self.run.save_freq and done % self.run.save_freq == 0 and not self.is_validation_iteration(done):
@@ -279,7 +332,7 @@ class Trainer:
         state = make_checkpoint(self.net, self.config.to_dict(), optimizer=self.optimizer, scheduler=self.scheduler,
                                 ema=self.ema, rng=rng, iteration=iteration, epoch=iteration // self.run.val_every,
                                 best=self.best, guard=self.guard.state_dict(), world_size=self.dist.world_size,
-                                extra=self.method.extra_state())
+                                extra=self.method.extra_state(), pcsw_interval=self.pcsw_interval_state())
         for name in names:
             save_checkpoint(self.run_dir.checkpoint_path(name), state)
 
