@@ -144,3 +144,34 @@ def test_training_and_the_data_check_count_in_the_same_units(tmp_path):
     assert f"labeled {lab['volumes']} volume(s) ({lab['slices']} slices)" in line, line
     assert f"unlabeled {unl['volumes']} volume(s) ({len(splits.unlabeled)} slabs)" in line, line
     assert f"val {report['val']['volumes']} volume(s)" in line
+
+
+# ------------------------------------------------------------------ bad -sam_ckpt files
+@pytest.mark.parametrize("content, why", [
+    (bytes(range(7, 250)) * 20, "it starts with bytes 07 08 09 0a, neither a zip archive nor a pickle"),
+    (b"model weights are on the cluster\n", "it is a text file"),
+])
+def test_a_file_that_is_no_checkpoint_is_called_so(tmp_path, content, why):
+    from sam2_train.engine.checkpoint import CheckpointError
+    from sam2_train.model.build import build_sam2_base
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as e:
+        build_sam2_base(TINY, str(path), 64)
+    msg = str(e.value)
+    assert msg == (f"SAM-2 checkpoint (-sam_ckpt) {path} is not a PyTorch checkpoint ({len(content)} bytes, {why}); "
+                   "expected a file written by torch.save, such as an official SAM-2 .pt")
+    assert "weights_only=False" not in msg
+
+
+def test_a_training_checkpoint_given_as_sam_ckpt_says_what_to_use(tmp_path):
+    from sam2_train.engine.checkpoint import make_checkpoint, save_checkpoint
+    from sam2_train.model.build import CheckpointMismatchError, build_sam2_base
+    config = cfg.parse_config(["-dataset", "demo", "-sam_config", TINY, "-image_size", "64"], "2d")
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, make_checkpoint(torch.nn.Linear(2, 2), config.to_dict(), iteration=3))
+    with pytest.raises(CheckpointMismatchError) as e:
+        build_sam2_base(TINY, str(path), 64)
+    assert str(e.value) == (f"-sam_ckpt {path} is a train_2d.py checkpoint, not SAM-2's weights: use -pretrain "
+                            f"{path} to start a run from its weights, -resume {path} to continue that run, or "
+                            f"evaluate.py / predict.py -ckpt {path}")

@@ -265,7 +265,7 @@ def test_resume_checkpoint_is_opened_before_the_data(acdc, tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(bad) in err
     why = {"missing": "checkpoint not found", "empty": "empty file (0 bytes)", "truncated": "corrupt or truncated",
-           "garbage": "corrupt or truncated"}[kind]
+           "garbage": "is not a PyTorch checkpoint (800 bytes, it is a text file)"}[kind]
     assert err.startswith("error: ") and why in err
 
 

@@ -233,6 +233,9 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint", map_locat
     if size == 0:
         raise CheckpointError(f"{what} {path} is empty: empty file (0 bytes); was its write or download "
                               "interrupted?")
+    if problem := _not_torch_file(path):
+        raise CheckpointError(f"{what} {path} is not a PyTorch checkpoint ({size} bytes, {problem}); expected a "
+                              "file written by torch.save, such as an official SAM-2 .pt")
     try:
         try:
             return torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
@@ -255,6 +258,23 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint", map_locat
         msg = str(e).splitlines()[0] if str(e) else "no reason given"
         raise CheckpointError(f"{what} {path} is corrupt or truncated ({size} bytes), "
                               f"torch.load failed: {type(e).__name__}: {msg}") from e
+
+
+_ZIP_MAGIC = b"PK\x03\x04"                      # torch.save's format since 1.6
+_PICKLE_PROTOCOLS = {bytes([0x80, n]) for n in range(2, 6)}   # the legacy format: a pickle stream
+
+
+def _not_torch_file(path: str) -> str | None:
+    """Why the file cannot be one torch.save wrote (None when its first bytes fit torch's zip or pickle format)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head[:4] == _ZIP_MAGIC or head[:2] in _PICKLE_PROTOCOLS:
+        return None
+    try:
+        head.decode("utf-8")
+        return "it is a text file"
+    except UnicodeDecodeError:
+        return f"it starts with bytes {head[:4].hex(' ')}, neither a zip archive nor a pickle"
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *, ours: bool = True,

@@ -185,6 +185,13 @@ def load_checkpoint_file(path: str, config: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(_missing_ckpt_message(path, config))
     obj = read_torch_file(path, "SAM-2 checkpoint (-sam_ckpt)")
+    run = obj.get("config", {}).get("run", {}) if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping) \
+        else {}
+    if "script" in run:                                      # one of ours: a training run's checkpoint
+        script = f"train_{run['script']}.py"
+        raise CheckpointMismatchError(
+            f"-sam_ckpt {path} is a {script} checkpoint, not SAM-2's weights: use -pretrain {path} to start a run from "
+            f"its weights, -resume {path} to continue that run, or evaluate.py / predict.py -ckpt {path}")
     if not isinstance(obj, Mapping) or "model" not in obj:
         keys = list(obj)[:5] if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointMismatchError(
