@@ -371,11 +371,21 @@ def test_checkpoint_mismatch_messages(tmp_path):
         build_sam2_base(TEST_CFG, str(bad), S)
 
 
-def test_random_init_warns_loudly(caplog):
-    with pytest.warns(UserWarning, match="meaningless without pretrained weights"):
+def test_random_init_warns_loudly_once_and_not_when_weights_follow(caplog):
+    import warnings
+
+    from sam2_train.model.build import WEIGHTS_FROM_CHECKPOINT
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         with caplog.at_level("WARNING"):
             sam = build_sam2_base(TEST_CFG, "none", 96)
-    assert "RANDOMLY INITIALISED" in caplog.text
+    said = [w for w in seen if "RANDOMLY INITIALISED" in str(w.message)]
+    assert len(said) == 1 and "meaningless without pretrained weights" in str(said[0].message)
+    assert "RANDOMLY INITIALISED" not in caplog.text                  # not printed a second time by the logger
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        build_sam2_base(TEST_CFG, WEIGHTS_FROM_CHECKPOINT, 96)          # evaluate.py / predict.py / -resume
+    assert not [w for w in seen if "RANDOMLY" in str(w.message)]
     assert sam.image_size == 96 and sam.training
     rope = sam.memory_attention.layers[0].self_attn
     assert rope.freqs_cis.shape[0] == (96 // 16) ** 2  # RoPE tables built for S/16 x S/16

@@ -41,6 +41,7 @@ from sam2_train.evaluation.vis import montage_slices, save_summary
 from sam2_train.methods.networks import network
 from sam2_train.methods.registry import method_class
 from sam2_train.model.levers import compile_encoders
+from sam2_train.model.build import WEIGHTS_FROM_CHECKPOINT
 from sam2_train.model.sam_guide import build_sam_guide
 
 __all__ = ["Trainer", "TrainingInterrupted"]
@@ -113,7 +114,8 @@ class Trainer:
         if resume is not None:
             resume_changes = check_resume_config(saved_config(resume, run.resume), config, force=run.resume_force,
                                                  source=run.resume)
-        self.net = self.network.build(m, device=self.device, sam_ckpt="none" if resume is not None else None)
+        self.net = self.network.build(m, device=self.device,
+                                      sam_ckpt=WEIGHTS_FROM_CHECKPOINT if resume is not None else None)
         # the SAM-2 guide comes from -sam_ckpt; only a method that fine-tunes it saves it with the run
         self.guide = (build_sam_guide(m.sam_config, m.sam_ckpt, m.guide_size, self.device, self.autocast,
                                       trainable=self.method_cls.guide_trainable(config))

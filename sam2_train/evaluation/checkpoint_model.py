@@ -11,6 +11,7 @@ from sam2_train.engine.distributed import init_distributed
 from sam2_train.engine.trusted_config import trusted_sam_config
 from sam2_train.methods.networks import Network, network
 from sam2_train.methods.registry import method_class
+from sam2_train.model.build import WEIGHTS_FROM_CHECKPOINT
 from sam2_train.model.sam_guide import build_sam_guide
 
 __all__ = ["LoadedModel", "checkpoint_config", "load_model", "model_from_checkpoint"]
@@ -68,7 +69,7 @@ def model_from_checkpoint(state: dict, config: TrainConfig, ckpt: str, weights: 
         raise ConfigMismatchError(f"{ckpt}: -infer {config.infer.infer} does not fit -student {config.model.student} "
                                   f"(choose from {', '.join(net_kind.infer_modes)})")
     dev = init_distributed(device=device, gpu_device=gpu_device, distributed="none").device
-    net = net_kind.build(config.model, device=dev, sam_ckpt="none")
+    net = net_kind.build(config.model, device=dev, sam_ckpt=WEIGHTS_FROM_CHECKPOINT)
     use_ema = weights == "ema" or (weights == "auto" and state.get("ema") is not None)
     if use_ema and state.get("ema") is None:
         raise ConfigMismatchError(f"{ckpt}: -weights ema, but the checkpoint has no EMA of the weights")

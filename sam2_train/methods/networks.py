@@ -16,9 +16,10 @@ __all__ = ["Network", "network"]
 
 @dataclass(frozen=True)
 class Network:
-    """``build(model_conf, device, sam_ckpt)`` -> the network (``sam_ckpt="none"``: no weights read, they come
-    from our checkpoint); ``predict(net, image, *, config, infer, device, autocast, guide)`` -> labels (D,H,W)
-    from an image volume (D,H,W); ``infer_modes``: what ``predict`` can do (the final evaluation reports each)."""
+    """``build(model_conf, device, sam_ckpt)`` -> the network (``sam_ckpt``: ``"none"`` random weights;
+    :data:`~sam2_train.model.build.WEIGHTS_FROM_CHECKPOINT`: none read, they come next from our checkpoint);
+    ``predict(net, image, *, config, infer, device, autocast, guide)`` -> labels (D,H,W) from an image volume
+    (D,H,W); ``infer_modes``: what ``predict`` can do (the final evaluation reports each)."""
     name: str
     build: Callable
     predict: Callable

@@ -56,6 +56,11 @@ def _config_ckpt_table() -> str:
     return "; ".join(f"{name} -> checkpoints/{fname}" for name, fname in CKPT_FILES.items())
 
 
+#: ``-sam_ckpt`` value of a build whose weights are loaded next from a run's checkpoint (resume, evaluate.py,
+#: predict.py): nothing is read and no random-initialisation warning is given
+WEIGHTS_FROM_CHECKPOINT = "<weights from a training checkpoint>"
+
+
 def resolve_sam_config(name_or_path: str) -> str:
     """Map a ``-sam_config`` value to what :func:`build_sam2_base` composes.
 
@@ -222,7 +227,8 @@ def build_sam2_base(config: str, ckpt: str | None, image_size: int, device: str 
 
     overrides = image_size_overrides(image_size) + list(hydra_overrides_extra)
     resolved = resolve_sam_config(config)
-    random_init = ckpt is None or str(ckpt).strip().lower() == "none"
+    later = ckpt == WEIGHTS_FROM_CHECKPOINT                 # weights come next from one of our checkpoints
+    random_init = later or ckpt is None or str(ckpt).strip().lower() == "none"
     if not random_init and not os.path.isfile(ckpt):
         raise FileNotFoundError(_missing_ckpt_message(str(ckpt), config))
 
@@ -236,10 +242,10 @@ def build_sam2_base(config: str, ckpt: str | None, image_size: int, device: str 
                            hydra_overrides_extra=overrides, apply_postprocessing=False)
     model = model.float()
     if random_init:
-        msg = (f"SAM-2 ({config}) is RANDOMLY INITIALISED (-sam_ckpt none): results are meaningless without "
-               f"pretrained weights; use only for tests/demo. Download weights with `{DOWNLOAD_CMD}`.")
-        warnings.warn(msg, stacklevel=2)
-        logger.warning(msg)
+        if not later:   # said once (a warning, not also a log record)
+            warnings.warn(f"SAM-2 ({config}) is RANDOMLY INITIALISED (-sam_ckpt none): results are meaningless "
+                          f"without pretrained weights; use only for tests/demo. Download weights with "
+                          f"`{DOWNLOAD_CMD}`.", stacklevel=2)
     else:
         state = load_checkpoint_file(str(ckpt), config)
         load_state_strict(model, state, what=f"checkpoint {str(ckpt)!r}", config=config)
