@@ -30,7 +30,7 @@ def main(argv, script: str) -> int:
     try:
         # before any long work: the checkpoint the run starts from, and the folder it writes to
         if run.resume:
-            validate_checkpoint(run.resume)
+            validate_checkpoint(run.resume, resume=True)
             check_writable(run_path_of(run.resume), "-resume: the run directory")
         else:
             if run.pretrain:

@@ -23,6 +23,8 @@ import textwrap
 import pytest
 import torch
 
+from tests.test_train_2d import run_dirs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "sam2_train", "configs", "sam2_hiera_test.yaml")
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
@@ -89,7 +91,7 @@ def test_two_process_ddp_ranks_stay_identical(demo_root, tmp_path):
         diff = [k for k in a if not torch.equal(a[k], b[k])]
         assert not diff, f"{part}: ranks differ in {diff[:5]}"
 
-    (run,) = [os.path.join(log_dir, d) for d in os.listdir(log_dir)]  # rank 0 alone made a run directory
+    (run,) = run_dirs(str(log_dir))                                   # rank 0 alone made a run directory
     ckpt = torch.load(os.path.join(run, "checkpoints", "last.pt"), weights_only=True)
     assert ckpt["iteration"] == iters and len(ckpt["rng"]["per_rank"]) == 2
     assert not torch.equal(ckpt["rng"]["per_rank"][0]["torch"], ckpt["rng"]["per_rank"][1]["torch"])  # per-rank seeds

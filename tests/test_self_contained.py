@@ -9,6 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.test_train_2d import run_dirs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {k: v for k, v in dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2").items()
        if k != "PYTHONPATH"}
@@ -92,13 +94,15 @@ def test_readme_demo_runs_from_a_bare_copy(bare_copy, script):
     """``python train_xd.py -dataset demo`` (the README command) from the copy, two iterations at 64 px with
     the repository's tiny test config: generates the demo data inside the copy and finishes with a test-split
     summary."""
-    kind = "acdc" if script == "train_2d.py" else "bhsd"
+    kind, kind_script = ("acdc", "2d") if script == "train_2d.py" else ("bhsd", "3d")
     r = subprocess.run([sys.executable, script, "-dataset", "demo", "-image_size", "64", "-max_iters", "2",
                         "-num_workers", "0", "-val_volumes", "1", "-log_dir", f"logs_{kind}",
                         "-sam_config", os.path.join("sam2_train", "configs", "sam2_hiera_test.yaml")],
                        cwd=bare_copy, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert os.path.isfile(os.path.join(bare_copy, "data", f"demo_{kind}", "DEMO.json"))
-    (run,) = os.listdir(os.path.join(bare_copy, f"logs_{kind}"))
-    assert os.path.isfile(os.path.join(bare_copy, f"logs_{kind}", run, "summary.json"))
+    (run,) = run_dirs(os.path.join(bare_copy, f"logs_{kind}"))
+    assert os.path.isfile(os.path.join(run, "summary.json"))
+    assert os.path.realpath(os.path.join(bare_copy, f"logs_{kind}", f"demo_{kind_script}_latest")) == \
+        os.path.realpath(run)                                             # each demo has its own experiment name
     assert "test Dice, infer pcsw:" in r.stdout + r.stderr

@@ -36,7 +36,9 @@ def run_train(args, script="train_2d.py", timeout=600):
 
 
 def run_dirs(log_dir):
-    return sorted(os.path.join(log_dir, d) for d in os.listdir(log_dir) if os.path.isdir(os.path.join(log_dir, d)))
+    """The run directories under ``log_dir`` (not the ``<exp_name>_latest`` link to the newest)."""
+    return sorted(os.path.join(log_dir, d) for d in os.listdir(log_dir)
+                  if os.path.isdir(os.path.join(log_dir, d)) and not os.path.islink(os.path.join(log_dir, d)))
 
 
 def kill_after_first_checkpoint(script, args, log_dir, env=ENV, timeout=300):
@@ -85,6 +87,14 @@ def test_run_writes_outputs(finished_run):
     assert config["model"]["image_size"] == 64 and config["semi"]["method"] == "sss"
     ckpt = torch.load(os.path.join(run, "checkpoints", "last.pt"), weights_only=True)
     assert ckpt["iteration"] == 6 and list(ckpt["config"]["data"]["class_names"]) == ["RV", "Myo", "LV"]
+    # best.pt holds weights only (model + EMA), last.pt what a resume needs; logs/<exp_name>_latest finds the run
+    best_path = os.path.join(run, "checkpoints", "best.pt")
+    best = torch.load(best_path, weights_only=True)
+    assert {"model", "ema", "config"} <= set(best) and not {"optimizer", "scheduler", "rng"} & set(best)
+    assert ckpt["optimizer"] is not None and os.path.getsize(best_path) < os.path.getsize(
+        os.path.join(run, "checkpoints", "last.pt"))
+    latest = os.path.join(os.path.dirname(run), "demo_2d_latest")
+    assert os.path.realpath(latest) == os.path.realpath(run)
     assert all(f"test Dice, infer {m}:" in r.stdout + r.stderr for m in ("coarse", "boxes", "pcsw"))
     # one unit on the terminal: every percentage says % (summary.json keeps fractions in 0..1)
     out = r.stdout + r.stderr
@@ -218,3 +228,13 @@ def test_bad_input_is_one_line(extra, needle, demo_root, tmp_path):
     err = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
     assert len(err) == 1 and needle in err[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+
+
+def test_resuming_a_weights_only_best_pt_says_to_use_last_pt(finished_run, demo_root, tmp_path):
+    run, _ = finished_run
+    best = os.path.join(run, "checkpoints", "best.pt")
+    r = run_train(["-resume", best, *base_args(demo_root, tmp_path / "logs", 6)])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: -resume {best}: this checkpoint holds weights only (model and EMA, no optimiser state); resume from "
+        f"{os.path.join(run, 'checkpoints', 'last.pt')}, or start a new run from these weights with -pretrain")

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tests._model_fixtures import TEST_CFG, make_informative
+from tests.test_train_2d import run_dirs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
@@ -274,7 +275,7 @@ def test_train_3d_and_evaluate_cli(bhsd_root, tmp_path):
                         "-num_workers", "0", "-log_dir", str(log_dir), "-log_freq", "1", "-val_volumes", "1",
                         "-val_freq", "1000"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    (run,) = [os.path.join(log_dir, d) for d in os.listdir(log_dir)]
+    (run,) = run_dirs(str(log_dir))
     summary = json.load(open(os.path.join(run, "summary.json")))
     assert summary["protocol"] == "volume" and summary["split"] == "test" and summary["distance_units"] == "mm"
     for metric in ("dice", "hd95", "asd"):

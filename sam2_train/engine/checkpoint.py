@@ -45,7 +45,7 @@ __all__ = [
     "gather_rng_states", "restore_rng_state", "model_state_dict", "load_model_state", "make_checkpoint",
     "restore_training_state", "saved_config", "check_pretrain_config", "check_resume_config",
     "unique_tmp_path", "copy_file_atomic", "saved_world_size", "world_size_change_message", "resume_record",
-    "CheckpointWriteError", "remove_stale_tmp_files",
+    "CheckpointWriteError", "remove_stale_tmp_files", "weights_only", "WEIGHTS_ONLY_KEYS",
 ]
 
 CHECKPOINT_VERSION = 1
@@ -440,14 +440,28 @@ def saved_config(state: dict, source: str):
     return config.replace(model={"sam_config": trusted_sam_config(config.model.sam_config, source)})
 
 
-def validate_checkpoint(path: str | os.PathLike) -> None:
-    """Open a checkpoint the way a run that resumes (``-resume``) or starts (``-pretrain``) from it will, before
-    the data is read and checked: :func:`load_checkpoint` with the tensors memory-mapped (about a second, however
-    large the file) and its config read back (:func:`saved_config`). A wrong path, an empty, truncated or
-    foreign file, or a config this code cannot read raises the error the run would otherwise give only after
-    the data check."""
+#: what a weights-only checkpoint (``best.pt``) keeps: enough to evaluate, predict or ``-pretrain`` from
+WEIGHTS_ONLY_KEYS = ("model", "config", "ema", "extra", "iteration", "epoch", "best", "version")
+
+
+def weights_only(state: dict) -> dict:
+    """The checkpoint ``state`` without what only a resume needs (optimiser, scheduler, RNG and guard states)."""
+    return {k: state[k] for k in WEIGHTS_ONLY_KEYS if k in state}
+
+
+def validate_checkpoint(path: str | os.PathLike, resume: bool = False) -> None:
+    """Open a checkpoint the way a run that resumes (``-resume``, ``resume=True``) or starts (``-pretrain``) from it
+    will, before the data is read and checked: :func:`load_checkpoint` with the tensors memory-mapped (about a
+    second, however large the file) and its config read back (:func:`saved_config`). A wrong path, an empty,
+    truncated or foreign file, a config this code cannot read, or (to resume) a weights-only checkpoint raises
+    the error the run would otherwise give only after the data check."""
     path = os.fspath(path)
-    saved_config(load_checkpoint(path, mmap=True), path)
+    state = load_checkpoint(path, mmap=True)
+    saved_config(state, path)
+    if resume and state.get("optimizer") is None:
+        last = os.path.join(os.path.dirname(os.path.abspath(path)), "last.pt")
+        raise CheckpointError(f"-resume {path}: this checkpoint holds weights only (model and EMA, no optimiser "
+                              f"state); resume from {last}, or start a new run from these weights with -pretrain")
 
 
 def _listed(diffs) -> str:

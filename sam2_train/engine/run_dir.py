@@ -10,6 +10,7 @@ non-main ranks every method is a no-op and ``path`` is ``None``.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import fcntl
@@ -196,6 +197,25 @@ def _to_floats(values: dict) -> dict:
     return {k: out[k] for k in values}
 
 
+def point_latest(log_dir: str, exp_name: str, path: str) -> str:
+    """``<log_dir>/<exp_name>_latest``: a symbolic link to the newest run directory of ``exp_name`` (replaced
+    atomically), or, where links cannot be made, a text file holding its path. Returns the link's path."""
+    latest = os.path.join(log_dir, f"{exp_name}_latest")
+    tmp = f"{latest}.{os.getpid()}.tmp"
+    try:
+        os.symlink(os.path.basename(path), tmp)            # relative: the logs folder may be moved
+        os.replace(tmp, latest)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if os.path.islink(latest) or os.path.isdir(latest):
+            with contextlib.suppress(OSError):
+                os.remove(latest)
+        with open(latest, "w", encoding="utf-8") as f:
+            f.write(os.path.abspath(path) + "\n")
+    return latest
+
+
 class RunDir:
     """Outputs of one training run. Build with :meth:`create` (new run) or :meth:`open` (resume)."""
 
@@ -234,6 +254,7 @@ class RunDir:
         path = make_unique_dir(os.path.join(log_dir, f"{exp_name}_{stamp}"))
         run = cls(path, is_main=True, tensorboard=tensorboard)
         write_json_atomic(run.config_path, dict(config))
+        point_latest(log_dir, exp_name, path)
         return run
 
     @classmethod

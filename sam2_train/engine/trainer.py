@@ -26,7 +26,7 @@ from tqdm import tqdm
 from sam2_train.engine.checkpoint import (check_pretrain_config, check_resume_config, gather_rng_states,
                                           load_checkpoint, load_model_state, make_checkpoint, remove_stale_tmp_files,
                                           restore_training_state, resume_record, save_checkpoint, saved_config,
-                                          saved_world_size, world_size_change_message)
+                                          saved_world_size, weights_only, world_size_change_message)
 from sam2_train.engine.config import TrainConfig
 from sam2_train.engine.device import autocast, enable_tf32, seed_everything
 from sam2_train.engine.distributed import DistInfo, average_gradients, barrier, wrap_ddp
@@ -335,8 +335,8 @@ class Trainer:
                                 ema=self.ema, rng=rng, iteration=iteration, epoch=iteration // self.run.val_every,
                                 best=self.best, guard=self.guard.state_dict(), world_size=self.dist.world_size,
                                 extra=self.method.extra_state(), pcsw_interval=self.pcsw_interval_state())
-        for name in names:
-            save_checkpoint(self.run_dir.checkpoint_path(name), state)
+        for name in names:   # best.pt: weights only (evaluate.py, predict.py, -pretrain); last.pt resumes
+            save_checkpoint(self.run_dir.checkpoint_path(name), weights_only(state) if name == "best" else state)
 
     # ------------------------------------------------------------------ end of training
     def final_evaluation(self) -> int:

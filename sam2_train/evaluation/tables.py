@@ -35,7 +35,7 @@ def run_state(cell: Cell) -> tuple[str | None, str | None]:
     """(newest finished run directory, newest ``last.pt`` to resume from) of the cell's runs
     (``<log_dir>/<key>_<timestamp>[_n]/``)."""
     dirs = [d for d in glob.glob(os.path.join(cell.log_dir, cell.key + "_*"))
-            if os.path.isfile(os.path.join(d, "config.json"))]
+            if os.path.isfile(os.path.join(d, "config.json")) and not os.path.islink(d)]   # not <key>_latest
     newest = lambda paths: max(paths, key=os.path.getmtime) if paths else None  # noqa: E731
     return (newest([d for d in dirs if os.path.isfile(os.path.join(d, "summary.json"))]),
             newest([p for d in dirs if os.path.isfile(p := os.path.join(d, "checkpoints", "last.pt"))]))
