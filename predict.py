@@ -101,7 +101,7 @@ def find_cases(path: str) -> list[Case]:
     slices = _png_slices(path)
     if slices:
         return [Case(_case_name(path), path, "png", slices)]
-    cases = []
+    cases, skipped = [], []
     for entry in sorted(os.listdir(path)):
         full = os.path.join(path, entry)
         if os.path.isfile(full):
@@ -112,6 +112,11 @@ def find_cases(path: str) -> list[Case]:
             case = None
         if case is not None:
             cases.append(case)
+        elif not entry.startswith("."):
+            skipped.append(entry + ("/" if os.path.isdir(full) else ""))
+    if skipped:      # said, not silent: a scan in an unexpected format must not vanish from the batch
+        print(f"skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} of {path} that are no NIfTI, h5 "
+              f"or PNG-slice case: {', '.join(skipped[:5])}" + (" ..." if len(skipped) > 5 else ""), flush=True)
     if not cases:
         raise DatasetError(f"{path}: no NIfTI (.nii, .nii.gz), h5 volumes or folders of PNG slices found")
     seen = {}

@@ -175,3 +175,19 @@ def test_a_training_checkpoint_given_as_sam_ckpt_says_what_to_use(tmp_path):
     assert str(e.value) == (f"-sam_ckpt {path} is a train_2d.py checkpoint, not SAM-2's weights: use -pretrain "
                             f"{path} to start a run from its weights, -resume {path} to continue that run, or "
                             f"evaluate.py / predict.py -ckpt {path}")
+
+
+def test_predict_says_which_entries_of_a_folder_it_skips(tmp_path, capsys):
+    import h5py
+
+    import predict
+    folder = tmp_path / "scans"
+    (folder / "empty_dir").mkdir(parents=True)
+    (folder / "notes.txt").write_text("scanned on the 3T\n")
+    (folder / ".DS_Store").write_bytes(b"\0")
+    with h5py.File(folder / "case1.h5", "w") as f:
+        f["image"] = np.zeros((2, 8, 8), np.float32)
+    cases = predict.find_cases(str(folder))
+    assert [c.name for c in cases] == ["case1"]
+    out = capsys.readouterr().out
+    assert f"skipped 2 entries of {folder} that are no NIfTI, h5 or PNG-slice case: empty_dir/, notes.txt" in out
