@@ -273,15 +273,17 @@ def write_volumes_csv(path: str, rows: list[dict]) -> None:
 
 
 def save_montage(path: str, image: np.ndarray, pred: np.ndarray, *, slice_numbers: Sequence[int] | None = None,
-                 flip_rows: bool = False, max_tiles: int = 16, tile: int = 256, cols: int = 4) -> list[int]:
+                 flip_rows: bool = False, max_tiles: int = 16, tile: int = 256, cols: int = 4,
+                 class_names: Sequence[str] = ()) -> list[int]:
     """A PNG grid of prediction overlays on up to ``max_tiles`` slices of (D,H,W) ``image``/``pred``: the
     slices with the most predicted foreground (evenly spaced slices when there is none), in slice order,
-    each scaled to at most ``tile`` px and labeled with its entry of ``slice_numbers`` (default its index, as
-    in volumes.csv). ``flip_rows`` puts the last row on top (anterior up for the canonical NIfTI grid).
-    Returns the slice indices (into ``pred``) shown."""
+    each scaled to ``tile`` px on its longer side (small scans are enlarged, pixel for pixel) and labeled with
+    its entry of ``slice_numbers`` (default its index, as in volumes.csv), above a legend of the classes'
+    colours (``class_names``, label 1 first). ``flip_rows`` puts the last row on top (anterior up for the
+    canonical NIfTI grid). Returns the slice indices (into ``pred``) shown."""
     from PIL import Image, ImageDraw
 
-    from sam2_train.evaluation.vis import overlay
+    from sam2_train.evaluation.vis import PALETTE, overlay
     d = pred.shape[0]
     fg = (pred > 0).reshape(d, -1).sum(1)
     if fg.any():
@@ -289,16 +291,24 @@ def save_montage(path: str, image: np.ndarray, pred: np.ndarray, *, slice_number
     else:
         zs = sorted(set(np.linspace(0, d - 1, min(d, max_tiles)).round().astype(int).tolist()))
     h, w = pred.shape[1:]
-    scale = min(1.0, tile / max(h, w))
+    scale = tile / max(h, w)
     th, tw = max(1, round(h * scale)), max(1, round(w * scale))
-    rows = -(-len(zs) // cols)
-    sheet = Image.new("RGB", (min(cols, len(zs)) * tw, rows * th))
+    resample = Image.NEAREST if scale > 1 else Image.BILINEAR     # enlarged: crisp class boundaries
+    rows, legend = -(-len(zs) // cols), 22 if class_names else 0
+    width = max(min(cols, len(zs)) * tw, 16 + 90 * len(class_names))
+    sheet = Image.new("RGB", (width, rows * th + legend))
     for i, z in enumerate(zs):
         rgb = overlay(image[z], pred[z])
-        im = Image.fromarray(rgb[::-1] if flip_rows else rgb).resize((tw, th), Image.BILINEAR)
+        im = Image.fromarray(rgb[::-1] if flip_rows else rgb).resize((tw, th), resample)
         ImageDraw.Draw(im).text((3, 2), str(z if slice_numbers is None else int(slice_numbers[z])),
                                 fill=(255, 255, 255))
         sheet.paste(im, ((i % cols) * tw, (i // cols) * th))
+    draw = ImageDraw.Draw(sheet)
+    for k, name in enumerate(class_names):                       # the legend: one swatch per class
+        x, y = 8 + 90 * k, rows * th + 5
+        colour = tuple(int(c) for c in PALETTE[1:][k % (len(PALETTE) - 1)])
+        draw.rectangle((x, y, x + 12, y + 12), fill=colour)
+        draw.text((x + 16, y), str(name)[:11], fill=(255, 255, 255))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     sheet.save(path, format="PNG")          # not from the name: a case named "..." has no extension to read
     return zs
@@ -325,9 +335,11 @@ def parse(argv=None):
                    help="coarse | boxes | pcsw; lightweight students student | sam_refine (default: the checkpoint's)")
     p.add_argument("-weights", type=lower_choice(("auto", "ema", "model", "student")), default="auto",
                    help="auto: the EMA teacher when the checkpoint has one; model (= student): the trained weights")
-    p.add_argument("-device", type=lower_choice(("auto", "cuda", "cpu")), default="auto")
-    p.add_argument("-gpu_device", type=nonneg_int, default=0)
-    p.add_argument("-amp", type=lower_choice(("auto", "bf16", "off")), default="auto")
+    p.add_argument("-device", type=lower_choice(("auto", "cuda", "cpu")), default="auto", metavar="{auto,cuda,cpu}",
+                   help="auto: CUDA if there is a GPU (default auto)")
+    p.add_argument("-gpu_device", type=nonneg_int, default=0, metavar="N", help="CUDA device index (default 0)")
+    p.add_argument("-amp", type=lower_choice(("auto", "bf16", "off")), default="auto", metavar="{auto,bf16,off}",
+                   help="auto: bf16 autocast on CUDA, off on CPU (default auto)")
     p.add_argument("-spacing", type=_spacing, default=None,
                    help="voxel size 'SZ,SY,SX' in mm for inputs without a header (h5, PNG), for volume_ml")
     p.add_argument("-overlay", type=str2bool, nargs="?", const=True, default=False, metavar="{0,1}",
@@ -379,7 +391,7 @@ def predict_cases(cases: list[Case], model, out_dir: str, *, spacing=None, overl
             write_prediction(case, pred, out_dir)
             if overlay:
                 save_montage(os.path.join(out_dir, OVERLAY_DIR, f"{case.name}.png"), image, pred,
-                             slice_numbers=numbers, flip_rows=case.kind == "nifti")
+                             slice_numbers=numbers, flip_rows=case.kind == "nifti", class_names=class_names)
         except Exception as e:  # noqa: BLE001 - one case must never stop the others
             if stage == "writing":
                 _remove_outputs(case, out_dir, overlay)

@@ -191,3 +191,23 @@ def test_predict_says_which_entries_of_a_folder_it_skips(tmp_path, capsys):
     assert [c.name for c in cases] == ["case1"]
     out = capsys.readouterr().out
     assert f"skipped 2 entries of {folder} that are no NIfTI, h5 or PNG-slice case: empty_dir/, notes.txt" in out
+
+
+def test_overlay_montage_is_legible_for_a_small_scan_and_has_a_legend(tmp_path):
+    from PIL import Image
+
+    import predict
+    from sam2_train.evaluation.vis import PALETTE
+    image = np.random.default_rng(0).random((5, 40, 32)).astype(np.float32)
+    pred = np.zeros((5, 40, 32), np.int64)
+    pred[2, 10:20, 8:16], pred[3, 5:9, 5:9] = 1, 2
+    path = tmp_path / "case.png"
+    shown = predict.save_montage(str(path), image, pred, class_names=("RV", "Myo", "LV"))
+    assert shown == [2, 3]
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    assert rgb.shape[0] >= 256 and rgb.shape[1] >= 2 * 205            # 40 px tiles enlarged to 256 px height
+    legend = rgb[256:]
+    for k in range(3):                                                 # one swatch per class, in its colour
+        colour = PALETTE[1 + k].astype(np.uint8)
+        assert (legend == colour).all(-1).sum() >= 100, k
