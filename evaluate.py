@@ -36,7 +36,8 @@ def parse(argv=None):
     p.add_argument("-ckpt", required=True, help="checkpoint written by train_2d.py / train_3d.py (best.pt, last.pt)")
     p.add_argument("-dataset", type=lower_choice(dataset_names()), default=None, help="default: the checkpoint's")
     p.add_argument("-data_path", default=None, help="default: the checkpoint's")
-    p.add_argument("-split", type=lower_choice(("val", "test")), default="test")
+    p.add_argument("-split", type=lower_choice(("val", "test")), default="test", metavar="{val,test}",
+                   help="the volumes evaluated (default test)")
     p.add_argument("-protocol", type=lower_choice(("ssl4mis", "unimatch")), default=None,
                    help="ACDC resize rule (default: the checkpoint's)")
     p.add_argument("-weights", type=lower_choice(("auto", "ema", "student", "model")), default="auto",
@@ -45,11 +46,16 @@ def parse(argv=None):
     p.add_argument("-infer", type=lower_choice(INFER_MODES), default=None,
                    help="SAM-2 student: coarse | boxes | pcsw; lightweight student: student | sam_refine "
                         "(default: the checkpoint's run)")
-    p.add_argument("-save_pred", type=str2bool, nargs="?", const=True, default=False, metavar="{0,1}")
-    p.add_argument("-log_dir", default="logs")
-    p.add_argument("-device", type=lower_choice(("auto", "cuda", "cpu")), default="auto")
-    p.add_argument("-gpu_device", type=nonneg_int, default=0)
-    p.add_argument("-amp", type=lower_choice(("auto", "bf16", "off")), default="auto")
+    p.add_argument("-save_pred", type=str2bool, nargs="?", const=True, default=False, metavar="{0,1}",
+                   help="also write the predicted label volumes (.h5 for ACDC-format data, .nii.gz for NIfTI) "
+                        "(default 0)")
+    p.add_argument("-log_dir", default="logs", metavar="DIR",
+                   help="outputs go to <log_dir>/eval_<run>_<split>_<timestamp>/ (default logs)")
+    p.add_argument("-device", type=lower_choice(("auto", "cuda", "cpu")), default="auto", metavar="{auto,cuda,cpu}",
+                   help="auto: CUDA if there is a GPU (default auto)")
+    p.add_argument("-gpu_device", type=nonneg_int, default=0, metavar="N", help="CUDA device index (default 0)")
+    p.add_argument("-amp", type=lower_choice(("auto", "bf16", "off")), default="auto", metavar="{auto,bf16,off}",
+                   help="auto: bf16 autocast on CUDA, off on CPU (default auto)")
     p.add_argument("-sam_config", default=None,
                    help="SAM-2 config to build (a name or a yaml path you trust); default: the checkpoint's, "
                         "which must be a built-in config")
