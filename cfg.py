@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import textwrap
 from typing import Sequence
 
 from omegaconf import OmegaConf
@@ -21,7 +22,9 @@ from omegaconf import OmegaConf
 from dataset.registry import dataset_names, dataset_spec
 from sam2_train.engine.config import SECTIONS, TrainConfig
 from sam2_train.engine.errors import RunSetupError, UserError
-from sam2_train.engine.settings import OneLineParser, flag_fields, lower_choice, str2bool
+from sam2_train.engine.settings import (OneLineParser, flag_fields, lower_choice, nonneg_int, positive_int, str2bool,
+                                        unit_float)
+from sam2_train.engine.settings import image_size as size_multiple_of_32
 from sam2_train.methods.registry import method_class, method_names, registered
 from sam2_train.model.build import CKPT_FILES, resolve_sam_config
 
@@ -57,22 +60,30 @@ def flag_table() -> dict[str, tuple[str, dataclasses.Field]]:
     return table
 
 
-def build_parser(prog: str | None = None) -> OneLineParser:
-    """The parser of every flag; values not given are None (so defaults can be resolved in order)."""
-    p = OneLineParser(prog=prog, description="SSS: semi-supervised SAM-2 for medical image segmentation.")
+def build_parser(prog: str | None = None, script: str | None = None) -> OneLineParser:
+    """The parser of every flag; values not given are None (so defaults can be resolved in order). Its help
+    (``--help-all``) lists the flags ``train_<script>.py`` reads (:func:`script_flags`; every flag when ``script`` is
+    None); the others are still parsed (and reported by :func:`parse_config`)."""
+    shown = script_flags(script) if script else None
+    p = OneLineParser(prog=prog, add_help=False, usage="%(prog)s [-h] [--help-all] [-flag VALUE ...]",
+                      description="SSS: semi-supervised SAM-2 for medical image segmentation.",
+                      epilog="Booleans take 0/1 (also true/false, yes/no); a flag alone means 1. Every flag with its "
+                             "values and default: docs/flags.md.")
+    p.add_argument("--help-all", action="help", dest="help", help="this list (-h: the common flags only)")
+    p.add_argument("-h", "--help", action="help", help=argparse.SUPPRESS)   # train_*.py answer -h themselves
     groups = {name: p.add_argument_group(name) for name in GROUPS}
     seed = groups[GROUPS[0]]
-    seed.add_argument("-net", type=lower_choice(("sam2",)), default="sam2", help="network family (only sam2)")
-    seed.add_argument("-val_freq", type=int, default=1,
-                      help="validate every N x -val_every iterations (the seed commands' 1 = every -val_every)")
+    for flag, kw, text in _SEED_FLAGS:
+        seed.add_argument(flag, **kw, help=text + f" (default {kw['default']})")
     for flag, (section, f) in flag_table().items():
         meta = f.metadata
         group = groups[_GROUP_OF.get(meta["group"], meta["group"] or "method")]
-        kw = {"type": meta["type"] or str, "default": None, "help": _help(meta, f)}
+        text = _help(flag, meta, f, script)
+        kw = {"type": meta["type"] or str, "default": None,
+              "help": text if shown is None or flag in shown else argparse.SUPPRESS,
+              "metavar": _metavar(flag, meta, script)}
         if meta["type"] is str2bool:
-            kw.update(nargs="?", const=True, metavar="{0,1}")
-        elif meta["metavar"]:
-            kw["metavar"] = meta["metavar"]
+            kw.update(nargs="?", const=True)
         if flag == "-dataset":
             kw["type"] = lower_choice(dataset_names())
         elif flag == "-method":
@@ -81,12 +92,94 @@ def build_parser(prog: str | None = None) -> OneLineParser:
     return p
 
 
-def _help(meta: dict, f: dataclasses.Field) -> str:
-    text = meta["help"] or ""
-    if meta["choices"]:
-        text = f"{{{','.join(meta['choices'])}}} " + text
-    if not meta["preset"] and f.default not in (None, "", ()):
-        text += f" (default {f.default})"
+# The two seed flags that are no setting: (flag, parser keywords, help).
+_SEED_FLAGS = (("-net", {"type": lower_choice(("sam2",)), "default": "sam2", "metavar": "{sam2}"},
+                "network family (only sam2)"),
+               ("-val_freq", {"type": int, "default": 1, "metavar": "N"},
+                "validate every N x -val_every iterations (the seed commands' 1 = every -val_every)"))
+# Help of the settings whose field declares none (the short -h lists them).
+_FALLBACK_HELP = {"-log_dir": "where run folders are made: <log_dir>/<exp_name>_<timestamp>/",
+                  "-device": "auto: CUDA when there is a GPU, else the CPU",
+                  "-seed": "random seed of the run",
+                  "-weight_decay": "weight decay of the optimiser", "-sched": "learning-rate schedule"}
+_INT_TYPES = (int, positive_int, nonneg_int, size_multiple_of_32)
+_METAVARS = {"-exp_name": "NAME", "-resume": "CKPT", "-pretrain": "CKPT", "-log_dir": "DIR", "-class_names": "A,B,...",
+             "-hu_window": "LOW,HIGH", "-dfe_levels": "N,N,..."}
+
+
+def script_flags(script: str) -> list[str]:
+    """The flags ``train_<script>.py`` reads, in parser order: not those of :data:`SCRIPT_ONLY_FLAGS` for the other
+    script, a method's own only when a method of this script declares it, and ``-student`` and the SAM-2 guide's
+    only when the script trains a lightweight student."""
+    other = {flag for flag, reader in SCRIPT_ONLY_FLAGS if reader != script}
+    classes = [k for k in registered() if script in k.scripts]
+    own = {f.metadata["flag"] for k in classes for f in flag_fields(k.Conf)}
+    light = any(s != "sam2" for k in classes for s in k.students)
+    out = [flag for flag, _, _ in _SEED_FLAGS]
+    for flag, (section, f) in flag_table().items():
+        if flag in other or (section == "method" and flag not in own):
+            continue
+        if not light and (flag == "-student" or f.metadata["group"] == "SAM-2 guide"):
+            continue
+        out.append(flag)
+    return out
+
+
+def _choices(flag: str, meta: dict, script: str | None) -> tuple[str, ...] | None:
+    """The values a flag takes (``-method``: those of the script)."""
+    if flag == "-dataset":
+        return dataset_names()
+    if flag == "-method":
+        names = {k.name for k in registered() if script is None or script in k.scripts}
+        return tuple(n for n in method_names() if n in names)
+    return meta["choices"]
+
+
+def _metavar(flag: str, meta: dict, script: str | None) -> str:
+    choices = _choices(flag, meta, script)
+    if meta["metavar"]:
+        return meta["metavar"]
+    if meta["type"] is str2bool:
+        return "{0,1}"
+    if choices and len(",".join(choices)) <= 24:
+        return "{" + ",".join(choices) + "}"
+    if flag in _METAVARS:
+        return _METAVARS[flag]
+    if meta["path"]:
+        return "PATH"
+    if meta["type"] in _INT_TYPES:
+        return "N"
+    if meta["type"] in (float, unit_float):
+        return "X"
+    return flag.lstrip("-").upper()
+
+
+def shown_value(v) -> str:
+    """A default as it is typed on the command line: 0/1 for booleans, ``0,80`` for tuples, 1 for 1.0."""
+    if isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, (tuple, list)):
+        return ",".join(shown_value(x) for x in v)
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _default(meta: dict, f: dataclasses.Field) -> str | None:
+    """The default shown in the help; None where the preset or a rule of cfg.py gives it (the help says)."""
+    if meta["preset"] or f.default in (None, "", ()):
+        return None
+    return shown_value(f.default)
+
+
+def _help(flag: str, meta: dict, f: dataclasses.Field, script: str | None = None) -> str:
+    text = meta["help"] or _FALLBACK_HELP.get(flag, "")
+    choices = _choices(flag, meta, script)
+    if choices and not _metavar(flag, meta, script).startswith("{"):
+        text = f"{{{','.join(choices)}}} " + text
+    default = _default(meta, f)
+    if default is not None:
+        text += f" (default {default})"
     return text.strip()
 
 
@@ -161,7 +254,7 @@ def parse_config(argv: Sequence[str] | None = None, script: str = "2d") -> Train
     if script not in ("2d", "3d"):
         raise ValueError(f"script must be '2d' or '3d', got {script!r}")
     prog = os.path.basename(sys.argv[0]) if argv is None else f"train_{script}.py"
-    parser = build_parser(prog)
+    parser = build_parser(prog, script)
     ns = parser.parse_args(argv)
     table = flag_table()
     given = {flag for flag in table if getattr(ns, flag.lstrip("-")) is not None}
@@ -260,3 +353,157 @@ def with_data(config: TrainConfig, splits) -> TrainConfig:
                           data={"class_names": tuple(splits.class_names),
                                 "intensity": tuple(splits.info.get("intensity") or ()),
                                 "acdc_protocol": splits.info.get("protocols") == "acdc"})
+
+
+# ---------------------------------------------------------------------------------------------- help texts
+# train_*.py -h prints the common flags from sam2_train/cli_help/train_<script>.txt without importing torch;
+# `python cfg.py --write-help` writes those files and the flag tables of docs/flags.md from the settings' metadata
+# (tests/test_help.py fails when they differ from what the metadata gives).
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+HELP_DIR = os.path.join(_ROOT, "sam2_train", "cli_help")
+FLAGS_DOC = os.path.join(_ROOT, "docs", "flags.md")
+DOC_BEGIN, DOC_END = "<!-- flag tables: written by `python cfg.py --write-help` -->", "<!-- end of flag tables -->"
+HELP_WIDTH, HELP_COLUMN = 80, 24
+COMMON_FLAGS = (("data", ("-dataset", "-data_path", "-labeled_num", "-labeled_ratio")),
+                ("method and model", ("-method", "-student", "-sam_config", "-sam_ckpt", "-image_size")),
+                ("budget", ("-b", "-max_iters", "-val_every")),
+                ("output and device", ("-exp_name", "-log_dir", "-device", "-resume")))
+HELP_EXAMPLES = {
+    "2d": ("python train_2d.py -dataset demo",
+           "python train_2d.py -dataset acdc -data_path ./data/ACDC -labeled_num 7 -exp_name ACDC_SSS"),
+    "3d": ("python train_3d.py -dataset demo",
+           "python train_3d.py -dataset bhsd -data_path ./data/bhsd -labeled_ratio 0.1 -exp_name BHSD_SSS")}
+# The short -h's text of the common flags whose setting's help is longer (a dict: one text per script).
+_SHORT_HELP = {
+    "-labeled_num": {"2d": "labeled patients or volumes (preset: ACDC 3, demo 2, else all)",
+                     "3d": "labeled volumes (preset: ACDC 3, else every training volume)"},
+    "-labeled_ratio": "BHSD/custom: labeled fraction of the training volumes",
+    "-sam_config": "SAM-2 model: sam2_hiera_{t,s,b+,l}, sam2.1_hiera_{t,s,b+,l} or a yaml (preset)",
+    "-sam_ckpt": "SAM-2 weights, 'none': random (default: checkpoints/<file of -sam_config>; demo none)",
+    "-image_size": "input size, a multiple of 32 (preset: 1024; demo 128)",
+    "-student": "sam2, or a U-Net / U-Net++ trained from scratch",
+    "-b": {"2d": "labeled slices per step (preset: 4)", "3d": "labeled clips per step (preset: 1)"},
+    "-max_iters": "training iterations (preset: ACDC 30000, BHSD 20000)",
+    "-val_every": "validate every N iterations (preset: ACDC, BHSD 1000)",
+    "-exp_name": "run name: outputs in <log_dir>/<exp_name>_<timestamp>/",
+    "-log_dir": "the folder of the run folders",
+    "-device": "auto: CUDA if there is a GPU",
+    "-slab_len": "unlabeled slices come in slabs of this many neighbours",
+    "-protocol": "resize rule of the evaluation (SSL4MIS's or UniMatch's)",
+    "-prompt": "ground-truth prompt type on labeled clips",
+    "-fg_oversample": "probability that a labeled clip lies over a labeled slice (preset: 0.33; demo 0.67)",
+    "-prompt_freq": "prompt every k-th of each class's prompted slices",
+    "-video_length": "training clip length in slices (preset: 8; demo 6)",
+    "-memory_bank_size": "prompted frames kept in SAM-2's memory bank",
+}
+
+
+def _method_help(script: str) -> str:
+    """-method in the short help: the methods of the script, by student."""
+    by_student: dict[str, list[str]] = {}
+    for k in registered():
+        if script in k.scripts:
+            for s in k.students:
+                by_student.setdefault("sam2" if s == "sam2" else "light", []).append(k.name)
+    text = "SAM-2: " + ", ".join(dict.fromkeys(by_student.get("sam2", ())))
+    if by_student.get("light"):
+        text += "; -student unet|unetpp: " + ", ".join(dict.fromkeys(by_student["light"]))
+    return text
+
+
+def _rows(lines: list[str], head: str, text: str) -> None:
+    """argparse's layout of one flag: help at column 24 (below the flag when the flag is longer)."""
+    wrapped = textwrap.wrap(text, HELP_WIDTH - HELP_COLUMN, break_on_hyphens=False, break_long_words=False) or [""]
+    head = "  " + head
+    if len(head) + 2 <= HELP_COLUMN:
+        lines.append(head.ljust(HELP_COLUMN) + wrapped.pop(0))
+    else:
+        lines.append(head)
+    lines.extend(" " * HELP_COLUMN + w for w in wrapped)
+
+
+def short_help(script: str) -> str:
+    """The text of ``train_<script>.py -h``: usage, examples, the common flags and the script's own."""
+    table, own = flag_table(), script_flags(script)
+    name = f"train_{script}.py"
+    lines = [f"usage: {name} [-h] [--help-all] [-flag VALUE ...]", "",
+             {"2d": "Train SSS on 2D slices: ACDC, your own folders or the demo phantoms.",
+              "3d": "Train SSS on volumes (SAM-2's video memory): BHSD, your own NIfTI or the demo."}[script],
+             f"The common flags; all {len(own)}: python {name} --help-all, or docs/flags.md.", "", "examples:"]
+    for example in HELP_EXAMPLES[script]:         # a long one goes on over lines ending in " \\"
+        parts = textwrap.wrap(example, HELP_WIDTH - 6, subsequent_indent="    ", break_on_hyphens=False)
+        lines += ["  " + p + (" \\" if i < len(parts) - 1 else "") for i, p in enumerate(parts)]
+    only = [flag for flag, reader in SCRIPT_ONLY_FLAGS if reader == script]
+    for title, flags in (*COMMON_FLAGS, (f"{name} only", only)):
+        lines += ["", f"{title}:"]
+        for flag in (flag for flag in flags if flag in own):
+            f = table[flag][1]
+            short = _SHORT_HELP.get(flag) or f.metadata["help"] or _FALLBACK_HELP.get(flag, "")
+            text = _method_help(script) if flag == "-method" else short.get(script) if isinstance(short, dict) \
+                else short
+            default = _default(f.metadata, f)
+            _rows(lines, f"{flag} {_metavar(flag, f.metadata, script)}",
+                  text + (f" (default {default})" if default is not None else ""))
+    lines += ["", "Booleans take 0/1; a flag alone means 1. Dataset presets: configs/presets.yaml."]
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def flags_markdown() -> str:
+    """The flag tables of docs/flags.md: one per help group, a row per flag (values, default, scripts, help)."""
+    table, by_script = flag_table(), {s: set(script_flags(s)) for s in ("2d", "3d")}
+    rows: dict[str, list[str]] = {name: [] for name in GROUPS}
+
+    def scripts(flag):
+        return ", ".join(f"{s.upper()}" for s in ("2d", "3d") if flag in by_script[s])
+
+    for flag, kw, text in _SEED_FLAGS:
+        rows[GROUPS[0]].append(f"| `{flag}` | {kw['metavar']} | {kw['default']} | {scripts(flag)} | "
+                               f"{_md(text)} |")
+    for flag, (section, f) in table.items():
+        meta = f.metadata
+        group = _GROUP_OF.get(meta["group"], meta["group"] or "method")
+        choices = _choices(flag, meta, None)
+        values = "{" + ",".join(choices) + "}" if choices else _metavar(flag, meta, None)
+        default = _default(meta, f)
+        text = meta["help"] or _FALLBACK_HELP.get(flag, "")
+        shown = "preset" if meta["preset"] else (default or "")
+        rows[group].append(f"| `{flag}` | {_md(values)} | {_md(shown)} | {scripts(flag)} | {_md(text)} |")
+    out = [DOC_BEGIN, ""]
+    for group in GROUPS:
+        out += [f"### {group[0].upper() + group[1:]}", "", "| flag | values | default | script | help |",
+                "|---|---|---|---|---|", *rows[group], ""]
+    out.append(DOC_END)
+    return "\n".join(out)
+
+
+def help_files() -> dict[str, str]:
+    """path -> the text ``python cfg.py --write-help`` writes there (docs/flags.md: its flag tables replaced)."""
+    doc = open(FLAGS_DOC, encoding="utf-8").read()
+    start, end = doc.index(DOC_BEGIN), doc.index(DOC_END) + len(DOC_END)
+    out = {os.path.join(HELP_DIR, f"train_{s}.txt"): short_help(s) for s in ("2d", "3d")}
+    out[FLAGS_DOC] = doc[:start] + flags_markdown() + doc[end:]
+    return out
+
+
+def write_help() -> list[str]:
+    """Write :func:`help_files`; the paths that changed."""
+    changed = []
+    for path, text in help_files().items():
+        old = open(path, encoding="utf-8").read() if os.path.exists(path) else None
+        if old != text:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write-help"]:
+        sys.exit("usage: python cfg.py --write-help   (writes sam2_train/cli_help/train_*.txt and docs/flags.md's "
+                 "flag tables from the settings)")
+    for p in write_help() or ["nothing changed"]:
+        print(p)

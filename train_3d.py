@@ -5,12 +5,16 @@
         -sam_config sam2_hiera_s -image_size 1024 -val_freq 1 -prompt bbox -prompt_freq 2 -dataset bhsd \
         -data_path ./data/bhsd
 
-Flags: ``python train_3d.py -h`` (all of them live in cfg.py).
+Flags: ``python train_3d.py -h`` (the common ones, at once), ``--help-all`` (every flag; they live in cfg.py),
+docs/flags.md.
 Multi-GPU: ``torchrun --nproc_per_node N train_3d.py ...``.
 """
 import sys
 
-import run_training
+from sam2_train.cli_help import print_short_help   # the standard library only: -h without importing torch
 
 if __name__ == "__main__":
+    if print_short_help(sys.argv[1:], "3d"):
+        sys.exit(0)
+    import run_training
     sys.exit(run_training.main(sys.argv[1:], "3d"))

@@ -75,7 +75,8 @@ class ModelConf:
 class DataConf:
     """What the datasets of a run are built from, and (``class_names``, ``intensity``) what was found there."""
     dataset: str = setting("demo", flag="-dataset", kind=ARCH, group="seed",
-                           help="the dataset (see dataset/registry.py)")
+                           help="acdc, bhsd: the paper's data; custom: your own folders (docs/data.md); demo: "
+                                "phantoms made on first use")
     data_path: str | None = setting(None, flag="-data_path", preset=True, group="seed", path=True,
                                     help="dataset root (default ./data/<dataset>)")
     labeled_num: int | None = setting(None, flag="-labeled_num", type=positive_int, preset=True, group="data",
