@@ -11,7 +11,7 @@ SEED_2D = ("-net sam2 -exp_name ACDC_SSS -vis 1 -sam_ckpt ./checkpoints/sam2_hie
            "-image_size 1024 -out_size 1024 -b 4 -val_freq 1 -dataset ACDC -data_path ./data/ACDC")
 SEED_3D = ("-net sam2 -exp_name BHSD_SSS -sam_ckpt ./checkpoints/sam2_hiera_small.pt -sam_config sam2_hiera_s "
            "-image_size 1024 -val_freq 1 -prompt bbox -prompt_freq 2 -dataset bhsd -data_path ./data/bhsd")
-SAM2_METHODS = ("supervised", "fixmatch", "sss")
+SAM2_METHODS = ("supervised", "sss_labeled_only", "fixmatch", "sss")
 LIGHT_METHODS = ("supervised", "fixmatch", "mean_teacher", "km_onetime", "km_continuous", "semisam", "sammatch")
 
 

@@ -61,7 +61,7 @@ def stop_on_interrupt(enabled: bool):
         yield stop
         return
 
-    def handler(signum, frame):
+    def handler(*_):              # (signal number, frame)
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
