@@ -1,4 +1,5 @@
 """bench/bench_train.py measures real 2D and 3D steps (tiny SAM-2 config, one timed step each)."""
+import glob
 import os
 import sys
 
@@ -73,3 +74,23 @@ def test_gpu_check_fails_on_errors_and_resume_mismatch(monkeypatch, tmp_path):
     table = out.read_text()
     assert table.count("FAIL: RuntimeError: expected scalar type Float but found BFloat16") == 9
     assert "FAIL: losses 1.00000/1.00000, 2.00000/2.50000" in table
+
+
+def test_bench_rss_resamples_the_demo_phantoms_to_the_asked_depth(tmp_path):
+    """The RSS benchmark's data: D slices per volume, the slab spacing scaled so the volume keeps its extent,
+    labels resampled with the images, a custom root the data check accepts."""
+    import nibabel as nib
+    import numpy as np
+
+    from bench_rss import resampled_dataset
+    from dataset.demo import ensure_demo
+    demo = ensure_demo(str(tmp_path / "demo_bhsd"), "bhsd", seed=0)
+    root = resampled_dataset(str(tmp_path), 40, demo, labeled=2, unlabeled=1)
+    img = nib.load(os.path.join(root, "imagesTr", "case0.nii.gz"))
+    lab = nib.load(os.path.join(root, "labelsTr", "case0.nii.gz"))
+    src = nib.load(sorted(glob.glob(os.path.join(demo, "label_192", "images", "*.nii.gz")))[0])
+    assert img.shape == lab.shape == src.shape[:2] + (40,)
+    extent = lambda im: np.linalg.norm(im.affine[:3, 2]) * im.shape[2]  # noqa: E731
+    assert extent(img) == pytest.approx(extent(src), rel=1e-5)
+    assert os.path.isfile(os.path.join(root, "imagesUnlabeled", "case2.nii.gz"))
+    assert np.asanyarray(lab.dataobj).max() > 0
