@@ -180,13 +180,15 @@ def run_grid(t: dict, cells: list[Cell], opts) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-#: training flags of the table's shared protocol besides its budget keys (-val_freq multiplies -val_every)
-PROTOCOL_ALIASES = ("-val_freq",)
+#: training flags --train_args may not set: the table's inference mode (evaluate.py scores every cell in it, so a
+#: run validated in another mode would be selected and reported in two) and its budget (--max_iters sets it, and
+#: the tables state it). The validation cadence may change: it changes for every cell alike.
+OWNED_BY_THE_TABLE = ("-infer", "-max_iters")
 
 
 def protocol_flags_in(train_args: str | None, budget: dict) -> list[str]:
-    """The flags of ``train_args`` that would change the table's shared budget (-max_iters -val_every -infer)."""
-    owned = {f"-{k}" for k in budget} | set(PROTOCOL_ALIASES)
+    """The flags of ``train_args`` that would change what the table fixes for its cells (-infer, -max_iters)."""
+    owned = {f"-{k}" for k in budget} & set(OWNED_BY_THE_TABLE)
     given = [tok.split("=", 1)[0] for tok in shlex.split(train_args or "") if tok.startswith("-")]
     return list(dict.fromkeys(flag for flag in given if flag in owned))
 
