@@ -142,3 +142,35 @@ def test_every_sam2_table_has_the_labeled_only_row():
     for table in ("acdc", "acdc_cpu", "bhsd"):
         rows = paper["tables"][table]["rows"]
         assert "sss_labeled_only" in rows and rows.index("sss_labeled_only") < rows.index("sss"), table
+
+
+@pytest.mark.parametrize("script", ["2d", "3d"])
+def test_by_default_the_students_strong_branch_never_sees_the_weak_image(script):
+    """The rule adopted from docs/evidence.md (-dfe_views own, the default of -method sss in 2D and 3D): through a
+    whole training step, the features of the student's strong views do not change when only the weak image
+    changes (the teacher's pseudo-labels do), and the student encodes no weak view. On the paired design (the
+    default before) they moved with it."""
+    from tests.test_levers import EncodeLog
+    config = make_config(script, "-tau_u", "0", "-cutmix_p", "0")
+    assert config.method.dfe_views == "own"
+    net = active_dfe(make_net(config)).eval()
+    step = make_method(net, net, config)
+    seen = []
+    orig = step.unlabeled_mask_loss
+
+    def capture(feats, u, conf_ok):
+        seen.append(([f.clone() for f in feats.feats], u.conf.clone()))
+        return orig(feats, u, conf_ok)
+    step.unlabeled_mask_loss = capture
+    views = unlabeled_views(script)
+    log = EncodeLog(net)
+    with torch.no_grad():
+        for weak in (views["image_w"], torch.rand_like(views["image_w"])):
+            torch.manual_seed(0)
+            step(labeled_batch(script), {**views, "image_w": weak}, 0)
+    (a, conf_a), (b, conf_b) = seen
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(conf_a, conf_b)                         # the teacher did see the new weak image
+    n = views["image_w"].shape[0] * views["image_w"].shape[1]
+    labeled = 2 if script == "2d" else 4
+    assert log.sizes == [labeled, 2 * n] * 2, log.sizes           # labeled rows, then the 2N strong rows only

@@ -118,8 +118,9 @@ def frozen_step_setup(script, *extra):
 @pytest.mark.parametrize("script", ["2d", "3d"])
 def test_frozen_encoder_student_pairs_its_own_weak_features_with_its_strong_ones(script):
     """With -encoder_lr_mult 0 the teacher's weak-view backbone pass is shared, but the weak features the
-    student's DFE sees are the student's own (its conv_s0/conv_s1, not the EMA's), at every level."""
-    net, teacher, student, batch_l, views = frozen_step_setup(script, "-cutmix_p", "0")
+    student's DFE sees (-dfe_views cross: DFE(W, S)) are the student's own (its conv_s0/conv_s1, not the EMA's), at
+    every level."""
+    net, teacher, student, batch_l, views = frozen_step_setup(script, "-cutmix_p", "0", "-dfe_views", "cross")
     img_w = views["image_w"].flatten(0, 1)
     with torch.no_grad():
         own, ema = net.encode(img_w).feats, teacher.encode(img_w).feats
@@ -148,7 +149,7 @@ def test_frozen_encoder_shares_the_weak_view_pass(script):
     """Sharing the teacher's weak-view backbone pass changes nothing but the work: the same losses and gradients
     as encoding the weak view again in the student (2N instead of 3N student encoder images), also when the
     EMA's conv_s0/conv_s1 have moved away from the student's."""
-    net, _, student, batch_l, views = frozen_step_setup(script, "-cutmix_p", "1")
+    net, _, student, batch_l, views = frozen_step_setup(script, "-cutmix_p", "1", "-dfe_views", "cross")
     n = views["image_w"].shape[0] * views["image_w"].shape[1]
     out, grads = {}, {}
     for share in (False, True):
