@@ -22,7 +22,7 @@ from dataset.io import prediction_writer
 from sam2_train.engine.checkpoint import load_checkpoint
 from sam2_train.engine.errors import USER_ERRORS
 from sam2_train.engine.run_dir import check_writable, console, make_unique_dir, write_json_atomic
-from sam2_train.engine.settings import OneLineParser, lower_choice, nonneg_int, str2bool
+from sam2_train.engine.settings import OneLineParser, add_device_flags, lower_choice, nonneg_int, str2bool
 from sam2_train.evaluation.checkpoint_model import checkpoint_config, model_from_checkpoint
 from sam2_train.evaluation.evaluate import evaluate_model
 from sam2_train.evaluation.loop import format_summary, write_case_rows
@@ -51,11 +51,7 @@ def parse(argv=None):
                         "(default 0)")
     p.add_argument("-log_dir", default="logs", metavar="DIR",
                    help="outputs go to <log_dir>/eval_<run>_<split>_<timestamp>/ (default logs)")
-    p.add_argument("-device", type=lower_choice(("auto", "cuda", "cpu")), default="auto", metavar="{auto,cuda,cpu}",
-                   help="auto: CUDA if there is a GPU (default auto)")
-    p.add_argument("-gpu_device", type=nonneg_int, default=0, metavar="N", help="CUDA device index (default 0)")
-    p.add_argument("-amp", type=lower_choice(("auto", "bf16", "off")), default="auto", metavar="{auto,bf16,off}",
-                   help="auto: bf16 autocast on CUDA, off on CPU (default auto)")
+    add_device_flags(p)
     p.add_argument("-sam_config", default=None,
                    help="SAM-2 config to build (a name or a yaml path you trust); default: the checkpoint's, "
                         "which must be a built-in config")

@@ -43,7 +43,7 @@ from dataset import io as dio
 from dataset.custom import slice_key
 from sam2_train.engine.errors import USER_ERRORS
 from sam2_train.engine.run_dir import check_writable, console
-from sam2_train.engine.settings import OneLineParser, lower_choice, nonneg_int, str2bool
+from sam2_train.engine.settings import OneLineParser, add_device_flags, lower_choice, str2bool
 from sam2_train.evaluation.checkpoint_model import load_model
 
 NIFTI_EXTS = (".nii.gz", ".nii")
@@ -335,11 +335,7 @@ def parse(argv=None):
                    help="coarse | boxes | pcsw; lightweight students student | sam_refine (default: the checkpoint's)")
     p.add_argument("-weights", type=lower_choice(("auto", "ema", "model", "student")), default="auto",
                    help="auto: the EMA teacher when the checkpoint has one; model (= student): the trained weights")
-    p.add_argument("-device", type=lower_choice(("auto", "cuda", "cpu")), default="auto", metavar="{auto,cuda,cpu}",
-                   help="auto: CUDA if there is a GPU (default auto)")
-    p.add_argument("-gpu_device", type=nonneg_int, default=0, metavar="N", help="CUDA device index (default 0)")
-    p.add_argument("-amp", type=lower_choice(("auto", "bf16", "off")), default="auto", metavar="{auto,bf16,off}",
-                   help="auto: bf16 autocast on CUDA, off on CPU (default auto)")
+    add_device_flags(p)
     p.add_argument("-spacing", type=_spacing, default=None,
                    help="voxel size 'SZ,SY,SX' in mm for inputs without a header (h5, PNG), for volume_ml")
     p.add_argument("-overlay", type=str2bool, nargs="?", const=True, default=False, metavar="{0,1}",

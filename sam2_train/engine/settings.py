@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 __all__ = ["ARCH", "RUN", "FREE", "OneLineParser", "setting", "flag_fields", "to_plain", "from_plain", "str2bool",
            "lower_choice", "positive_int", "nonneg_int", "unit_float", "image_size", "float_pair", "weight_list",
-           "int_list"]
+           "int_list", "add_device_flags"]
 
 ARCH, RUN, FREE = "arch", "run", "free"
 
@@ -194,3 +194,12 @@ def int_list(value: str) -> tuple[int, ...]:
         return tuple(int(p) for p in value.split(",") if p.strip() != "")
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+
+
+def add_device_flags(parser) -> None:
+    """``-device``, ``-gpu_device`` and ``-amp`` of the scripts that load a trained model (evaluate.py, predict.py)."""
+    parser.add_argument("-device", type=lower_choice(("auto", "cuda", "cpu")), default="auto",
+                        metavar="{auto,cuda,cpu}", help="auto: CUDA if there is a GPU (default auto)")
+    parser.add_argument("-gpu_device", type=nonneg_int, default=0, metavar="N", help="CUDA device index (default 0)")
+    parser.add_argument("-amp", type=lower_choice(("auto", "bf16", "off")), default="auto", metavar="{auto,bf16,off}",
+                        help="auto: bf16 autocast on CUDA, off on CPU (default auto)")
