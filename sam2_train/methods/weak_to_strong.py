@@ -5,8 +5,8 @@ Labeled rows: encoder -> DFE(W=S) -> coarse head (CE+Dice) + SAM-2 masks of the 
 subclass's :meth:`~SAM2Step.labeled_mask_loss`: the decoder in 2D, memory tracking in 3D). Unlabeled views: the
 EMA teacher predicts the weak view with its own prompts (:meth:`~SAM2Step.teacher_targets`; its masks are the
 subclass's :meth:`~SAM2Step.teacher_masks`), pseudo-labels, confidences and prompts are carried to two CutMix-ed
-strong views, and the student is trained on them through DFE (:func:`student_strong_views`; by default each
-strong view enhanced alone, ``-dfe_views``) against the confident pixels (``-tau_u``).
+strong views, and the student is trained on them through DFE (:func:`student_strong_views`: DFE(W, S1),
+DFE(W, S2) by default, ``-dfe_views``) against the confident pixels (``-tau_u``).
 ``loss = loss_x + lambda_u(it) * loss_u``.
 
 Shapes: N rows (2D: slices; 3D: clips x T frames, clip-major), K foreground classes, S image size, s = S/4
@@ -52,12 +52,13 @@ class SAM2Conf:
     unsup_encoder_grad: bool = setting(False, flag="-unsup_encoder_grad", type=str2bool, group="method",
                                        metavar="{0,1}",
                                        help="let the unlabeled loss back-propagate into the image encoder")
-    dfe_views: str = setting("own", flag="-dfe_views", choices=("own", "cross", "joint"), group="method",
-                             help="unlabeled views through DFE: own (default) = each strong view enhanced alone, by "
-                                  "the test-time operator; cross = DFE(W, S) for the strong branch (the paper's "
-                                  "pairing: the weak view leaks into the student's strong branch, docs/evidence.md); "
-                                  "joint = DFE(W, S) gives W' and S' in one forward and the pseudo-labels come from "
-                                  "that W' (detached, UniMatch-style), the teacher giving the prompts only")
+    dfe_views: str = setting("cross", flag="-dfe_views", choices=("cross", "own", "joint"), group="method",
+                             help="unlabeled views through DFE: cross (default, the paper's pairing) = DFE(W, S) for "
+                                  "the strong branch; own = each strong view enhanced alone, by the test-time "
+                                  "operator (the weak view never reaches the student's strong branch); joint = "
+                                  "DFE(W, S) gives W' and S' in one forward and the pseudo-labels come from that W' "
+                                  "(detached, UniMatch-style), the teacher giving the prompts only "
+                                  "(docs/evidence.md)")
     unsup_ce: float = setting(1.0, flag="-unsup_ce", type=float, group="method",
                               help="weight of the CE term in the coarse head's unlabeled loss (0: Dice only)")
 
@@ -122,8 +123,8 @@ class SAM2Step(Method):
                 return {"loss": loss_x, "loss_x": loss_x}
 
             # unlabeled: the teacher's pseudo-labels on the weak view, carried to two CutMix-ed strong views;
-            # the student: the strong views through the encoder (no autograd by default) and DFE (-dfe_views: alone,
-            # or paired with the weak view, DFE(W, S1), DFE(W, S2));
+            # the student: the views through the encoder (no autograd by default) and DFE (-dfe_views: paired with
+            # the weak view, DFE(W, S1), DFE(W, S2), or each strong view alone);
             # conf_ok (2N,s,s): the confident pseudo-label pixels
             u = self.teacher_targets(batch_u)
             feats_u_s, feats_u_w = student_strong_views(net, u, self.conf.unsup_encoder_grad, self.conf.dfe_views)
@@ -234,7 +235,7 @@ class SSSLabeledOnlyVariant:
     requires: dict = {}
 
 
-def student_strong_views(net, u: UnlabeledTargets, encoder_grad: bool, views: str = "own"):
+def student_strong_views(net, u: UnlabeledTargets, encoder_grad: bool, views: str = "cross"):
     """The student's features of the 2N strong rows after DFE, and of the 2N CutMix-ed weak rows (W', or None with
     ``views="own"``), as ImageFeatures (with the encoder's positional encodings, which the 3D tracker needs).
 
