@@ -164,6 +164,7 @@ class Trainer:
         self.progress = tqdm(range(start, run.max_iters), initial=start, total=run.max_iters, desc="train",
                              disable=not dist.is_main, dynamic_ncols=True)
         self._sums, self._n, self._t0 = {}, 0, time.time()
+        self.last_saved = start                  # the iteration last.pt holds (a resume starts from it)
         self.load_pcsw_interval_state(resume.get("pcsw_interval") if resume is not None else None)
 
         log = self.run_dir.log
@@ -316,7 +317,7 @@ class Trainer:
         """Ctrl-C: save ``last.pt`` at this iteration boundary (unless it was just saved) and stop."""
         self.progress.close()
         last = self.run_dir.checkpoint_path("last")
-        if not (self.is_validation_iteration(done) or (self.run.save_freq and done % self.run.save_freq == 0)):
+        if self.last_saved != done:
             self.save(("last",), done)
         raise TrainingInterrupted(f"interrupted at iteration {done}/{self.run.max_iters}; resume with -resume {last}")
 
@@ -337,6 +338,8 @@ class Trainer:
                                 extra=self.method.extra_state(), pcsw_interval=self.pcsw_interval_state())
         for name in names:   # best.pt: weights only (evaluate.py, predict.py, -pretrain); last.pt resumes
             save_checkpoint(self.run_dir.checkpoint_path(name), weights_only(state) if name == "best" else state)
+        if "last" in names:
+            self.last_saved = iteration
 
     # ------------------------------------------------------------------ end of training
     def final_evaluation(self) -> int:
