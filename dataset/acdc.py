@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 from .base import H5SliceStackRef, H5VolumeRef
 from .errors import DatasetError
@@ -39,11 +39,7 @@ def read_list(path: str, what: str = "list file") -> list[str]:
     if not out:
         raise DatasetError(f"{path}: {what} is empty")
     if len(set(out)) < len(out):
-        seen, dup = set(), []
-        for n in out:
-            if n in seen and n not in dup:
-                dup.append(n)
-            seen.add(n)
+        dup = [n for n, count in Counter(out).items() if count > 1]          # in order of first appearance
         more = f" and {len(dup) - 3} more" if len(dup) > 3 else ""
         print(f"warning: {path}: {len(out) - len(set(out))} duplicated line(s) ({', '.join(dup[:3])}{more}); each "
               "entry is used once", file=sys.stderr, flush=True)

@@ -347,7 +347,8 @@ def _suspicious(layout: dict, tasks: list, stats: list, report: CheckReport) -> 
     if labeled and hist is not None and not any(hist[1:]) and not report.errors:
         files = list(dict.fromkeys(tasks[i][2] or tasks[i][1] for i in labeled))
         report.errors.append(f"{_files_line(files)}: every label of the {len(files)} labeled file(s) is background "
-                             "(0); training needs foreground labels (check the label files or -num_classes)")
+                             "(0); training needs foreground labels (check the label files, and -class_names for "
+                             "custom data)")
 
 
 def print_warnings(report: CheckReport) -> None:
